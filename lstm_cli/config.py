@@ -1,0 +1,86 @@
+"""Every training hyperparameter in one dataclass; CLI options map onto it and it is saved with the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+CELLS = ("lstm", "gru")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Tokenization
+    max_tokens: int = 20_000  # vocabulary size, including the padding and out-of-vocabulary ids
+    max_length: int = 200  # tokens kept per text; longer texts are truncated
+    # Network (the Keras tutorial recipe)
+    embedding_dim: int = 128
+    units: int = 128  # recurrent units per layer (per direction when bidirectional)
+    layers: int = 1  # stacked recurrent layers; all but the last return sequences
+    cell: str = "lstm"  # "lstm" or "gru"
+    bidirectional: bool = False
+    dropout: float = 0.2  # on the recurrent layers' inputs
+    recurrent_dropout: float = 0.2  # on the recurrent state; > 0 rules out cuDNN on a GPU
+    dense_units: int = 64  # hidden Dense(relu) before the output; 0 removes it
+    dense_dropout: float = 0.5
+    # Optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
+    validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
+    seed: int = 1337
+
+    def __post_init__(self) -> None:
+        problems = config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+# (field, lowest allowed, highest allowed, highest is exclusive)
+_RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
+    ("max_tokens", 3, None, False),
+    ("max_length", 1, None, False),
+    ("embedding_dim", 1, None, False),
+    ("units", 1, None, False),
+    ("layers", 1, None, False),
+    ("dropout", 0.0, 1.0, True),
+    ("recurrent_dropout", 0.0, 1.0, True),
+    ("dense_units", 0, None, False),
+    ("dense_dropout", 0.0, 1.0, True),
+    ("epochs", 1, None, False),
+    ("batch_size", 1, None, False),
+    ("learning_rate", 0.0, None, False),
+    ("patience", 0, None, False),
+    ("validation_split", 0.0, 1.0, True),
+    ("seed", 0, 2**32 - 1, False),
+)
+
+
+def config_problems(config: TrainConfig) -> list[str]:
+    """Human-readable problems with a configuration, as `--option: reason` strings."""
+    problems = []
+    for name, low, high, high_open in _RANGES:
+        value = getattr(config, name)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append(f"{flag} must be a number, got {value!r}")
+        elif value < low or (name == "learning_rate" and value <= 0):
+            problems.append(f"{flag} must be {'> ' if name == 'learning_rate' else '>= '}{low}, got {value}")
+        elif high is not None and (value >= high if high_open else value > high):
+            problems.append(f"{flag} must be {'<' if high_open else '<='} {high}, got {value}")
+    if config.cell not in CELLS:
+        problems.append(f"--cell must be one of {', '.join(CELLS)}, got {config.cell!r}")
+    return problems

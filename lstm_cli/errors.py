@@ -1,0 +1,17 @@
+"""Errors the core raises; the CLI turns each into one `Error: ...` line and exit code 1."""
+
+
+class LstmCliError(Exception):
+    """A failure the user can fix; the message says what, where, and how."""
+
+
+class DataError(LstmCliError):
+    """Unreadable, malformed or unsuitable input data."""
+
+
+class ArtifactError(LstmCliError):
+    """A model directory that is missing, incomplete, tampered with or of an unknown format."""
+
+
+class TrainingInterrupted(LstmCliError):
+    """Training stopped by a signal before it finished; the previous model is untouched."""

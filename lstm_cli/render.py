@@ -1,0 +1,132 @@
+"""How results look to people (rich, on stderr or stdout) and to scripts (prediction lines)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from lstm_cli.data import LabeledData, describe_skipped
+
+
+def skipped_warnings(*datasets: LabeledData | None) -> list[str]:
+    return [
+        f"{d.path}: skipped {sum(d.skipped.values()):,} rows ({describe_skipped(d.skipped)})"
+        for d in datasets
+        if d is not None and d.skipped
+    ]
+
+
+def epoch_line(report) -> str:
+    m = report.metrics
+    parts = [f"epoch {report.epoch:>{len(str(report.epochs))}}/{report.epochs}"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in m:
+            parts.append(f"{key} {m[key]:.4f}")
+    parts.append(f"{report.seconds:.1f}s")
+    return "  ".join(parts)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    order = ("loss", "accuracy", "val_loss", "val_accuracy")
+    return "  ".join(f"{k} {metrics[k]:.4f}" for k in order if k in metrics)
+
+
+def train_summary(result, model_dir: Path) -> str:
+    rows_per_second = result.train_rows * len(result.history) / max(result.seconds, 1e-9)
+    labels = ", ".join(result.labels[:10]) + (" ..." if len(result.labels) > 10 else "")
+    rows = [
+        ("model", str(model_dir)),
+        ("rows", f"{result.train_rows:,} train, {result.validation_rows:,} validation"),
+        ("classes", f"{len(result.labels)}: {labels}"),
+        ("vocabulary", f"{len(result.vocabulary):,} tokens"),
+        ("parameters", f"{result.parameters:,}"),
+        ("device", result.device.describe()),
+        ("epochs", f"{len(result.history)} run, best {result.best_epoch}"),
+        ("best", _metrics_text(result.best_metrics)),
+        ("wall time", f"{result.seconds:.1f}s ({rows_per_second:,.0f} rows/s)"),
+    ]
+    return "\n".join(f"[bold]{key:<11}[/] {escape(value)}" for key, value in rows)
+
+
+def prediction_line(prediction, labels: list[str], output_format: str, k: int) -> str:
+    top = prediction.top(labels, k)
+    if output_format == "label":
+        return "\t".join(label for label, _ in top)
+    if output_format == "json":
+        record = {
+            "text": prediction.text,
+            "label": top[0][0],
+            "probability": top[0][1],
+            "probabilities": {label: float(p) for label, p in zip(labels, prediction.probabilities, strict=True)},
+        }
+        if k > 1:
+            record["top"] = [{"label": label, "probability": p} for label, p in top]
+        return json.dumps(record, ensure_ascii=False)
+    return "\t".join(f"{label}\t{p:.4f}" for label, p in top)
+
+
+def evaluation_warnings(report: dict[str, Any]) -> list[str]:
+    warnings = []
+    unknown = report["unknown_labels"]
+    if unknown:
+        listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(unknown.items())[:10])
+        warnings.append(
+            f"{report['rows']['unknown_label']:,} rows have labels the model was not trained on and are not "
+            f"in the metrics: {listed}"
+        )
+    if report["rows"]["skipped"]:
+        warnings.append(f"skipped rows: {report['rows']['skipped']}")
+    return warnings
+
+
+def print_report(report: dict[str, Any]) -> None:
+    console = Console(highlight=False)
+    labels = report["labels"]
+    summary = Text.assemble(
+        ("accuracy ", "bold"), f"{report['accuracy']:.4f}   ",
+        ("macro-F1 ", "bold"), f"{report['macro_f1']:.4f}   ",
+        ("rows ", "bold"), f"{report['rows']['evaluated']:,}",
+    )  # fmt: skip
+    per_class = Table(title="Per class", title_justify="left")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="left" if column == "label" else "right")
+    for label in labels:
+        c = report["per_class"][label]
+        per_class.add_row(label, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['support']:,}")
+    confusion = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for label in labels:
+        confusion.add_column(label, justify="right")
+    for label, row in zip(labels, report["confusion_matrix"], strict=True):
+        confusion.add_row(label, *(f"{n:,}" for n in row))
+    console.print(Group(summary, per_class, confusion))
+
+
+def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
+    training = metadata.get("training", {})
+    data = training.get("data", {})
+    versions = metadata.get("versions", {})
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    rows = [
+        ("model", str(model_dir)),
+        ("format", f"{metadata.get('format')} v{metadata.get('format_version')}"),
+        ("created", str(metadata.get("created_at"))),
+        ("labels", ", ".join(metadata["labels"])),
+        ("vocabulary", f"{metadata.get('vectorizer', {}).get('vocabulary_size', '?'):,} tokens"),
+        ("parameters", f"{metadata.get('parameters', 0):,}"),
+        ("config", ", ".join(f"{k}={v}" for k, v in metadata.get("config", {}).items())),
+        ("trained on", f"{data.get('path')} ({data.get('rows', 0):,} rows, sha256 {str(data.get('sha256'))[:12]})"),
+        ("training", f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}) on "
+                     f"{training.get('device')} in {training.get('seconds')}s"),
+        ("metrics", _metrics_text(metadata.get("metrics", {}))),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+    ]  # fmt: skip
+    for key, value in rows:
+        table.add_row(Text(key, style="bold"), Text(value))
+    Console(highlight=False).print(table)

@@ -1,0 +1,198 @@
+"""Training: vocabulary, bucketed batches, `model.fit` with early stopping, reported through callbacks."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lstm_cli.batching import EncodedTexts, batch_count, epoch_batches
+from lstm_cli.config import TrainConfig
+from lstm_cli.data import LabeledData
+from lstm_cli.devices import DevicePlan, plan_devices
+from lstm_cli.errors import DataError
+from lstm_cli.model import build_network, keras, make_vectorizer, tf, token_ids
+
+ENCODE_BATCH = 4096
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    epochs: int
+    metrics: dict[str, float]  # loss, accuracy, val_loss, val_accuracy
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    network: Any  # keras.Model over token ids
+    vectorizer: Any
+    vocabulary: list[str]
+    labels: list[str]
+    config: TrainConfig
+    history: list[dict[str, float]]
+    best_epoch: int  # 1-based
+    best_metrics: dict[str, float]
+    train_rows: int
+    validation_rows: int
+    seconds: float
+    device: DevicePlan
+    parameters: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(train indices, validation indices, warnings): `fraction` of every class held out, seeded.
+
+    A class with a single row cannot be on both sides; it stays in training, with a warning."""
+    rng = np.random.default_rng(seed)
+    labels_arr = np.array(labels, dtype=object)
+    train, validation, warnings = [], [], []
+    for label in sorted(set(labels)):
+        rows = rng.permutation(np.flatnonzero(labels_arr == label))
+        if len(rows) < 2:
+            warnings.append(f"class {label!r} has a single row: kept for training, absent from validation")
+            train.extend(rows)
+            continue
+        held = min(len(rows) - 1, max(1, round(len(rows) * fraction)))
+        validation.extend(rows[:held])
+        train.extend(rows[held:])
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(validation, dtype=np.int64)), warnings
+
+
+def encode_texts(vectorizer, texts: list[str], max_length: int) -> EncodedTexts:
+    """Token ids of every text, via the same `token_ids` the exported model uses."""
+    encode = tf.function(lambda batch: token_ids(vectorizer, batch, max_length), reduce_retracing=True)
+    values, lengths = [], []
+    for start in range(0, len(texts), ENCODE_BATCH):
+        ragged = encode(tf.constant(texts[start : start + ENCODE_BATCH], dtype=tf.string))
+        values.append(ragged.flat_values.numpy())
+        lengths.append(ragged.row_lengths().numpy())
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    splits = np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64)
+    return EncodedTexts(np.concatenate(values).astype(np.int32), splits)
+
+
+def _dataset(encoded: EncodedTexts, targets: np.ndarray, batch_size: int, seed: int | None, first_epoch: int):
+    epochs = itertools.count(first_epoch)
+
+    def batches():
+        # A new generator per pass: each epoch gets its own (seed, epoch) shuffle.
+        yield from epoch_batches(encoded, targets, batch_size, seed=seed, epoch=next(epochs))
+
+    signature = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    # A known length lets Keras count steps (and not warn that the generator "ran out of data").
+    count = batch_count(len(encoded), batch_size, shuffled=seed is not None)
+    return dataset.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2)
+
+
+class _Reporter(keras.callbacks.Callback):
+    def __init__(self, epochs: int, on_epoch: Callable[[EpochReport], None] | None):
+        super().__init__()
+        self.epochs, self.on_epoch, self.history = epochs, on_epoch, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k in _REPORTED}
+        self.history.append(metrics)
+        if self.on_epoch:
+            self.on_epoch(EpochReport(epoch + 1, self.epochs, metrics, time.perf_counter() - self.started))
+
+
+_REPORTED = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+def train(
+    config: TrainConfig,
+    data: LabeledData,
+    *,
+    validation: LabeledData | None = None,
+    device: str = "auto",
+    mixed_precision: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`."""
+    started = time.perf_counter()
+    stage = on_stage or (lambda _: None)
+    plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
+    labels = sorted(set(data.labels))
+    if len(labels) < 2:
+        raise DataError(
+            f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
+        )
+    keras.utils.set_random_seed(config.seed)
+
+    texts, label_list, warnings = data.texts, data.labels, []
+    if validation is not None:
+        unknown = sorted(set(validation.labels) - set(labels))
+        if unknown:
+            raise DataError(
+                f"{validation.path}: validation labels not in the training data: {', '.join(map(repr, unknown[:5]))}"
+            )
+        train_texts, train_labels = texts, label_list
+        val_texts, val_labels = validation.texts, validation.labels
+    elif config.validation_split > 0:
+        train_idx, val_idx, warnings = stratified_split(label_list, config.validation_split, config.seed)
+        train_texts = [texts[i] for i in train_idx]
+        train_labels = [label_list[i] for i in train_idx]
+        val_texts = [texts[i] for i in val_idx]
+        val_labels = [label_list[i] for i in val_idx]
+    else:
+        train_texts, train_labels, val_texts, val_labels = texts, label_list, [], []
+
+    stage("Building the vocabulary")
+    vectorizer = make_vectorizer(config.max_tokens)
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(ENCODE_BATCH))
+    vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
+    index = {label: i for i, label in enumerate(labels)}
+    train_enc = encode_texts(vectorizer, train_texts, config.max_length)
+    train_y = np.array([index[label] for label in train_labels], dtype=np.int32)
+
+    with plan.scope():
+        network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels))
+        network.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=plan.jit_compile,
+        )
+    train_ds = _dataset(train_enc, train_y, config.batch_size, config.seed, 0)
+    val_ds = None
+    if val_texts:
+        val_enc = encode_texts(vectorizer, val_texts, config.max_length)
+        val_y = np.array([index[label] for label in val_labels], dtype=np.int32)
+        val_ds = _dataset(val_enc, val_y, config.batch_size, None, 0).cache()
+
+    monitor = "val_loss" if val_ds is not None else "loss"
+    reporter = _Reporter(config.epochs, on_epoch)
+    stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
+    stage(f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation")
+    network.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[reporter, stopper], verbose=0)
+
+    history = reporter.history
+    best = int(np.argmin([h[monitor] for h in history]))
+    return TrainResult(
+        network=network,
+        vectorizer=vectorizer,
+        vocabulary=vocabulary,
+        labels=labels,
+        config=config,
+        history=history,
+        best_epoch=best + 1,
+        best_metrics=history[best],
+        train_rows=len(train_texts),
+        validation_rows=len(val_texts),
+        seconds=time.perf_counter() - started,
+        device=plan,
+        parameters=int(network.count_params()),
+        warnings=warnings + plan.warnings,
+    )

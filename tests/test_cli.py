@@ -1,0 +1,236 @@
+"""The command line, through its real entry point: train -> predict -> evaluate -> info."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY, toy_rows, write_csv
+from typer.testing import CliRunner
+
+from lstm_cli.cli import app
+
+runner = CliRunner()
+
+
+def test_train_prints_only_the_model_path_and_reports_on_stderr(data_dir):
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY[:-1], "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "lstm-model\n"
+    assert "epoch 1/2" in result.stderr and "val_loss" in result.stderr
+    for fact in ("rows", "classes", "vocabulary", "parameters", "device", "wall time"):
+        assert fact in result.stderr
+    assert "CPU" in result.stderr
+    # the default location: predict works right after train, with no flags
+    predicted = runner.invoke(app, ["predict", "good great"])
+    assert predicted.exit_code == 0, predicted.output
+    label, probability = predicted.stdout.rstrip("\n").split("\t")
+    assert label in {"pos", "neg", "meh"} and 0 < float(probability) <= 1
+
+
+@pytest.mark.parametrize("mode", ["argument", "file", "stdin", "piped"])
+def test_predict_input_modes_give_one_line_per_input_in_order(trained_model, tmp_path, mode):
+    texts = ["good great lovely", "", "bad awful", "okay plain", "good great lovely"]
+    args, stdin = ["predict", "-m", str(trained_model), "--format", "json"], None
+    if mode == "argument":
+        args += texts
+    elif mode == "file":
+        (tmp_path / "in.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+        args += ["--input", str(tmp_path / "in.txt")]
+    else:
+        stdin = "\n".join(texts) + "\n"
+        args += ["-"] if mode == "stdin" else []
+    result = runner.invoke(app, args, input=stdin)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["text"] for r in records] == texts
+    for r in records:
+        assert set(r["probabilities"]) == {"meh", "neg", "pos"}
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert r["probability"] == max(r["probabilities"].values())
+        assert r["probabilities"][r["label"]] == r["probability"]
+    # the same text twice in one batch: the same probabilities (to float32 rounding)
+    for label, p in records[0]["probabilities"].items():
+        assert records[4]["probabilities"][label] == pytest.approx(p, abs=1e-6)
+
+
+def test_predict_formats_and_top_k(trained_model):
+    base = ["predict", "-m", str(trained_model), "good great", "bad awful"]
+    tsv = runner.invoke(app, base).stdout.splitlines()
+    labels = runner.invoke(app, [*base, "--format", "label"]).stdout.splitlines()
+    top = runner.invoke(app, [*base, "--top-k", "3"]).stdout.splitlines()
+    records = [
+        json.loads(x) for x in runner.invoke(app, [*base, "--format", "json", "--top-k", "2"]).stdout.splitlines()
+    ]
+    assert [line.split("\t")[0] for line in tsv] == labels == [r["label"] for r in records]
+    for line, record in zip(top, records, strict=True):
+        fields = line.split("\t")
+        assert len(fields) == 6 and fields[0] == record["label"]
+        probabilities = [float(p) for p in fields[1::2]]
+        assert probabilities == sorted(probabilities, reverse=True)
+        assert sorted(fields[0::2]) == ["meh", "neg", "pos"]
+        assert [t["label"] for t in record["top"]] == fields[0:4:2]
+
+
+def test_predict_streams_many_lines_in_order(trained_model):
+    texts = [f"{'good' if i % 2 else 'bad'} line {i}" for i in range(2500)]
+    result = runner.invoke(
+        app, ["predict", "-m", str(trained_model), "-", "--batch-size", "256", "--format", "json"],
+        input="\n".join(texts) + "\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(texts)
+    assert [json.loads(line)["text"] for line in lines] == texts
+
+
+def test_predict_with_empty_stdin_prints_nothing(trained_model):
+    result = runner.invoke(app, ["predict", "-m", str(trained_model), "-"], input="")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+
+
+def test_evaluate_reports_all_metrics(trained_model, data_dir):
+    result = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rows"]["evaluated"] == 45
+    assert sum(sum(row) for row in report["confusion_matrix"]) == 45
+    confusion = report["confusion_matrix"]
+    correct = sum(confusion[i][i] for i in range(3))
+    assert report["accuracy"] == pytest.approx(correct / 45)
+    assert report["accuracy"] > 0.6  # the toy task is learnable by the tiny model
+    for label in ("pos", "neg", "meh"):
+        assert set(report["per_class"][label]) == {"precision", "recall", "f1", "support"}
+    tables = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model)])
+    assert tables.exit_code == 0
+    for word in ("accuracy", "macro-F1", "precision", "recall", "Confusion matrix", "pos", "neg", "meh"):
+        assert word in tables.stdout
+
+
+def test_evaluate_counts_unknown_labels(trained_model, tmp_path):
+    rows = toy_rows(9, seed=5) + [("good stuff", "surprise"), ("strange", "surprise"), ("what", "other")]
+    path = write_csv(tmp_path / "odd.csv", rows)
+    result = runner.invoke(app, ["evaluate", str(path), "-m", str(trained_model), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["rows"]["evaluated"] == 9 and report["rows"]["unknown_label"] == 3
+    assert report["unknown_labels"] == {"surprise": 2, "other": 1}
+    assert "3 rows have labels the model was not trained on" in result.stderr
+
+
+def test_info_describes_the_model(trained_model):
+    result = runner.invoke(app, ["info", "-m", str(trained_model), "--json"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads(result.stdout)
+    assert meta["labels"] == ["meh", "neg", "pos"]
+    assert meta["config"]["units"] == 6 and meta["config"]["embedding_dim"] == 8
+    assert meta["training"]["data"]["rows"] == 120 and len(meta["training"]["data"]["sha256"]) == 64
+    assert {"lstm_cli", "tensorflow", "keras"} <= set(meta["versions"])
+    assert "val_accuracy" in meta["metrics"]
+    human = runner.invoke(app, ["info", "-m", str(trained_model)])
+    assert "meh, neg, pos" in human.stdout and "tensorflow" in human.stdout
+
+
+def test_model_env_var_selects_the_model(trained_model, monkeypatch):
+    monkeypatch.setenv("LSTM_CLI_MODEL", str(trained_model))
+    result = runner.invoke(app, ["predict", "good"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.split("\t")[0] in {"pos", "neg", "meh"}
+
+
+def test_every_command_has_help_with_an_example():
+    for command in ("train", "predict", "evaluate", "info"):
+        result = runner.invoke(app, [command, "--help"])
+        assert result.exit_code == 0
+        assert "Example: " in result.stdout, command
+
+
+def _run(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lstm-cli")
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def test_help_does_not_import_tensorflow():
+    code = (
+        "import sys; from lstm_cli.cli import app; sys.argv=['lstm-cli','--help']\n"
+        "try: app()\nexcept SystemExit: pass\nassert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "train" in done.stdout and "predict" in done.stdout
+
+
+def test_installed_command_end_to_end_in_a_subprocess(trained_model, tmp_path):
+    env = {**os.environ, "LSTM_CLI_MODEL": str(trained_model)}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("lstm-cli")), "predict", "-"],
+        input="good great\n\nbad awful\n", capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # no TensorFlow log noise
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and all(len(line.split("\t")) == 2 for line in lines)
+    version = _run(["--version"])
+    assert version.returncode == 0 and version.stdout.startswith("lstm-cli ")
+    module = subprocess.run([sys.executable, "-m", "lstm_cli", "--help"], capture_output=True, text=True)
+    assert module.returncode == 0 and "evaluate" in module.stdout
+
+
+ERROR_CASES = [
+    ("missing.csv", None, "missing.csv: file not found"),
+    ("cols.csv", "body,label\nhi,a\n", "no column 'text' in the header (columns seen: 'body', 'label')"),
+    ("empty.csv", "", "file is empty"),
+    ("header.csv", "text,label\n", "no data rows"),
+    ("one.csv", "text,label\nhi,a\nho,a\n", "only one class ('a')"),
+    ("latin.csv", "text,label\ncaf\xe9,a\n".encode("latin-1"), "--encoding"),
+    ("ragged.csv", "text,label\nx,a,extra\n", "ragged.csv:2: expected 2 fields, found 3"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), ERROR_CASES)
+def test_train_errors_are_one_line_exit_1_and_leave_no_model(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    result = runner.invoke(app, ["train", str(tmp_path / name), *TINY])
+    assert result.exit_code == 1, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.stderr
+    assert not (tmp_path / "lstm-model").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "-1"], "--epochs must be >= 1"),
+        (["--dropout", "1"], "--dropout must be < 1.0"),
+        (["--units", "0"], "--units must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--cell", "rnn"], "rnn"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors_before_any_work(tmp_path, args, message):
+    result = runner.invoke(app, ["train", "does-not-exist.csv", *args])
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "file not found" not in result.stderr  # rejected before the data is read
+
+
+def test_evaluate_and_info_without_a_model(tmp_path, data_dir):
+    for args in (["evaluate", str(data_dir / "test.csv")], ["info"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("Error: ") and "lstm-cli train" in result.stderr
+
+
+def test_predict_usage_errors(trained_model, tmp_path):
+    both = runner.invoke(app, ["predict", "-m", str(trained_model), "x", "--input", "f.txt"])
+    assert both.exit_code == 2 and "not both" in both.stderr
+    missing = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", "nope.txt"])
+    assert missing.exit_code == 1 and "nope.txt: file not found" in missing.stderr

@@ -1,0 +1,108 @@
+"""The network's correctness: masking makes padding irrelevant, and the LSTM computes the textbook gates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_cli.config import TrainConfig
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def numpy_lstm(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """Textbook LSTM over one sequence x [T, E]; Keras packs the gates as i, f, C~, o. Returns every h."""
+    units = recurrent.shape[0]
+    h, c, outputs = np.zeros(units), np.zeros(units), []
+    for x_t in x:
+        z = x_t @ kernel + h @ recurrent + bias
+        i = sigmoid(z[:units])  # input gate
+        f = sigmoid(z[units : 2 * units])  # forget gate
+        c_tilde = np.tanh(z[2 * units : 3 * units])  # candidate cell state
+        o = sigmoid(z[3 * units :])  # output gate
+        c = f * c + i * c_tilde  # new cell state
+        h = o * np.tanh(c)  # new hidden state
+        outputs.append(h)
+    return np.array(outputs)
+
+
+@pytest.fixture(scope="module")
+def network(trained_model):
+    import keras
+
+    return keras.saving.load_model(trained_model / "model.keras")
+
+
+def test_trained_lstm_layer_matches_numpy_gate_equations(network):
+    import keras
+
+    lstm = network.get_layer("lstm_1")
+    embed = network.get_layer("embedding")
+    hidden = keras.Model(network.input, lstm.output)
+    kernel, recurrent, bias = (w.numpy() if hasattr(w, "numpy") else np.asarray(w) for w in lstm.weights)
+    table = np.asarray(embed.embeddings)
+    sequences = [[5, 9, 2, 7, 3], [4, 4, 11], [8]]
+    padded = np.zeros((3, 5), dtype=np.int32)
+    for row, ids in enumerate(sequences):
+        padded[row, : len(ids)] = ids
+    got = np.asarray(hidden(padded, training=False))  # padded batch, masked
+    for row, ids in enumerate(sequences):
+        expected = numpy_lstm(table[ids].astype(np.float64), kernel, recurrent, bias)[-1]
+        np.testing.assert_allclose(got[row], expected, atol=1e-5)
+
+
+def test_padding_does_not_change_a_prediction(trained_model):
+    from lstm_cli.predict import Predictor
+
+    predictor = Predictor(trained_model)
+    short = "good great"
+    long_text = " ".join(["bad awful okay plain the movie"] * 50)
+    alone = predictor.probabilities([short])[0]
+    batched = predictor.probabilities([long_text, short, "", "!!! ..."])
+    np.testing.assert_allclose(batched[1], alone, atol=1e-6)
+    assert np.all(np.isfinite(batched)) and np.allclose(batched.sum(axis=1), 1, atol=1e-5)
+    # an empty or all-punctuation text is one unknown token: same prediction, never an all-padding row
+    np.testing.assert_allclose(batched[2], batched[3], atol=1e-6)
+
+
+def test_no_row_is_all_padding_and_truncation_applies():
+    import tensorflow as tf
+
+    from lstm_cli.model import OOV_ID, make_vectorizer, token_ids
+
+    vectorizer = make_vectorizer(20)
+    vectorizer.adapt(tf.constant(["a b c", "b c d"]))
+    ids = token_ids(vectorizer, tf.constant(["", "?!", "a b c d a b", "zzz"]), 4)
+    rows = ids.to_list()
+    assert rows[0] == rows[1] == [OOV_ID]
+    assert len(rows[2]) == 4 and 0 not in rows[2]
+    assert rows[3] == [OOV_ID]
+
+
+@pytest.mark.parametrize(
+    ("options", "layer_names"),
+    [
+        ({"cell": "gru"}, ["gru_1"]),
+        ({"layers": 2}, ["lstm_1", "lstm_2"]),
+        ({"bidirectional": True, "layers": 2}, ["bidirectional_1", "bidirectional_2"]),
+        ({"dense_units": 0}, ["lstm_1"]),
+    ],
+)
+def test_network_options_build_and_stay_padding_invariant(options, layer_names):
+    from lstm_cli.model import build_network
+
+    config = TrainConfig(embedding_dim=4, units=3, dense_units=options.pop("dense_units", 5), **options)
+    network = build_network(config, vocabulary_size=30, num_classes=4)
+    names = [layer.name for layer in network.layers]
+    assert all(name in names for name in layer_names)
+    assert ("dense" in names) == (config.dense_units > 0)
+    short = np.array([[3, 7, 2]], dtype=np.int32)
+    batch = np.zeros((2, 60), dtype=np.int32)
+    batch[0, :3] = short[0]
+    batch[1, :] = np.arange(1, 61) % 29 + 1
+    alone = np.asarray(network(short, training=False))
+    together = np.asarray(network(batch, training=False))
+    assert alone.shape == (1, 4)
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
