@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,8 @@ class TrainConfig:
     dense_dropout: float = 0.5
     # Optimisation
     epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
+    batch_size: int | None = None  # None: auto_batch_size(rows)
+    learning_rate: float | None = None  # None: auto_learning_rate(batch_size)
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
     seed: int = 1337
@@ -36,6 +37,12 @@ class TrainConfig:
         problems = config_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
+
+    def resolved(self, rows: int) -> TrainConfig:
+        """This configuration with the automatic batch size and learning rate made concrete."""
+        batch_size = self.batch_size or auto_batch_size(rows)
+        learning_rate = self.learning_rate or auto_learning_rate(batch_size)
+        return dataclasses.replace(self, batch_size=batch_size, learning_rate=learning_rate)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -47,6 +54,20 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
         return cls(**values)
+
+
+def auto_batch_size(rows: int) -> int:
+    """About 1/64 of the rows as a power of two, from 32 to 512.
+
+    Small data wants many updates per epoch; large data wants large batches, which on a CPU cost
+    little more per step than small ones (SST-2: 512 trains ~2.5x as many tokens/s as 128)."""
+    target = max(rows, 1) / 64
+    return int(min(512, max(32, 2 ** round(math.log2(max(target, 1))))))
+
+
+def auto_learning_rate(batch_size: int) -> float:
+    """Adam's 1e-3, scaled by sqrt(batch / 128) above 128 (fewer, less noisy steps take larger ones)."""
+    return 1e-3 * max(1.0, math.sqrt(batch_size / 128))
 
 
 # (field, lowest allowed, highest allowed, highest is exclusive)
@@ -74,6 +95,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     problems = []
     for name, low, high, high_open in _RANGES:
         value = getattr(config, name)
+        if value is None and name in ("batch_size", "learning_rate"):
+            continue  # automatic
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{flag} must be a number, got {value!r}")

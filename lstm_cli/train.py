@@ -6,11 +6,13 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lstm_cli.batching import EncodedTexts, batch_count, epoch_batches
+from lstm_cli.checkpoint import Checkpoint, read_state
 from lstm_cli.config import TrainConfig
 from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
@@ -36,6 +38,7 @@ class TrainResult:
     labels: list[str]
     config: TrainConfig
     history: list[dict[str, float]]
+    epoch_seconds: list[float]  # wall time of each epoch, validation included
     best_epoch: int  # 1-based
     best_metrics: dict[str, float]
     train_rows: int
@@ -95,7 +98,7 @@ def _dataset(encoded: EncodedTexts, targets: np.ndarray, batch_size: int, seed: 
 class _Reporter(keras.callbacks.Callback):
     def __init__(self, epochs: int, on_epoch: Callable[[EpochReport], None] | None):
         super().__init__()
-        self.epochs, self.on_epoch, self.history = epochs, on_epoch, []
+        self.epochs, self.on_epoch, self.history, self.seconds = epochs, on_epoch, [], []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -103,34 +106,16 @@ class _Reporter(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in _REPORTED}
         self.history.append(metrics)
+        self.seconds.append(round(time.perf_counter() - self.started, 3))
         if self.on_epoch:
-            self.on_epoch(EpochReport(epoch + 1, self.epochs, metrics, time.perf_counter() - self.started))
+            self.on_epoch(EpochReport(epoch + 1, self.epochs, metrics, self.seconds[-1]))
 
 
 _REPORTED = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
-def train(
-    config: TrainConfig,
-    data: LabeledData,
-    *,
-    validation: LabeledData | None = None,
-    device: str = "auto",
-    mixed_precision: bool = False,
-    on_epoch: Callable[[EpochReport], None] | None = None,
-    on_stage: Callable[[str], None] | None = None,
-) -> TrainResult:
-    """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`."""
-    started = time.perf_counter()
-    stage = on_stage or (lambda _: None)
-    plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
-    labels = sorted(set(data.labels))
-    if len(labels) < 2:
-        raise DataError(
-            f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
-        )
-    keras.utils.set_random_seed(config.seed)
-
+def _split(config: TrainConfig, data: LabeledData, validation: LabeledData | None, labels: list[str]):
+    """(train texts, train labels, validation texts, validation labels, warnings)."""
     texts, label_list, warnings = data.texts, data.labels, []
     if validation is not None:
         unknown = sorted(set(validation.labels) - set(labels))
@@ -149,6 +134,44 @@ def train(
     else:
         train_texts, train_labels, val_texts, val_labels = texts, label_list, [], []
 
+    return train_texts, train_labels, val_texts, val_labels, warnings
+
+
+def train(
+    config: TrainConfig,
+    data: LabeledData,
+    *,
+    validation: LabeledData | None = None,
+    device: str = "auto",
+    mixed_precision: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
+
+    With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it."""
+    started = time.perf_counter()
+    stage = on_stage or (lambda _: None)
+    plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
+    labels = sorted(set(data.labels))
+    if len(labels) < 2:
+        raise DataError(
+            f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
+        )
+    train_texts, train_labels, val_texts, val_labels, warnings = _split(config, data, validation, labels)
+    config = config.resolved(len(train_texts))
+    run = {
+        "config": config.to_dict(),
+        "data": data.sha256,
+        "validation": validation.sha256 if validation is not None else None,
+        "labels": labels,
+    }
+    resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
+    first_epoch = resume_state["epoch"] if resume_state else 0
+    keras.utils.set_random_seed(config.seed)
+
     stage("Building the vocabulary")
     vectorizer = make_vectorizer(config.max_tokens)
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(ENCODE_BATCH))
@@ -165,7 +188,7 @@ def train(
             metrics=["accuracy"],
             jit_compile=plan.jit_compile,
         )
-    train_ds = _dataset(train_enc, train_y, config.batch_size, config.seed, 0)
+    train_ds = _dataset(train_enc, train_y, config.batch_size, config.seed, first_epoch)
     val_ds = None
     if val_texts:
         val_enc = encode_texts(vectorizer, val_texts, config.max_length)
@@ -175,8 +198,23 @@ def train(
     monitor = "val_loss" if val_ds is not None else "loss"
     reporter = _Reporter(config.epochs, on_epoch)
     stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
-    stage(f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation")
-    network.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[reporter, stopper], verbose=0)
+    callbacks = [reporter, stopper]
+    if checkpoint_dir is not None:
+        # After the stopper in the list: its epoch-end state is what gets saved.
+        callbacks.append(Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state))
+    resuming = f", resuming after epoch {first_epoch}" if resume_state else ""
+    stage(f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation{resuming}")
+    if resume_state and (first_epoch >= config.epochs or resume_state.get("stopped")):
+        callbacks[-1].restore_finished(network)  # training had ended; only saving was cut short
+    else:
+        network.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            initial_epoch=first_epoch,
+            callbacks=callbacks,
+            verbose=0,
+        )
 
     history = reporter.history
     best = int(np.argmin([h[monitor] for h in history]))
@@ -187,6 +225,7 @@ def train(
         labels=labels,
         config=config,
         history=history,
+        epoch_seconds=reporter.seconds,
         best_epoch=best + 1,
         best_metrics=history[best],
         train_rows=len(train_texts),
