@@ -3,8 +3,6 @@ Keras network (to continue training). Written to a temporary sibling, checked, t
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime
 import hashlib
 import json
@@ -16,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lstm_cli import __version__
+from lstm_cli.atomic import fsync_tree, install, remove_stale_staging, staging_path
 from lstm_cli.errors import ArtifactError
 
 FORMAT = "lstm-cli-model"
@@ -25,6 +24,7 @@ VOCABULARY = "vocabulary.json"
 KERAS_FILE = "model.keras"
 SAVED_MODEL = "saved_model.pb"
 SIGNATURE = "serving_default"
+SERVING_FILES = (SAVED_MODEL, "variables/", "assets/")  # what predict reads
 DEFAULT_MODEL_DIR = "lstm-model"
 MODEL_ENV = "LSTM_CLI_MODEL"
 
@@ -78,12 +78,17 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
     return metadata
 
 
-def verify_files(model_dir: Path, metadata: dict[str, Any]) -> None:
-    """Check every file listed in the metadata is present and unchanged."""
+def verify_files(model_dir: Path, metadata: dict[str, Any], *, only: tuple[str, ...] | None = None) -> None:
+    """Check the files listed in the metadata (those starting with a prefix in `only`) are unchanged."""
     expected = metadata.get("files")
-    if not isinstance(expected, dict):
+    if not isinstance(expected, dict) or not all(isinstance(v, str) for v in expected.values()):
         raise ArtifactError(f'{model_dir / METADATA}: "files" is missing; the model directory is incomplete')
+    for required in (SAVED_MODEL, KERAS_FILE, VOCABULARY):
+        if required not in expected:
+            raise ArtifactError(f'{model_dir / METADATA}: "files" does not list {required}')
     for name, digest in expected.items():
+        if only is not None and not name.startswith(only):
+            continue
         path = model_dir / name
         if ".." in Path(name).parts or Path(name).is_absolute():
             raise ArtifactError(f"{model_dir / METADATA}: file entry {name!r} points outside the model directory")
@@ -137,6 +142,7 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
             "history": result.history,
+            "epoch_seconds": result.epoch_seconds,
         },
         "metrics": result.best_metrics,
     }
@@ -166,62 +172,41 @@ def _export_saved_model(result, directory: Path) -> None:
     archive.write_out(str(directory), verbose=False)
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in [*root.rglob("*"), root]:
-        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-        fd = os.open(path, flags)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2); False where the system cannot."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    done = renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return done == 0
-
-
 def is_model_dir(path: Path) -> bool:
     return (path / METADATA).is_file() or (path.is_dir() and not any(path.iterdir()))
 
 
-def _install(staging: Path, target: Path) -> None:
-    """Put `staging` at `target` in one step: readers see the old model or the new one, never a mix."""
-    if not target.exists():
-        os.rename(staging, target)
-        return
-    if _exchange(staging, target):
-        shutil.rmtree(staging, ignore_errors=True)
-        return
-    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.rename(target, retired)
-    os.rename(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+def _last_clause(message: str) -> str:
+    """'path/file.tmp123; No space left on device' -> 'No space left on device'."""
+    return message.strip().splitlines()[0].rsplit("; ", 1)[-1]
 
 
-def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skipped: dict[str, int]) -> dict:
-    """Write the model directory at `target` atomically; returns its metadata."""
+def check_writable(target: Path) -> None:
+    """Fail before training, not after, when the model could not be saved at `target`."""
     target = Path(os.path.abspath(target))
     if target.exists() and not (target.is_dir() and is_model_dir(target)):
         raise ArtifactError(
             f"{target}: exists and is not an lstm-cli model directory; choose another path with --model/-m"
         )
+    probe = staging_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        probe.mkdir()
+        probe.rmdir()
     except OSError as e:
-        raise ArtifactError(f"{target.parent}: cannot create the model's parent directory: {e.strerror}") from None
-    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        raise ArtifactError(
+            f"{target.parent}: cannot write the model here ({e.strerror}); choose another path with --model/-m"
+        ) from None
+
+
+def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skipped: dict[str, int]) -> dict:
+    """Write the model directory at `target` atomically; returns its metadata."""
+    from lstm_cli.model import tf
+
+    target = Path(os.path.abspath(target))
+    check_writable(target)
+    remove_stale_staging(target)
+    staging = staging_path(target)
     try:
         staging.mkdir()
         _export_saved_model(result, staging)
@@ -230,12 +215,13 @@ def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skip
         metadata = build_metadata(result, data_fingerprint=data_fingerprint, validation=validation, skipped=skipped)
         metadata["files"] = _artifact_files(staging)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _fsync_tree(staging)
+        fsync_tree(staging)
         verify_files(staging, read_metadata(staging))
-        _install(staging, target)
-    except OSError as e:
+        install(staging, target)
+    except (OSError, tf.errors.OpError) as e:
+        reason = getattr(e, "strerror", None) or _last_clause(getattr(e, "message", None) or str(e))
         raise ArtifactError(
-            f"{target}: could not write the model ({e.strerror or e}); the previous model, if any, is untouched"
+            f"{target}: could not write the model ({reason}); the previous model, if any, is untouched"
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

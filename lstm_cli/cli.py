@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -69,7 +71,7 @@ def _console():
 
 
 @contextlib.contextmanager
-def _errors(verbose: bool = False):
+def _errors(verbose: bool = False, interrupted_hint: str = ""):
     """The one place core errors become `Error: ...` and an exit code."""
     if verbose:
         from lstm_cli.tf_setup import set_verbose
@@ -81,8 +83,12 @@ def _errors(verbose: bool = False):
         typer.echo(f"Error: {e}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
-        typer.echo("Interrupted.", err=True)
+        typer.echo(f"Error: interrupted{interrupted_hint}", err=True)
         raise typer.Exit(130) from None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _version(value: bool) -> None:
@@ -134,8 +140,12 @@ def train(
     dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
-    batch_size: Annotated[int, typer.Option(help="Texts per training step.")] = DEFAULTS.batch_size,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Texts per training step [default: auto, rows/64 as a power of 2 in 32..512].")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Adam learning rate [default: auto, 1e-3 x max(1, sqrt(batch/128))].")
+    ] = None,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
     ] = DEFAULTS.patience,
@@ -144,6 +154,11 @@ def train(
     ),
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     mixed_precision: Annotated[bool, typer.Option(help="float16 compute on a GPU.")] = False,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where per-epoch checkpoints go [default: .MODEL.checkpoint beside the model]."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -163,7 +178,11 @@ def train(
         raise typer.BadParameter(str(e)) from None
     console = _console()
     say = (lambda *a, **k: None) if quiet else console.print
-    with _errors(verbose):
+    checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
+    kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
+    hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
+    with _errors(verbose, interrupted_hint=hint):
         from lstm_cli.data import read_labeled
 
         read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
@@ -171,7 +190,9 @@ def train(
         dataset = read_labeled(data, **read)
         validation = read_labeled(validation_data, **read) if validation_data else None
         from lstm_cli import render
-        from lstm_cli.artifact import save
+        from lstm_cli.artifact import check_writable, save
+
+        check_writable(model)
         from lstm_cli.train import train as train_model
 
         for warning in render.skipped_warnings(dataset, validation):
@@ -181,12 +202,15 @@ def train(
             config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
             on_epoch=None if quiet else lambda report: say(render.epoch_line(report)),
             on_stage=say,
+            checkpoint_dir=checkpoints,
+            resume=resume,
         )  # fmt: skip
         for warning in result.warnings:
             console.print(f"[yellow]Warning:[/] {warning}")
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
                      skipped=dict(dataset.skipped))  # fmt: skip
+        shutil.rmtree(checkpoints, ignore_errors=True)
         if not quiet:
             console.print(render.train_summary(result, model))
     typer.echo(str(model))
@@ -237,10 +261,11 @@ def predict(
 
         predictor = Predictor(model)
         k = min(top_k, len(predictor.labels))
+        out = sys.stdout.buffer  # UTF-8 whatever the locale
         for batch in predictor.predict(source, batch_size=batch_size):
             lines = [prediction_line(p, predictor.labels, output_format.value, k) for p in batch]
-            sys.stdout.write("\n".join(lines) + "\n")
-            sys.stdout.flush()
+            out.write(("\n".join(lines) + "\n").encode("utf-8"))
+            out.flush()
 
 
 @app.command()

@@ -125,6 +125,8 @@ def read_labeled(
     text_index, label_index = header.index(text_column), header.index(label_column)
 
     data = LabeledData([], [], str(Path(name).resolve()) if name != "<stdin>" else name, digest, delimiter)
+    # No per-field limit (csv's default is 128 KiB): a field can never be larger than the file in memory.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     next(reader)  # the header, parsed above
     line = reader.line_num + 1
@@ -185,6 +187,20 @@ def iter_lines(stream: BinaryIO) -> Iterator[str]:
         if raw.endswith(b"\n"):
             raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
         yield raw.decode("utf-8", errors="replace")
+
+
+def clean_text(text: str) -> str:
+    """Valid Unicode for any str: bytes smuggled in as surrogates (non-UTF-8 command-line arguments)
+    become U+FFFD, as undecodable bytes on stdin do."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "replace").decode("utf-8", "replace")
+
+
+def _only_escapes(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:

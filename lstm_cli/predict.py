@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,12 +11,40 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.artifact import read_metadata, verify_files
-from lstm_cli.data import LabeledData, batched
+from lstm_cli.artifact import SERVING_FILES, SIGNATURE, read_metadata, verify_files
+from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.errors import ArtifactError
 from lstm_cli.metrics import classification_report
 
 PREDICT_BATCH = 1024
+_ATTEMPTS = 5
+
+
+def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
+    """Metadata and SavedModel, all read from one directory even if `train` swaps it meanwhile.
+
+    Files are opened through a descriptor of the directory (/proc/self/fd/N), which keeps naming the
+    directory that was opened when another takes its place."""
+    from lstm_cli.model import tf
+
+    read_metadata(model_dir)  # clear errors for a missing or foreign directory
+    fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        root = Path(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else model_dir
+        try:
+            metadata = read_metadata(root)
+            verify_files(root, metadata, only=SERVING_FILES)
+            try:
+                loaded = tf.saved_model.load(str(root))
+                loaded.signatures[SIGNATURE]
+            except Exception as e:  # TensorFlow raises many types for a damaged SavedModel
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ArtifactError(f"{root}: the SavedModel cannot be loaded ({first_line})") from None
+        except ArtifactError as e:
+            raise ArtifactError(str(e).replace(str(root), str(model_dir))) from None
+    finally:
+        os.close(fd)
+    return metadata, loaded
 
 
 @dataclass
@@ -32,31 +62,33 @@ class Predictor:
 
     def __init__(self, model_dir: Path):
         self.path = model_dir
-        self.metadata: dict[str, Any] = read_metadata(model_dir)
-        verify_files(model_dir, self.metadata)
+        for attempt in range(_ATTEMPTS):
+            try:
+                self.metadata, self._loaded = _load(model_dir)
+                break
+            except ArtifactError:
+                # `train` may have swapped the directory while we read it: try the new one.
+                if attempt == _ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05)
+        self._serve = self._loaded.signatures[SIGNATURE]
         self.labels: list[str] = self.metadata["labels"]
         from lstm_cli.model import tf
 
-        try:
-            loaded = tf.saved_model.load(str(model_dir))
-            self._serve = loaded.signatures["serving_default"]
-        except Exception as e:  # TensorFlow raises many types for a damaged SavedModel
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{model_dir}: the SavedModel cannot be loaded ({first_line})") from None
-        self._loaded = loaded  # keeps the signature's resources alive
         self._tf = tf
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        outputs = self._serve(text=self._tf.constant(texts, dtype=self._tf.string))
+        encoded = [clean_text(t).encode("utf-8") for t in texts]
+        outputs = self._serve(text=self._tf.constant(encoded, dtype=self._tf.string))
         return outputs["probabilities"].numpy()
 
     def predict(self, texts: Iterable[str], *, batch_size: int = PREDICT_BATCH) -> Iterator[list[Prediction]]:
         """Batches of predictions, in input order; streams, so memory stays flat for any input length."""
         for batch in batched(texts, batch_size):
             probabilities = self.probabilities(batch)
-            yield [Prediction(text, p) for text, p in zip(batch, probabilities, strict=True)]
+            yield [Prediction(clean_text(text), p) for text, p in zip(batch, probabilities, strict=True)]
 
 
 def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH) -> dict[str, Any]:

@@ -1,0 +1,211 @@
+"""Hostile input: odd CSVs, huge texts, junk bytes, arbitrary Unicode, damaged disks. Never a traceback."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, toy_rows, write_csv
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from lstm_cli.artifact import read_metadata, verify_files
+from lstm_cli.cli import app
+from lstm_cli.data import read_labeled
+from lstm_cli.errors import DataError
+
+runner = CliRunner()
+
+
+def test_lone_carriage_returns_and_nul_bytes(tmp_path):
+    (tmp_path / "cr.csv").write_bytes(b"text,label\rhello there,a\rbye now,b\r")
+    assert read_labeled(tmp_path / "cr.csv").texts == ["hello there", "bye now"]
+    (tmp_path / "nul.csv").write_bytes(b'text,label\nhe\x00llo,a\n"q\x00",b\n')
+    assert read_labeled(tmp_path / "nul.csv").texts == ["he\x00llo", "q\x00"]
+
+
+def test_awkward_labels_round_trip_through_training(tmp_path):
+    labels = ["a, b", 'say "hi"', "multi\nline", "🙂 emoji", "  padded  ", "007"]
+    words = "one two three four five six".split()
+    rows = [(f"{word} {i % 4}", label) for label, word in zip(labels, words, strict=True) for i in range(8)]
+    path = write_csv(tmp_path / "labels.csv", rows)
+    data = read_labeled(path)
+    assert sorted(set(data.labels)) == sorted({x.strip() for x in labels})
+    args = ["train", str(path), "-m", str(tmp_path / "m"), *TINY, "--epochs", "15", "--validation-split", "0"]
+    assert runner.invoke(app, args).exit_code == 0
+    meta = read_metadata(tmp_path / "m")
+    assert sorted(meta["labels"]) == sorted({x.strip() for x in labels})
+    out = runner.invoke(app, ["predict", "-m", str(tmp_path / "m"), "--format", "json", "one 1", "six 2"])
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["label"] for r in records] == ["a, b", "007"]
+
+
+def test_single_row_class_is_kept_for_training_with_a_warning(tmp_path):
+    rows = toy_rows(30, labels=("pos", "neg")) + [("strange words", "rare")]
+    path = write_csv(tmp_path / "rare.csv", rows)
+    result = runner.invoke(app, ["train", str(path), "-m", str(tmp_path / "m"), *TINY[:-1]])
+    assert result.exit_code == 0, result.output
+    assert "class 'rare' has a single row: kept for training" in result.stderr
+    assert "rare" in read_metadata(tmp_path / "m")["labels"]
+
+
+def test_ten_megabyte_text_is_truncated_not_a_crash(trained_model, tmp_path):
+    huge = "good great " * 500_000  # ~5.5 MB of text, 1M tokens
+    huge = huge + "x" * (10_000_000 - len(huge))
+    rows = [*toy_rows(40, seed=3), (huge, "pos")]
+    path = write_csv(tmp_path / "huge.csv", rows)
+    result = runner.invoke(app, ["train", str(path), "-m", str(tmp_path / "m"), *TINY, "--max-length", "50"])
+    assert result.exit_code == 0, result.output
+    (tmp_path / "in.txt").write_text(huge + "\nbad\n", encoding="utf-8")
+    out = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", str(tmp_path / "in.txt")])
+    assert out.exit_code == 0, out.output
+    assert len(out.stdout.splitlines()) == 2
+
+
+def test_binary_junk_on_stdin_gives_one_line_per_input_line(trained_model):
+    junk = bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8))
+    exe = Path(sys.executable).with_name("lstm-cli")
+    done = subprocess.run([str(exe), "predict", "-m", str(trained_model), "-"], input=junk, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    expected = junk.count(b"\n") + (0 if junk.endswith(b"\n") else 1)
+    assert len(done.stdout.split(b"\n")) - 1 == expected
+    assert done.stderr == b""
+    # a command-line argument that is not UTF-8 arrives as surrogates; it is still one prediction
+    done = subprocess.run([str(exe), "predict", "-m", str(trained_model), "--format", "json", b"bad \xff\xfe"],
+                          capture_output=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["text"] == "bad \ufffd\ufffd"
+
+
+# --- property-based ---------------------------------------------------------------------------------------
+
+cell_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(st.tuples(cell_text, cell_text), max_size=12),
+    delimiter=st.sampled_from([",", ";", "\t", "|"]),
+    quoting=st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]),
+    terminator=st.sampled_from(["\n", "\r\n"]),
+    bom=st.booleans(),
+)
+def test_reader_round_trips_what_csv_writes_or_raises_data_error(tmp_path, rows, delimiter, quoting, terminator, bom):
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer, delimiter=delimiter, quoting=quoting, lineterminator=terminator)
+    writer.writerow(["text", "label"])
+    writer.writerows(rows)
+    path = tmp_path / "fuzz.csv"
+    path.write_bytes(("\ufeff" if bom else "").encode() + buffer.getvalue().encode("utf-8"))
+    expected = [(t, lb.strip()) for t, lb in rows if t.strip() and lb.strip()]
+    # What the csv module itself reads back (its writer leaves a lone '\r' unquoted, which no reader can undo).
+    reference = list(csv.reader(io.StringIO(buffer.getvalue(), newline=""), delimiter=delimiter))
+    round_trips = reference[1:] == [list(r) for r in rows]
+    try:
+        data = read_labeled(path, delimiter=delimiter)
+    except DataError:
+        assert not (round_trips and expected), "a file the csv module reads was refused"
+        return
+    assert len(data.texts) == len(data.labels) > 0
+    if round_trips:
+        assert list(zip(data.texts, data.labels, strict=True)) == expected
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300))
+def test_reader_never_fails_with_anything_but_data_error(tmp_path, raw):
+    path = tmp_path / "raw.csv"
+    path.write_bytes(raw)
+    try:
+        data = read_labeled(path)
+    except DataError:
+        return
+    assert len(data.texts) == len(data.labels) > 0
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_model):
+    from lstm_cli.predict import Predictor
+
+    return Predictor(trained_model)
+
+
+any_text = st.lists(
+    st.one_of(
+        st.characters(),  # everything, lone surrogates and control characters included
+        st.sampled_from(["\u202e", "\u0301", "\u200f", "🙂", "👩‍👩‍👧", "\x00", "\r", "\x1b[31m", "שלום", "مرحبا"]),
+    ),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(any_text, min_size=1, max_size=8))
+def test_predict_on_arbitrary_unicode_never_crashes(predictor, texts):
+    batches = list(predictor.predict(texts, batch_size=3))
+    predictions = [p for batch in batches for p in batch]
+    assert len(predictions) == len(texts)
+    for p in predictions:
+        assert np.isfinite(p.probabilities).all() and abs(p.probabilities.sum() - 1) < 1e-5
+        p.text.encode("utf-8")  # printable as UTF-8
+    from lstm_cli.render import prediction_line
+
+    for fmt in ("tsv", "json", "label"):
+        lines = [prediction_line(p, predictor.labels, fmt, 2) for p in predictions]
+        assert all("\n" not in line for line in lines)  # one line per input, always
+
+
+# --- full or read-only disks ------------------------------------------------------------------------------
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)):
+        pytest.skip("needs root to mount a tmpfs")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+def test_full_disk_fails_cleanly_and_keeps_the_old_model(trained_model, data_dir, small_disk):
+    import shutil
+
+    shutil.copytree(trained_model, small_disk / "model")
+    filler = small_disk / "filler"
+    free = shutil.disk_usage(small_disk).free
+    filler.write_bytes(b"\0" * max(0, free - 200_000))  # room for far less than a model
+    before = read_metadata(small_disk / "model")
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", str(small_disk / "model")])
+    assert result.exit_code == 1, result.output
+    message = result.stderr.strip().splitlines()
+    assert len(message) == 1 and "could not write the model" in message[0] and "untouched" in message[0]
+    after = read_metadata(small_disk / "model")
+    assert after["id"] == before["id"]
+    verify_files(small_disk / "model", after)
+    # no half-written staging directory is left; the checkpoint stays, so --resume can save later
+    assert sorted(p.name for p in small_disk.iterdir()) == [".model.checkpoint", "filler", "model"]
+
+
+def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, data_dir, small_disk):
+    import shutil
+
+    shutil.copytree(trained_model, small_disk / "model")
+    assert _mount("-o", "remount,ro", str(small_disk))
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", str(small_disk / "model")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("Error: ") and "Read-only file system" in result.stderr
+    assert "--model" in result.stderr and "epoch" not in result.stderr  # refused before training
+    verify_files(small_disk / "model", read_metadata(small_disk / "model"))
