@@ -1,0 +1,208 @@
+"""How fast lstm-cli is, measured on this machine in one process tree, beside the seeds' Keras recipe.
+
+Reports training useful (non-padding) tokens/s and rows/s, epoch time, test accuracy, the same on long
+documents, streaming predict lines/s and tokens/s, cold one-off predict, `--help`, peak RSS, and the
+machine's matmul GFLOP/s with the fraction of it training reaches. Short measurements are medians.
+
+    python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3]
+
+DATA must hold train.csv and test.csv with text,label columns. Nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
+_PUNCTUATION = re.compile(r"[!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~']")
+
+
+def tokens(text: str, max_length: int = 200) -> int:
+    """Useful tokens of a text as lstm-cli counts them (lowercase, strip punctuation, split, truncate)."""
+    return min(max_length, len(_PUNCTUATION.sub("", text.lower()).split()))
+
+
+def run(args: list[str], *, stdin: Path | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MiB, stdout) of one child process."""
+    with open(stdin or os.devnull, "rb") as source, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, stdin=source, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # reaps the child and gives its own rusage
+        seconds = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise SystemExit(f"failed: {' '.join(args)}\n{err.read().decode(errors='replace')}")
+        return seconds, usage.ru_maxrss / 1024, out.read().decode()
+
+
+def median_run(args: list[str], repeats: int, **kwargs) -> float:
+    return statistics.median(run(args, **kwargs)[0] for _ in range(repeats))
+
+
+def matmul_gflops() -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(10))
+    return 2 * 2048**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def read_rows(path: Path) -> list[tuple[str, str]]:
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        return [(r["text"], r["label"]) for r in csv.DictReader(f)]
+
+
+def long_documents(rows: list[tuple[str, str]], path: Path, seed: int = 0) -> int:
+    """Join same-label texts into 150-300 token documents; returns the number written."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[str]] = {}
+    for text, label in rows:
+        by_label.setdefault(label, []).append(text)
+    docs = []
+    for label, texts in by_label.items():
+        current, length, goal = [], 0, rng.integers(150, 301)
+        for text in texts:
+            current.append(text)
+            length += tokens(text, 10_000)
+            if length >= goal:
+                docs.append((" ".join(current), label))
+                current, length, goal = [], 0, rng.integers(150, 301)
+    rng.shuffle(docs)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(docs)
+    return len(docs)
+
+
+def train_figures(data: Path, model: Path, extra: list[str], flops_per_token: float) -> dict:
+    seconds, rss, _ = run([*LSTM_CLI, "train", str(data), "-m", str(model), "-q", *extra])
+    meta = json.loads((model / "metadata.json").read_text())
+    rows = read_rows(data)
+    total_tokens = sum(tokens(t, meta["config"]["max_length"]) for t, _ in rows)
+    train_rows = meta["training"]["rows"]["train"]
+    train_tokens = total_tokens * train_rows / len(rows)  # the split is stratified and random
+    epochs = meta["training"]["epoch_seconds"]
+    steady = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
+    return {
+        "wall_s": seconds,
+        "epochs_run": len(epochs),
+        "first_epoch_s": epochs[0],
+        "epoch_s": steady,
+        "train_rows": train_rows,
+        "tokens_per_s": train_tokens / steady,
+        "rows_per_s": train_rows / steady,
+        "wall_rows_per_s": train_rows * len(epochs) / seconds,
+        "mean_tokens": total_tokens / len(rows),
+        "peak_rss_mib": rss,
+        "batch_size": meta["config"]["batch_size"],
+        "val_accuracy": meta["metrics"].get("val_accuracy"),
+        "gflops": train_tokens / steady * flops_per_token / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="directory with train.csv and test.csv")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stream-lines", type=int, default=100_000)
+    parser.add_argument("--recipe-steps", type=int, default=150)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args()
+    train_csv, test_csv = args.data / "train.csv", args.data / "test.csv"
+    r = {"data": str(args.data), "cpus": os.cpu_count()}
+    # FLOPs per useful training token: forward 2 x 4U(E+U) for the LSTM gates, backward about twice that.
+    units = embed = 128
+    flops_per_token = 3 * 2 * 4 * units * (embed + units)
+
+    r["matmul_gflops"] = matmul_gflops()
+    r["help_s"] = median_run([*LSTM_CLI, "--help"], max(5, args.repeats))
+    r["tf_import_s"] = median_run([sys.executable, "-c", "import tensorflow"], args.repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        r["train"] = train_figures(train_csv, tmp / "model", [], flops_per_token)
+        _, _, out = run([*LSTM_CLI, "evaluate", str(test_csv), "-m", str(tmp / "model"), "--json"])
+        r["test_accuracy"] = json.loads(out)["accuracy"]
+        r["test_macro_f1"] = json.loads(out)["macro_f1"]
+
+        docs = long_documents(read_rows(train_csv), tmp / "long.csv")
+        r["long"] = train_figures(
+            tmp / "long.csv", tmp / "long-model", ["--epochs", "3", "--patience", "9"], flops_per_token
+        )
+        r["long"]["documents"] = docs
+
+        texts = [t for t, _ in read_rows(train_csv)]
+        lines = (texts * (args.stream_lines // len(texts) + 1))[: args.stream_lines]
+        stream = tmp / "stream.txt"
+        stream.write_text("\n".join(t.replace("\n", " ") for t in lines) + "\n", encoding="utf-8")
+        one = tmp / "one.txt"
+        one.write_text(lines[0] + "\n", encoding="utf-8")
+        predict = [*LSTM_CLI, "predict", "-m", str(tmp / "model"), "-"]
+        cold = statistics.median(run(predict, stdin=one)[0] for _ in range(args.repeats))
+        full = [run(predict, stdin=stream) for _ in range(args.repeats)]
+        stream_s = statistics.median(s for s, _, _ in full) - cold
+        r["predict"] = {
+            "cold_one_line_s": cold,
+            "cold_argument_s": median_run([*LSTM_CLI, "predict", "-m", str(tmp / "model"), lines[0]], args.repeats),
+            "stream_lines": len(lines),
+            "stream_s_after_load": stream_s,
+            "lines_per_s": len(lines) / stream_s,
+            "tokens_per_s": sum(tokens(t) for t in lines) / stream_s,
+            "peak_rss_mib": max(rss for _, rss, _ in full),
+            "output_lines_ok": all(len(out.splitlines()) == len(lines) for _, _, out in full),
+        }
+    _, _, out = run([sys.executable, str(HERE / "keras_recipe.py"), str(train_csv), "--steps", str(args.recipe_steps)])
+    r["keras_recipe"] = json.loads(out.strip().splitlines()[-1])
+    r["fraction_of_matmul_peak"] = r["train"]["gflops"] / r["matmul_gflops"]
+    r["speedup_vs_recipe"] = r["train"]["tokens_per_s"] / r["keras_recipe"]["tokens_per_s"]
+    r["long_speedup_vs_recipe"] = r["long"]["tokens_per_s"] / r["keras_recipe"]["tokens_per_s"]
+    print(json.dumps(r, indent=2) if args.json else table(r))
+
+
+def table(r: dict) -> str:
+    t, lg, p, k = r["train"], r["long"], r["predict"], r["keras_recipe"]
+    rows = [
+        ("machine: fp32 matmul (numpy, 2048^2)", f"{r['matmul_gflops']:.0f} GFLOP/s on {r['cpus']} CPUs"),
+        ("train: useful tokens/s (epochs 2+)", f"{t['tokens_per_s']:,.0f}  ({r['speedup_vs_recipe']:.1f}x recipe)"),
+        ("train: rows/s (epochs 2+)", f"{t['rows_per_s']:,.0f}"),
+        ("train: epoch time, first epoch", f"{t['epoch_s']:.1f} s, {t['first_epoch_s']:.1f} s (with tracing)"),
+        ("train: wall time (load, fit, save)", f"{t['wall_s']:.1f} s, {t['epochs_run']} epochs, batch {t['batch_size']}"),  # noqa: E501
+        ("train: fraction of matmul peak", f"{r['fraction_of_matmul_peak']:.1%} ({t['gflops']:.1f} GFLOP/s)"),
+        ("train: peak RSS", f"{t['peak_rss_mib']:,.0f} MiB"),
+        ("test accuracy / macro-F1", f"{r['test_accuracy']:.4f} / {r['test_macro_f1']:.4f}"),
+        ("long docs: useful tokens/s", f"{lg['tokens_per_s']:,.0f}  ({r['long_speedup_vs_recipe']:.1f}x the recipe; "
+                                       f"{lg['documents']:,} docs, {lg['mean_tokens']:.0f} tokens avg)"),
+        ("predict: streaming lines/s (after load)", f"{p['lines_per_s']:,.0f}  ({p['stream_lines']:,} lines)"),
+        ("predict: streaming tokens/s", f"{p['tokens_per_s']:,.0f}"),
+        ("predict: cold one-off (stdin / argument)", f"{p['cold_one_line_s']:.2f} s / {p['cold_argument_s']:.2f} s "
+                                                    f"(TensorFlow import alone {r['tf_import_s']:.2f} s)"),
+        ("predict: peak RSS", f"{p['peak_rss_mib']:,.0f} MiB"),
+        ("--help", f"{r['help_s']:.3f} s"),
+        ("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)"),
+    ]  # fmt: skip
+    width = max(len(a) for a, _ in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+if __name__ == "__main__":
+    main()
