@@ -148,11 +148,34 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
     }
 
 
+def _recurrent_layers(network) -> list:
+    found = []
+    for layer in network.layers:
+        inner = [layer.forward_layer, layer.backward_layer] if hasattr(layer, "forward_layer") else [layer]
+        found.extend(x for x in inner if hasattr(x, "use_cudnn"))
+    return found
+
+
 def _export_saved_model(result, directory: Path) -> None:
-    from lstm_cli.model import keras, tf, token_ids
+    from lstm_cli.model import tf
 
     network, vectorizer, max_length = result.network, result.vectorizer, result.config.max_length
     names = tf.constant(result.labels)
+    # Trace the portable loop, not the cuDNN kernel: a model trained on a GPU must serve on a CPU.
+    layers = _recurrent_layers(network)
+    before = [layer.use_cudnn for layer in layers]
+    for layer in layers:
+        layer.use_cudnn = False
+    try:
+        _write_archive(network, vectorizer, max_length, names, directory)
+    finally:
+        for layer, value in zip(layers, before, strict=True):
+            layer.use_cudnn = value
+
+
+def _write_archive(network, vectorizer, max_length: int, names, directory: Path) -> None:
+    from lstm_cli.model import keras, tf, token_ids
+
     archive = keras.export.ExportArchive()
     archive.track(network)
     archive.track(vectorizer)

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.artifact import SERVING_FILES, SIGNATURE, read_metadata, verify_files
+from lstm_cli.artifact import SAVED_MODEL, SERVING_FILES, SIGNATURE, read_metadata, verify_files
 from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.errors import ArtifactError
+from lstm_cli.graphcheck import check_serving_graph
 from lstm_cli.metrics import classification_report
 
 PREDICT_BATCH = 1024
@@ -34,6 +35,7 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
         try:
             metadata = read_metadata(root)
             verify_files(root, metadata, only=SERVING_FILES)
+            check_serving_graph(root / SAVED_MODEL, SIGNATURE)
             try:
                 loaded = tf.saved_model.load(str(root))
                 loaded.signatures[SIGNATURE]

@@ -209,3 +209,51 @@ def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, d
     assert result.stderr.startswith("Error: ") and "Read-only file system" in result.stderr
     assert "--model" in result.stderr and "epoch" not in result.stderr  # refused before training
     verify_files(small_disk / "model", read_metadata(small_disk / "model"))
+
+
+# --- planted code in a model directory --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options", [[], ["--cell", "gru"], ["--bidirectional", "--layers", "2"], ["--cell", "gru", "--dense-units", "0"]]
+)
+def test_every_exported_variant_uses_only_allowed_ops(data_dir, tmp_path, options):
+    from lstm_cli.graphcheck import ALLOWED_OPS, serving_ops
+
+    args = ["train", str(data_dir / "train.csv"), *TINY, "--epochs", "1", "-m", str(tmp_path / "m"), *options]
+    assert runner.invoke(app, args).exit_code == 0
+    ops = serving_ops((tmp_path / "m" / "saved_model.pb").read_bytes(), "serving_default")
+    assert {"MatMul", "StringSplitV2", "Softmax"} <= ops <= ALLOWED_OPS
+    assert ops.isdisjoint({"ReadFile", "WriteFile", "PyFunc", "EagerPyFunc", "PrintV2"})
+
+
+def test_a_planted_file_reading_graph_is_refused(trained_model, tmp_path):
+    import hashlib
+    import shutil
+
+    import tensorflow as tf
+
+    class Planted(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            leaked = tf.io.read_file("/etc/hostname")
+            return {"probabilities": tf.zeros([tf.shape(text)[0], 3]) + tf.cast(tf.strings.length(leaked), tf.float32)}
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    shutil.rmtree(model / "variables")
+    (model / "saved_model.pb").unlink()
+    module = Planted()
+    tf.saved_model.save(module, str(tmp_path / "planted"), signatures={"serving_default": module.serve})
+    for item in (tmp_path / "planted").iterdir():
+        shutil.move(str(item), model / item.name)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["files"] = {  # a forger can rewrite the hashes too; the op check does not rely on them
+        p.relative_to(model).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in model.rglob("*")
+        if p.is_file() and p.name != "metadata.json"
+    }
+    (model / "metadata.json").write_text(json.dumps(meta))
+    result = runner.invoke(app, ["predict", "-m", str(model), "hello"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert "operations lstm-cli never exports (ReadFile, " in result.stderr and "Traceback" not in result.stderr
