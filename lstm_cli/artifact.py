@@ -3,6 +3,7 @@ Keras network (to continue training). Written to a temporary sibling, checked, t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -157,20 +158,18 @@ def _recurrent_layers(network) -> list:
 
 
 def _export_saved_model(result, directory: Path) -> None:
-    from lstm_cli.model import tf
+    from lstm_cli.model import build_network, tf
 
-    network, vectorizer, max_length = result.network, result.vectorizer, result.config.max_length
-    names = tf.constant(result.labels)
-    # Trace the portable loop, not the cuDNN kernel: a model trained on a GPU must serve on a CPU.
-    layers = _recurrent_layers(network)
-    before = [layer.use_cudnn for layer in layers]
-    for layer in layers:
+    # Serve a twin of the network without dropout: same weights, same outputs at inference, but Keras
+    # fuses the four gate matmuls only when recurrent_dropout is 0 (about 1.5x faster predictions).
+    # Its recurrent layers trace the portable loop, not cuDNN, so a model trained on a GPU serves on a CPU.
+    config = dataclasses.replace(result.config, dropout=0.0, recurrent_dropout=0.0, dense_dropout=0.0)
+    serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels))
+    serving.set_weights(result.network.get_weights())
+    for layer in _recurrent_layers(serving):
         layer.use_cudnn = False
-    try:
-        _write_archive(network, vectorizer, max_length, names, directory)
-    finally:
-        for layer, value in zip(layers, before, strict=True):
-            layer.use_cudnn = value
+    names = tf.constant(result.labels)
+    _write_archive(serving, result.vectorizer, result.config.max_length, names, directory)
 
 
 def _write_archive(network, vectorizer, max_length: int, names, directory: Path) -> None:

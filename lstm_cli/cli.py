@@ -141,7 +141,7 @@ def train(
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
     batch_size: Annotated[
-        int | None, typer.Option(help="Texts per training step [default: auto, rows/64 as a power of 2 in 32..512].")
+        int | None, typer.Option(help="Texts per training step [default: auto, ~1 per 1,024 tokens, 32..512].")
     ] = None,
     learning_rate: Annotated[
         float | None, typer.Option(help="Adam learning rate [default: auto, 1e-3 x max(1, sqrt(batch/128))].")
@@ -247,7 +247,9 @@ def predict(
         OutputFormat, typer.Option("--format", "-f", help="tsv: label<TAB>probability; json: JSON lines; label.")
     ] = OutputFormat.tsv,
     top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels.")] = 1,
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per model call.")] = 1024,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Lines read and written at a time (1: answer each line as it arrives).")
+    ] = 4096,
     verbose: VerboseOpt = False,
 ) -> None:
     """Label texts: one output line per input, in input order, on stdout.
@@ -257,13 +259,13 @@ def predict(
     with _errors(verbose):
         source = _texts(texts, input_file)
         from lstm_cli.predict import Predictor
-        from lstm_cli.render import prediction_line
+        from lstm_cli.render import prediction_lines
 
         predictor = Predictor(model)
         k = min(top_k, len(predictor.labels))
         out = sys.stdout.buffer  # UTF-8 whatever the locale
         for batch in predictor.predict(source, batch_size=batch_size):
-            lines = [prediction_line(p, predictor.labels, output_format.value, k) for p in batch]
+            lines = prediction_lines(batch, predictor.labels, output_format.value, k)
             out.write(("\n".join(lines) + "\n").encode("utf-8"))
             out.flush()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.errors import ArtifactError
 from lstm_cli.graphcheck import check_serving_graph
 from lstm_cli.metrics import classification_report
+from lstm_cli.tf_setup import import_tensorflow
 
-PREDICT_BATCH = 1024
+PREDICT_BATCH = 4096  # lines read, predicted and written at a time (sorted by length within)
+MODEL_BATCH = 256  # texts per call of the serving function
 _ATTEMPTS = 5
 
 
@@ -26,8 +29,7 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
 
     Files are opened through a descriptor of the directory (/proc/self/fd/N), which keeps naming the
     directory that was opened when another takes its place."""
-    from lstm_cli.model import tf
-
+    tf = import_tensorflow()
     read_metadata(model_dir)  # clear errors for a missing or foreign directory
     fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -50,13 +52,19 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
 
 
 @dataclass
-class Prediction:
-    text: str
-    probabilities: np.ndarray  # one per label, in Predictor.labels order
+class Predictions:
+    """A batch of predictions: texts (as read, made valid Unicode) and their label probabilities."""
 
-    def top(self, labels: list[str], k: int) -> list[tuple[str, float]]:
-        order = np.argsort(-self.probabilities, kind="stable")[:k]
-        return [(labels[i], float(self.probabilities[i])) for i in order]
+    texts: list[str]
+    probabilities: np.ndarray  # [len(texts), labels], in Predictor.labels order
+
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(label indices, probabilities), each [len(texts), k], most probable first."""
+        if k == 1:
+            best = self.probabilities.argmax(axis=1)[:, None]
+        else:
+            best = np.argsort(-self.probabilities, axis=1, kind="stable")[:, :k]
+        return best, np.take_along_axis(self.probabilities, best, axis=1)
 
 
 class Predictor:
@@ -75,22 +83,34 @@ class Predictor:
                 time.sleep(0.05)
         self._serve = self._loaded.signatures[SIGNATURE]
         self.labels: list[str] = self.metadata["labels"]
-        from lstm_cli.model import tf
-
-        self._tf = tf
+        self._tf = import_tensorflow()
+        self._pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)))
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        encoded = [clean_text(t).encode("utf-8") for t in texts]
-        outputs = self._serve(text=self._tf.constant(encoded, dtype=self._tf.string))
-        return outputs["probabilities"].numpy()
+        """One row of label probabilities per text, in input order."""
+        result = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        # Texts of similar length are run together, so a batch pads little; masking makes the order
+        # irrelevant to the results, and they are put back in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks = [order[start : start + MODEL_BATCH] for start in range(0, len(texts), MODEL_BATCH)]
 
-    def predict(self, texts: Iterable[str], *, batch_size: int = PREDICT_BATCH) -> Iterator[list[Prediction]]:
+        def run(rows: list[int]) -> None:
+            encoded = [clean_text(texts[i]).encode("utf-8") for i in rows]
+            outputs = self._serve(text=self._tf.constant(encoded, dtype=self._tf.string))
+            result[rows] = outputs["probabilities"].numpy()
+
+        # The recurrent loop is a chain of small ops that keeps about one core busy; two calls at
+        # once (TensorFlow releases the GIL) use the second.
+        if len(chunks) > 1:
+            list(self._pool.map(run, chunks))
+        elif chunks:
+            run(chunks[0])
+        return result
+
+    def predict(self, texts: Iterable[str], *, batch_size: int = PREDICT_BATCH) -> Iterator[Predictions]:
         """Batches of predictions, in input order; streams, so memory stays flat for any input length."""
         for batch in batched(texts, batch_size):
-            probabilities = self.probabilities(batch)
-            yield [Prediction(clean_text(text), p) for text, p in zip(batch, probabilities, strict=True)]
+            yield Predictions([clean_text(t) for t in batch], self.probabilities(batch))
 
 
 def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH) -> dict[str, Any]:

@@ -54,21 +54,32 @@ def train_summary(result, model_dir: Path) -> str:
     return "\n".join(f"[bold]{key:<11}[/] {escape(value)}" for key, value in rows)
 
 
-def prediction_line(prediction, labels: list[str], output_format: str, k: int) -> str:
-    top = prediction.top(labels, k)
+def prediction_lines(batch, labels: list[str], output_format: str, k: int) -> list[str]:
+    """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path)."""
+    best, scores = batch.top(k)
     if output_format == "label":
-        return "\t".join(label for label, _ in top)
+        return ["\t".join(labels[i] for i in row) for row in best]
     if output_format == "json":
-        record = {
-            "text": prediction.text,
-            "label": top[0][0],
-            "probability": top[0][1],
-            "probabilities": {label: float(p) for label, p in zip(labels, prediction.probabilities, strict=True)},
-        }
-        if k > 1:
-            record["top"] = [{"label": label, "probability": p} for label, p in top]
-        return json.dumps(record, ensure_ascii=False)
-    return "\t".join(f"{label}\t{p:.4f}" for label, p in top)
+        return [_json_line(text, row, score, p, labels) for text, row, score, p in
+                zip(batch.texts, best, scores, batch.probabilities, strict=True)]  # fmt: skip
+    if k == 1:
+        return [f"{labels[i]}\t{p:.4f}" for i, p in zip(best[:, 0], scores[:, 0], strict=True)]
+    return [
+        "\t".join(f"{labels[i]}\t{p:.4f}" for i, p in zip(row, s, strict=True))
+        for row, s in zip(best, scores, strict=True)
+    ]
+
+
+def _json_line(text: str, best, scores, probabilities, labels: list[str]) -> str:
+    record = {
+        "text": text,
+        "label": labels[best[0]],
+        "probability": float(scores[0]),
+        "probabilities": dict(zip(labels, probabilities.tolist(), strict=True)),
+    }
+    if len(best) > 1:
+        record["top"] = [{"label": labels[i], "probability": float(p)} for i, p in zip(best, scores, strict=True)]
+    return json.dumps(record, ensure_ascii=False)
 
 
 def evaluation_warnings(report: dict[str, Any]) -> list[str]:

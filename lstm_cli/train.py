@@ -161,15 +161,6 @@ def train(
             f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
         )
     train_texts, train_labels, val_texts, val_labels, warnings = _split(config, data, validation, labels)
-    config = config.resolved(len(train_texts))
-    run = {
-        "config": config.to_dict(),
-        "data": data.sha256,
-        "validation": validation.sha256 if validation is not None else None,
-        "labels": labels,
-    }
-    resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
-    first_epoch = resume_state["epoch"] if resume_state else 0
     keras.utils.set_random_seed(config.seed)
 
     stage("Building the vocabulary")
@@ -179,6 +170,15 @@ def train(
     index = {label: i for i, label in enumerate(labels)}
     train_enc = encode_texts(vectorizer, train_texts, config.max_length)
     train_y = np.array([index[label] for label in train_labels], dtype=np.int32)
+    config = config.resolved(len(train_texts), int(train_enc.lengths.sum()))
+    run = {
+        "config": config.to_dict(),
+        "data": data.sha256,
+        "validation": validation.sha256 if validation is not None else None,
+        "labels": labels,
+    }
+    resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
+    first_epoch = resume_state["epoch"] if resume_state else 0
 
     with plan.scope():
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels))

@@ -150,17 +150,18 @@ any_text = st.lists(
 @settings(max_examples=60, deadline=None)
 @given(texts=st.lists(any_text, min_size=1, max_size=8))
 def test_predict_on_arbitrary_unicode_never_crashes(predictor, texts):
-    batches = list(predictor.predict(texts, batch_size=3))
-    predictions = [p for batch in batches for p in batch]
-    assert len(predictions) == len(texts)
-    for p in predictions:
-        assert np.isfinite(p.probabilities).all() and abs(p.probabilities.sum() - 1) < 1e-5
-        p.text.encode("utf-8")  # printable as UTF-8
-    from lstm_cli.render import prediction_line
+    from lstm_cli.render import prediction_lines
 
-    for fmt in ("tsv", "json", "label"):
-        lines = [prediction_line(p, predictor.labels, fmt, 2) for p in predictions]
-        assert all("\n" not in line for line in lines)  # one line per input, always
+    batches = list(predictor.predict(texts, batch_size=3))
+    assert sum(len(b.texts) for b in batches) == len(texts)
+    for batch in batches:
+        assert np.isfinite(batch.probabilities).all()
+        np.testing.assert_allclose(batch.probabilities.sum(axis=1), 1, atol=1e-5)
+        for text in batch.texts:
+            text.encode("utf-8")  # printable as UTF-8
+        for fmt in ("tsv", "json", "label"):
+            lines = prediction_lines(batch, predictor.labels, fmt, 2)
+            assert len(lines) == len(batch.texts) and all("\n" not in line for line in lines)
 
 
 # --- full or read-only disks ------------------------------------------------------------------------------
