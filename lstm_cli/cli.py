@@ -49,6 +49,7 @@ class OutputFormat(StrEnum):
     label = "label"
 
 
+DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Labeled CSV/TSV with a header row ('-' for stdin).")]
 ModelOpt = Annotated[
     Path,
     typer.Option("--model", "-m", envvar=MODEL_ENV, help="Model directory.", show_envvar=True),
@@ -111,7 +112,7 @@ def _main(
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled CSV/TSV with a header row ('-' for stdin).")],
+    data: DataArg,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     text_column: TextColumnOpt = "text",
     label_column: LabelColumnOpt = "label",
@@ -272,7 +273,7 @@ def predict(
 
 @app.command()
 def evaluate(
-    data: Annotated[Path, typer.Argument(metavar="DATA", help="Labeled CSV/TSV with a header row ('-' for stdin).")],
+    data: DataArg,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     text_column: TextColumnOpt = "text",
     label_column: LabelColumnOpt = "label",
