@@ -144,9 +144,7 @@ def train(
     batch_size: Annotated[
         int | None, typer.Option(help="Texts per training step [default: auto, ~1 per 1,024 tokens, 32..512].")
     ] = None,
-    learning_rate: Annotated[
-        float | None, typer.Option(help="Adam learning rate [default: auto, 1e-3 x max(1, sqrt(batch/128))].")
-    ] = None,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
     ] = DEFAULTS.patience,
