@@ -20,7 +20,6 @@ class DevicePlan:
     strategy: str  # "default" or "mirrored" (one replica per GPU)
     cudnn: bool  # the recurrent layers qualify for the fused cuDNN kernel
     mixed_precision: bool  # float16 compute, float32 variables and output layer
-    jit_compile: bool  # XLA for the training step
     warnings: list[str] = field(default_factory=list)
     _strategy: Any = None
 
@@ -55,7 +54,7 @@ def decide(config: TrainConfig, *, requested: str, gpus_visible: int, mixed_prec
     if not use_gpu:
         if mixed_precision:
             warnings.append("--mixed-precision needs a GPU (float16 is slower on a CPU); training in float32")
-        return DevicePlan("cpu", 0, "default", False, False, False, warnings)
+        return DevicePlan("cpu", 0, "default", False, False, warnings)
     cudnn = cudnn_eligible(config)
     if not cudnn:
         warnings.append(
@@ -63,7 +62,7 @@ def decide(config: TrainConfig, *, requested: str, gpus_visible: int, mixed_prec
             "pass --recurrent-dropout 0 to get it back"
         )
     strategy = "mirrored" if gpus_visible > 1 else "default"
-    return DevicePlan("gpu", gpus_visible, strategy, cudnn, mixed_precision, False, warnings)
+    return DevicePlan("gpu", gpus_visible, strategy, cudnn, mixed_precision, warnings)
 
 
 def plan_devices(config: TrainConfig, *, requested: str = "auto", mixed_precision: bool = False) -> DevicePlan:

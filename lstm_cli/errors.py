@@ -11,7 +11,3 @@ class DataError(LstmCliError):
 
 class ArtifactError(LstmCliError):
     """A model directory that is missing, incomplete, tampered with or of an unknown format."""
-
-
-class TrainingInterrupted(LstmCliError):
-    """Training stopped by a signal before it finished; the previous model is untouched."""

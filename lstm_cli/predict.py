@@ -51,6 +51,13 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
     return metadata, loaded
 
 
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
 @dataclass
 class Predictions:
     """A batch of predictions: texts (as read, made valid Unicode) and their label probabilities."""
@@ -73,12 +80,13 @@ class Predictor:
     def __init__(self, model_dir: Path):
         self.path = model_dir
         for attempt in range(_ATTEMPTS):
+            before = _inode(model_dir)
             try:
                 self.metadata, self._loaded = _load(model_dir)
                 break
             except ArtifactError:
-                # `train` may have swapped the directory while we read it: try the new one.
-                if attempt == _ATTEMPTS - 1:
+                # Retry only if `train` swapped the directory while we read it; a damaged model fails at once.
+                if attempt == _ATTEMPTS - 1 or _inode(model_dir) == before:
                     raise
                 time.sleep(0.05)
         self._serve = self._loaded.signatures[SIGNATURE]
