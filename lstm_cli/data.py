@@ -163,7 +163,7 @@ def read_labeled(
             data.labels.append(label)
     if not data.texts:
         what = "has a header but no data rows" if not data.skipped else "has no usable rows"
-        detail = f" ({_describe_skipped(data.skipped)})" if data.skipped else ""
+        detail = f" ({describe_skipped(data.skipped)})" if data.skipped else ""
         raise DataError(f"{name}: {what}{detail}")
     return data
 
@@ -172,13 +172,9 @@ def _printable(delimiter: str) -> str:
     return {"\t": "a tab", ",": "','", ";": "';'"}.get(delimiter, repr(delimiter))
 
 
-def _describe_skipped(skipped: Counter[str]) -> str:
-    return ", ".join(f"{count} with {reason}" for reason, count in sorted(skipped.items()))
-
-
 def describe_skipped(skipped: Counter[str]) -> str:
-    """'3 with empty text, 1 with malformed row' — for warnings."""
-    return _describe_skipped(skipped)
+    """'3 with empty text, 1 with malformed row' — for messages and warnings."""
+    return ", ".join(f"{count} with {reason}" for reason, count in sorted(skipped.items()))
 
 
 def iter_lines(stream: BinaryIO) -> Iterator[str]:

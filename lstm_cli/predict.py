@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -96,6 +97,10 @@ class Predictor:
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """One row of label probabilities per text, in input order."""
+        return self._probabilities([clean_text(t) for t in texts])
+
+    def _probabilities(self, texts: list[str]) -> np.ndarray:
+        """As `probabilities`, for texts that are valid Unicode already."""
         result = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         # Texts of similar length are run together, so a batch pads little; masking makes the order
         # irrelevant to the results, and they are put back in input order.
@@ -103,7 +108,7 @@ class Predictor:
         chunks = [order[start : start + MODEL_BATCH] for start in range(0, len(texts), MODEL_BATCH)]
 
         def run(rows: list[int]) -> None:
-            encoded = [clean_text(texts[i]).encode("utf-8") for i in rows]
+            encoded = [texts[i].encode("utf-8") for i in rows]
             outputs = self._serve(text=self._tf.constant(encoded, dtype=self._tf.string))
             result[rows] = outputs["probabilities"].numpy()
 
@@ -118,17 +123,15 @@ class Predictor:
     def predict(self, texts: Iterable[str], *, batch_size: int = PREDICT_BATCH) -> Iterator[Predictions]:
         """Batches of predictions, in input order; streams, so memory stays flat for any input length."""
         for batch in batched(texts, batch_size):
-            yield Predictions([clean_text(t) for t in batch], self.probabilities(batch))
+            cleaned = [clean_text(t) for t in batch]
+            yield Predictions(cleaned, self._probabilities(cleaned))
 
 
 def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH) -> dict[str, Any]:
     """Metrics on rows whose label the model knows; rows with other labels are counted, by label."""
     index = {label: i for i, label in enumerate(predictor.labels)}
     known = [i for i, label in enumerate(data.labels) if label in index]
-    unknown: dict[str, int] = {}
-    for label in data.labels:
-        if label not in index:
-            unknown[label] = unknown.get(label, 0) + 1
+    unknown = dict(Counter(label for label in data.labels if label not in index))
     texts = [data.texts[i] for i in known]
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
     predicted = np.concatenate(

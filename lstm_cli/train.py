@@ -82,6 +82,10 @@ def encode_texts(vectorizer, texts: list[str], max_length: int) -> EncodedTexts:
     return EncodedTexts(np.concatenate(values).astype(np.int32), splits)
 
 
+def _encode(vectorizer, texts: list[str], labels: list[str], index: dict[str, int], max_length: int):
+    return encode_texts(vectorizer, texts, max_length), np.array([index[x] for x in labels], dtype=np.int32)
+
+
 def _dataset(encoded: EncodedTexts, targets: np.ndarray, batch_size: int, seed: int | None, first_epoch: int):
     epochs = itertools.count(first_epoch)
 
@@ -169,8 +173,7 @@ def train(
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(ENCODE_BATCH))
     vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
     index = {label: i for i, label in enumerate(labels)}
-    train_enc = encode_texts(vectorizer, train_texts, config.max_length)
-    train_y = np.array([index[label] for label in train_labels], dtype=np.int32)
+    train_enc, train_y = _encode(vectorizer, train_texts, train_labels, index, config.max_length)
     config = config.resolved(len(train_texts), int(train_enc.lengths.sum()))
     run = {
         "config": config.to_dict(),
@@ -196,8 +199,7 @@ def train(
     train_ds = _dataset(train_enc, train_y, config.batch_size, config.seed, first_epoch)
     val_ds = None
     if val_texts:
-        val_enc = encode_texts(vectorizer, val_texts, config.max_length)
-        val_y = np.array([index[label] for label in val_labels], dtype=np.int32)
+        val_enc, val_y = _encode(vectorizer, val_texts, val_labels, index, config.max_length)
         val_ds = _dataset(val_enc, val_y, config.batch_size, None, 0).cache()
 
     monitor = "val_loss" if val_ds is not None else "loss"
@@ -208,7 +210,10 @@ def train(
         # After the stopper in the list: its epoch-end state is what gets saved.
         callbacks.append(Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state))
     resuming = f", resuming after epoch {first_epoch}" if resume_state else ""
-    stage(f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation{resuming}")
+    stage(
+        f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation, "
+        f"batch {config.batch_size}, learning rate {config.learning_rate:g}{resuming}"
+    )
     if resume_state and (first_epoch >= config.epochs or resume_state.get("stopped")):
         callbacks[-1].restore_finished(network)  # training had ended; only saving was cut short
     else:
