@@ -15,6 +15,7 @@ POOLS = ("last", "max", "mean")
 class TrainConfig:
     # Tokenization
     max_tokens: int = 20_000  # vocabulary size, including the padding and out-of-vocabulary ids
+    min_count: int = 1  # tokens seen fewer times in the training texts are out of vocabulary
     max_length: int = 200  # tokens kept per text; longer texts are truncated
     # Network (the Keras tutorial recipe)
     embedding_dim: int = 128
@@ -33,6 +34,8 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int | None = None  # None: auto_batch_size(rows, tokens)
     learning_rate: float = 1e-3  # Adam; measured best at batch 512 too (scaling it up lost accuracy)
+    clip_norm: float = 0.0  # clip the global gradient norm to this (0: no clipping)
+    l2: float = 0.0  # L2 penalty on the Dense and recurrent kernels
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
     seed: int = 1337
@@ -73,6 +76,7 @@ def auto_batch_size(rows: int, tokens: int) -> int:
 # (field, lowest allowed, highest allowed, highest is exclusive)
 _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("max_tokens", 3, None, False),
+    ("min_count", 1, None, False),
     ("max_length", 1, None, False),
     ("embedding_dim", 1, None, False),
     ("units", 1, None, False),
@@ -85,6 +89,8 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("epochs", 1, None, False),
     ("batch_size", 1, None, False),
     ("learning_rate", 0.0, None, False),
+    ("clip_norm", 0.0, None, False),
+    ("l2", 0.0, None, False),
     ("patience", 0, None, False),
     ("validation_split", 0.0, 1.0, True),
     ("seed", 0, 2**32 - 1, False),

@@ -16,7 +16,7 @@ PAD_ID = 0
 OOV_ID = 1  # TextVectorization's single out-of-vocabulary id
 
 
-def make_vectorizer(max_tokens: int, vocabulary: list[str] | None = None):
+def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None):
     """A string -> ragged token ids layer; pass `vocabulary` (with '' and '[UNK]' first) to rebuild one."""
     vectorizer = layers.TextVectorization(
         max_tokens=max_tokens,
@@ -74,10 +74,16 @@ class TimePooling(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def _l2(config: TrainConfig):
+    return keras.regularizers.L2(config.l2) if config.l2 else None
+
+
 def _recurrent_layer(config: TrainConfig, index: int, *, sequences: bool):
     cell = layers.LSTM if config.cell == "lstm" else layers.GRU
     rnn = cell(
         config.units,
+        kernel_regularizer=_l2(config),
+        recurrent_regularizer=_l2(config),
         dropout=config.dropout,
         recurrent_dropout=config.recurrent_dropout,
         return_sequences=sequences,  # stacked layers and pooling read the whole sequence
@@ -104,9 +110,11 @@ def build_network(config: TrainConfig, *, vocabulary_size: int, num_classes: int
     features += [TimePooling(mode, name=f"embedding_{mode}_pool")(embedded) for mode in config.embedding_pooling]
     x = features[0] if len(features) == 1 else layers.Concatenate(name="features")(features)
     if config.dense_units:
-        x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+        x = layers.Dense(config.dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)
         x = layers.Dropout(config.dense_dropout, name="dense_dropout")(x)
     # Softmax even for two classes: users see one probability per label, summing to 1.
     # float32 so the output stays exact under a mixed-precision policy.
-    probabilities = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    probabilities = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", kernel_regularizer=_l2(config), name="probabilities"
+    )(x)
     return keras.Model(ids, probabilities, name="lstm_cli_classifier")

@@ -17,7 +17,7 @@ from lstm_cli.config import TrainConfig
 from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
 from lstm_cli.errors import DataError
-from lstm_cli.model import build_network, keras, make_vectorizer, tf, token_ids
+from lstm_cli.model import OOV_ID, PAD_ID, build_network, keras, make_vectorizer, tf, token_ids
 
 ENCODE_BATCH = 4096
 STEPS_PER_EXECUTION = 4
@@ -80,6 +80,23 @@ def encode_texts(vectorizer, texts: list[str], max_length: int) -> EncodedTexts:
     all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     splits = np.concatenate([[0], np.cumsum(all_lengths)]).astype(np.int64)
     return EncodedTexts(np.concatenate(values).astype(np.int32), splits)
+
+
+def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[str], EncodedTexts]:
+    """(vectorizer, vocabulary, the texts encoded): the most frequent tokens of `texts` seen at least
+    `min_count` times, at most `max_tokens` entries with padding and OOV."""
+    full = make_vectorizer(None)
+    full.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(ENCODE_BATCH))
+    every = [str(t) for t in full.get_vocabulary()]  # padding, OOV, then by descending frequency
+    encoded = encode_texts(full, texts, config.max_length)
+    counts = np.bincount(encoded.values, minlength=len(every))
+    kept = [i for i in range(2, len(every)) if counts[i] >= config.min_count][: config.max_tokens - 2]
+    # Re-number the kept tokens 2, 3, ...; the others become OOV, as the final vectorizer will make them.
+    new_id = np.full(len(every), OOV_ID, dtype=np.int32)
+    new_id[PAD_ID] = PAD_ID
+    new_id[kept] = np.arange(2, 2 + len(kept), dtype=np.int32)
+    vocabulary = every[:2] + [every[i] for i in kept]
+    return make_vectorizer(config.max_tokens, vocabulary), vocabulary, EncodedTexts(new_id[encoded.values], encoded.row_splits)
 
 
 def _encode(vectorizer, texts: list[str], labels: list[str], index: dict[str, int], max_length: int):
@@ -169,11 +186,9 @@ def train(
     keras.utils.set_random_seed(config.seed)
 
     stage("Building the vocabulary")
-    vectorizer = make_vectorizer(config.max_tokens)
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(ENCODE_BATCH))
-    vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
+    vectorizer, vocabulary, train_enc = build_vocabulary(train_texts, config)
     index = {label: i for i, label in enumerate(labels)}
-    train_enc, train_y = _encode(vectorizer, train_texts, train_labels, index, config.max_length)
+    train_y = np.array([index[x] for x in train_labels], dtype=np.int32)
     config = config.resolved(len(train_texts), int(train_enc.lengths.sum()))
     run = {
         "config": config.to_dict(),
@@ -187,7 +202,7 @@ def train(
     with plan.scope():
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels))
         network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm or None),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             # No XLA: batches vary in length, and XLA compiles once per shape (measured: 141 s of

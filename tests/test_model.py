@@ -113,3 +113,21 @@ def test_network_options_build_and_stay_padding_invariant(options, layer_names):
     together = np.asarray(network(batch, training=False))
     assert alone.shape == (1, 4)
     np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(("min_count", "max_tokens"), [(1, 100), (2, 100), (2, 5), (3, 100)])
+def test_vocabulary_keeps_frequent_tokens_and_training_ids_match_the_saved_tokenizer(min_count, max_tokens):
+    from lstm_cli.model import OOV_ID, tf, token_ids
+    from lstm_cli.train import build_vocabulary
+
+    # Counted as training sees them, after truncation to 6 tokens: a 5, f 4, b 3, c 1, d 1, e 1 (g is cut).
+    texts = ["a a a b b c g", "b a d", "e? A!", "", "f f f f"]
+    config = TrainConfig(min_count=min_count, max_tokens=max_tokens, max_length=6)
+    vectorizer, vocabulary, encoded = build_vocabulary(texts, config)
+    counts = {"a": 5, "f": 4, "b": 3, "c": 1, "d": 1, "e": 1}
+    expected = [w for w, n in sorted(counts.items(), key=lambda x: -x[1]) if n >= min_count][: max_tokens - 2]
+    assert vocabulary[:2] == ["", "[UNK]"] and sorted(vocabulary[2:]) == sorted(expected)
+    # What training sees is exactly what the exported tokenizer produces, truncation and OOV included.
+    from_layer = token_ids(vectorizer, tf.constant(texts), 6).to_list()
+    assert [encoded.values[a:b].tolist() for a, b in zip(encoded.row_splits, encoded.row_splits[1:])] == from_layer
+    assert from_layer[3] == [OOV_ID]

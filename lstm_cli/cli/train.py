@@ -53,6 +53,9 @@ def train_cli(
         float, typer.Option(help="Stratified, seeded fraction of DATA held out for validation.")
     ] = DEFAULTS.validation_split,
     max_tokens: Annotated[int, typer.Option(help="Vocabulary size.")] = DEFAULTS.max_tokens,
+    min_count: Annotated[
+        int, typer.Option(help="Tokens seen fewer times in the training texts are out of vocabulary.")
+    ] = DEFAULTS.min_count,
     max_length: Annotated[int, typer.Option(help="Tokens kept per text (longer texts are truncated).")] = (
         DEFAULTS.max_length
     ),
@@ -81,6 +84,10 @@ def train_cli(
         int | None, typer.Option(help="Texts per training step [default: auto, ~1 per 1,024 tokens, 32..512].")
     ] = None,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
+    clip_norm: Annotated[
+        float, typer.Option(help="Clip the global gradient norm to this (0: no clipping).")
+    ] = DEFAULTS.clip_norm,
+    l2: Annotated[float, typer.Option("--l2", help="L2 penalty on the Dense and recurrent kernels.")] = DEFAULTS.l2,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
     ] = DEFAULTS.patience,
@@ -103,12 +110,13 @@ def train_cli(
     """
     try:
         config = TrainConfig(
-            max_tokens=max_tokens, max_length=max_length, embedding_dim=embedding_dim, units=units,
+            max_tokens=max_tokens, min_count=min_count, max_length=max_length, embedding_dim=embedding_dim, units=units,
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
             recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
             dense_units=dense_units, dense_dropout=dense_dropout,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, clip_norm=clip_norm, l2=l2,
+            patience=patience,
             validation_split=validation_split, seed=seed,
         )  # fmt: skip
     except ValueError as e:
