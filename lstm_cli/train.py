@@ -189,7 +189,7 @@ def train(
     vectorizer, vocabulary, train_enc = build_vocabulary(train_texts, config)
     index = {label: i for i, label in enumerate(labels)}
     train_y = np.array([index[x] for x in train_labels], dtype=np.int32)
-    config = config.resolved(len(train_texts), int(train_enc.lengths.sum()))
+    config = config.resolved(len(train_texts))
     run = {
         "config": config.to_dict(),
         "data": data.sha256,

@@ -95,3 +95,17 @@ def test_device_decisions():
     assert "4 GPUs" in fast.describe() and "cuDNN" in fast.describe()
     missing = decide(default, requested="gpu", gpus_visible=0, mixed_precision=True)
     assert missing.device == "cpu" and not missing.mixed_precision and len(missing.warnings) == 2
+
+
+@pytest.mark.parametrize("rows", [1, 50, 1_600, 1_601, 3_199, 3_200, 9_000, 51_200, 60_000, 10**7])
+def test_auto_batch_size_is_the_largest_power_of_two_leaving_100_steps_an_epoch(rows):
+    from lstm_cli.config import auto_batch_size
+
+    batch = auto_batch_size(rows)
+    assert 16 <= batch <= 512 and batch & (batch - 1) == 0
+    if 16 < batch < 512:
+        assert rows / batch >= 100 > rows / (2 * batch)
+    elif batch == 16:
+        assert rows / 32 < 100
+    else:
+        assert rows / 512 >= 100
