@@ -119,6 +119,26 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(Group(summary, per_class, confusion))
 
 
+def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    """info rows for what only some models have: pretrained vectors, class weights, a tuning search."""
+    rows = []
+    vectors = metadata.get("vectors")
+    if isinstance(vectors, dict):
+        frozen = ", frozen" if vectors.get("frozen") else ""
+        rows.append(("vectors", f"{vectors.get('file')} ({vectors.get('dimension')} dimensions, sha256 "
+                                f"{str(vectors.get('sha256'))[:12]}{frozen}): {vectors.get('summary')}"))  # fmt: skip
+    weights = metadata.get("training", {}).get("class_weights")
+    if isinstance(weights, dict):
+        shown = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in weights.items())
+        rows.append(("class weights", ", ".join(shown)))
+    tuning = metadata.get("tuning")
+    if isinstance(tuning, dict):
+        trials = tuning.get("trials", [])
+        rows.append(("tuning", f"best of {len(trials)} trials by validation {tuning.get('metric')} "
+                               f"(budget {tuning.get('budget_seconds')}s)"))  # fmt: skip
+    return rows
+
+
 def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     training = metadata.get("training", {})
     data = training.get("data", {})
@@ -136,6 +156,7 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
         ("training", f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}) on "
                      f"{training.get('device')} in {training.get('seconds')}s"),
         ("metrics", _metrics_text(metadata.get("metrics", {}))),
+        *_extra_info(metadata),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
     ]  # fmt: skip
     for key, value in rows:

@@ -57,6 +57,22 @@ DelimiterOpt = Annotated[
 ]
 EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the data file.")]
 SkipBadOpt = Annotated[bool, typer.Option(help="Skip (and count) malformed rows instead of stopping.")]
+VectorsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Pretrained word vectors (word2vec/GloVe/fastText text format, .gz too) to start the embedding "
+        "from; their dimension replaces --embedding-dim."
+    ),
+]
+FreezeVectorsOpt = Annotated[bool, typer.Option(help="Keep the embedding fixed at --vectors (not trained).")]
+ClassWeightOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="balanced|JSON",
+        help="Weigh classes in the loss: 'balanced' (n_rows / (n_classes * rows of the class)) or a JSON "
+        "object such as '{\"spam\": 4}' (unlisted labels weigh 1).",
+    ),
+]
 
 
 def _console():
@@ -84,6 +100,42 @@ def _errors(verbose: bool = False, interrupted_hint: str = ""):
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def pretrained_options(vectors: Path | None, freeze_vectors: bool, class_weight: str | None) -> dict:
+    """TrainConfig fields for --vectors, --freeze-vectors and --class-weight; a bad value is misuse (exit 2)."""
+    from lstm_cli.config import parse_class_weight
+
+    try:
+        fields = {"class_weight": parse_class_weight(class_weight)}
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--class-weight") from None
+    if freeze_vectors and vectors is None:
+        raise typer.BadParameter("--freeze-vectors needs --vectors FILE", param_hint="--freeze-vectors")
+    if vectors is not None:
+        fields.update(vectors=str(vectors), freeze_vectors=freeze_vectors)
+    return fields
+
+
+def vectors_warnings(ctx: typer.Context, vectors: Path | None) -> list[str]:
+    """Which width wins when --embedding-dim is given and the vectors file has another (reads its first line)."""
+    if vectors is None:
+        return []
+    from lstm_cli.vectors import peek_dimension
+
+    dimension = peek_dimension(vectors)
+    given = ctx.params.get("embedding_dim")
+    source = ctx.get_parameter_source("embedding_dim")
+    if given is not None and given != dimension and source is not None and source.name == "COMMANDLINE":
+        return [f"--embedding-dim {given} ignored: the vectors in {vectors} have {dimension} dimensions"]
+    return []
+
+
+def warn(console, warnings: list[str]) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/] {escape(warning)}")
 
 
 def _version(value: bool) -> None:
