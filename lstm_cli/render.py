@@ -54,6 +54,33 @@ def train_summary(result, model_dir: Path) -> str:
     return "\n".join(f"[bold]{key:<11}[/] {escape(value)}" for key, value in rows)
 
 
+class TrialTable:
+    """tune's table of trials on stderr, one row printed as each trial finishes."""
+
+    def __init__(self, say, metric: str):
+        self.say, self.metric, self.started = say, metric, False
+
+    def row(self, trial, best: bool) -> None:
+        from lstm_cli.tune import describe
+
+        if not self.started:
+            self.say("[bold]trial  accuracy  macro_f1  epochs     time  settings[/]")
+            self.started = True
+        mark = "*" if best else " "
+        self.say(f"{trial.number:>4}{mark}  {trial.accuracy:8.4f}  {trial.macro_f1:8.4f}  {trial.epochs:>6}  "
+                 f"{trial.seconds:>6.1f}s  {escape(describe(trial.settings))}"
+                 f"{'  (budget ran out)' if trial.cut_by_budget else ''}")  # fmt: skip
+
+
+def tune_summary(result, model_dir: Path) -> str:
+    best = result.trials[result.best_trial - 1]
+    return (
+        f"[bold]best[/]        trial {best.number} of {len(result.trials)}: validation {result.metric} "
+        f"{best.score(result.metric):.4f} in {result.seconds:.1f}s\n"
+        f"[bold]model[/]       {escape(str(model_dir))}"
+    )
+
+
 def prediction_lines(batch, labels: list[str], output_format: str, k: int) -> list[str]:
     """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path)."""
     best, scores = batch.top(k)

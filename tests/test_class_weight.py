@@ -10,7 +10,7 @@ from conftest import TINY, toy_rows, write_csv
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
-from lstm_cli.config import class_weights, parse_class_weight
+from lstm_cli.config import TrainConfig, class_weights, parse_class_weight
 
 runner = CliRunner()
 
@@ -30,27 +30,33 @@ def test_a_mapping_weighs_unlisted_labels_one():
     assert class_weights(None, ["ham", "spam"], {"ham": 5, "spam": 1}) == [1.0, 1.0]
 
 
-def _history(tmp_path, name: str, *extra: str) -> list[dict]:
-    result = runner.invoke(app, ["train", "train.csv", "-m", name, *TINY, "--epochs", "2", *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads((tmp_path / name / "metadata.json").read_text())["training"]
+def _history(data, **options) -> list[dict[str, float]]:
+    from lstm_cli.train import train
+
+    config = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, epochs=2, batch_size=16,
+                         learning_rate=0.02, **options)  # fmt: skip
+    return train(config, data).history
 
 
 def test_weights_reach_the_training_loss(tmp_path):
-    write_csv(tmp_path / "train.csv", toy_rows(96, seed=3))
-    plain = _history(tmp_path, "plain")
+    from lstm_cli.data import read_labeled
+
+    data = read_labeled(write_csv(tmp_path / "train.csv", toy_rows(96, seed=3)))
+    plain = _history(data)
     # Weight 5 for every class: Adam is invariant to the scale of the loss, so training follows the same path
     # and the reported training loss is 5 times as large; the validation loss is not weighted.
-    scaled = _history(tmp_path, "scaled", "--class-weight", '{"pos": 5, "neg": 5, "meh": 5}')
-    for a, b in zip(plain["history"], scaled["history"], strict=True):
+    scaled = _history(data, class_weight={"pos": 5, "neg": 5, "meh": 5})
+    for a, b in zip(plain, scaled, strict=True):
         assert b["loss"] == pytest.approx(5 * a["loss"], rel=1e-2)
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
-    assert scaled["class_weights"] == {"meh": 5.0, "neg": 5.0, "pos": 5.0} and plain["class_weights"] is None
-    # Unequal weights change what is learned.
-    skewed = _history(tmp_path, "skewed", "--class-weight", '{"pos": 20}')
-    assert skewed["history"][-1]["val_loss"] != pytest.approx(plain["history"][-1]["val_loss"], rel=1e-3)
-    balanced = json.loads((tmp_path / "skewed" / "metadata.json").read_text())
-    assert balanced["config"]["class_weight"] == {"pos": 20.0}
+    # Unequal weights change what is learned; the weights are saved and shown.
+    result = runner.invoke(app, ["train", "train.csv", "-m", "skewed", *TINY, "--epochs", "2",
+                                 "--class-weight", '{"pos": 20}'])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((tmp_path / "skewed" / "metadata.json").read_text())
+    assert metadata["training"]["history"][-1]["val_loss"] != pytest.approx(plain[-1]["val_loss"], rel=1e-3)
+    assert metadata["config"]["class_weight"] == {"pos": 20.0}
+    assert metadata["training"]["class_weights"] == {"meh": 1.0, "neg": 1.0, "pos": 20.0}
     info = runner.invoke(app, ["info", "-m", "skewed"])
     assert "class weights" in info.stdout and "pos 20" in info.stdout
 

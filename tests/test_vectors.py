@@ -123,7 +123,7 @@ def _toy(tmp_path: Path) -> Path:
 COVERED = ["good", "great", "bad", "awful", "the", "a"]
 
 
-@pytest.mark.parametrize("freeze", [True, False])
+@pytest.mark.parametrize("freeze", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_training_starts_from_the_vectors_and_they_travel_in_the_model(tmp_path, freeze):
     data = _toy(tmp_path)
     vectors = write_vectors(tmp_path / "v.txt.gz", [w.upper() for w in COVERED[:2]] + COVERED[2:] + ["zebra"])
