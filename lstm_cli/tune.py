@@ -25,6 +25,9 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "bidirectional": (False, True),
     "dropout": (0.0, 0.2, 0.4),
     "recurrent_dropout": (0.0, 0.2),
+    "embedding_dropout": (0.0, 0.2),
+    "pooling": (("last",), ("max",), ("mean",), ("max", "mean")),
+    "embedding_pooling": ((), ("max",), ("mean",), ("max", "mean")),
     "dense_units": (0, 64),
     "dense_dropout": (0.2, 0.5),
     "learning_rate": (3e-4, 1e-3, 3e-3),
@@ -213,8 +216,16 @@ def tune(
 
 
 def describe(settings: dict[str, Any]) -> str:
-    return " ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-                    for name, value in settings.items())  # fmt: skip
+    """'units=64 dropout=0.2 pooling=max,mean' (the form --set takes, lists as JSON aside)."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, (tuple, list)):
+            return ",".join(map(str, value)) or "none"
+        return str(value)
+
+    return " ".join(f"{name}={shown(value)}" for name, value in settings.items())
 
 
 def parse_budget(text: str) -> float:
@@ -247,4 +258,4 @@ def parse_setting(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except ValueError:
         value = raw.strip()
-    return name, value
+    return name, tuple(value) if isinstance(value, list) else value  # list fields are tuples (pooling)
