@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -232,6 +233,7 @@ def train(
         "labels": labels,
         "vectors": vectors_meta["sha256"] if vectors_meta else None,
     }
+    run = json.loads(json.dumps(run))  # as the checkpoint stores it: tuples (pooling) come back as lists
     resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
     first_epoch = resume_state["epoch"] if resume_state else 0
 
