@@ -246,7 +246,8 @@ def parse_budget(text: str) -> float:
 
 
 def parse_setting(text: str) -> tuple[str, Any]:
-    """'units=64' -> ('units', 64) for `tune --set`: a TrainConfig field and a JSON value (or a plain word)."""
+    """'units=64' -> ('units', 64) for `tune --set`: a TrainConfig field and a JSON value (or a plain word;
+    comma-separated for the list fields: 'pooling=max,mean')."""
     import json
 
     name, sep, raw = text.partition("=")
@@ -258,4 +259,6 @@ def parse_setting(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except ValueError:
         value = raw.strip()
-    return name, tuple(value) if isinstance(value, list) else value  # list fields are tuples (pooling)
+    if isinstance(getattr(TrainConfig(), name), tuple):  # pooling=max,mean, as the table shows it
+        value = tuple(value) if isinstance(value, list) else tuple(v for v in str(value).split(",") if v)
+    return name, value

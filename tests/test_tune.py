@@ -66,6 +66,8 @@ def test_set_values_are_json_or_words():
     assert parse_setting("bidirectional=true") == ("bidirectional", True)
     assert parse_setting("cell=gru") == ("cell", "gru")
     assert parse_setting("batch_size=null") == ("batch_size", None)
+    assert parse_setting("pooling=max,mean") == parse_setting('pooling=["max", "mean"]') == ("pooling", ("max", "mean"))
+    assert parse_setting("embedding_pooling=") == ("embedding_pooling", ())
 
 
 def test_the_space_drops_fixed_and_unknown_fields_and_draws_each_setting_once(monkeypatch):
