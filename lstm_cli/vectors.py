@@ -152,7 +152,10 @@ def peek_dimension(path: Path | str) -> int:
     _, stream = _open(path)
     with stream:
         for number, raw in enumerate(stream, start=1):
-            fields = _decode(raw).split(" ")
+            text = _decode(raw)
+            if not text:
+                continue  # as read_vectors does
+            fields = text.split(" ")
             if number == 1 and _header(fields) is not None:
                 return int(fields[1])
             if len(fields) >= 2 and _numbers(fields[1:]) is not None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import toy_rows, write_csv
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
@@ -60,6 +62,17 @@ def test_tune_misuse_exits_2(tmp_path, args, message):
     assert message in result.stderr and result.stdout == ""
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=12))
+def test_any_budget_text_is_positive_seconds_or_a_value_error(text):
+    try:
+        seconds = parse_budget(text)
+    except ValueError as e:
+        assert str(e).startswith("--budget")
+        return
+    assert 0 < seconds < float("inf")
+
+
 def test_set_values_are_json_or_words():
     assert parse_setting("units=64") == ("units", 64)
     assert parse_setting("learning-rate=3e-4") == ("learning_rate", 3e-4)
@@ -89,10 +102,11 @@ def _table(stderr: str) -> list[re.Match]:
 
 def test_tune_prints_trials_and_saves_the_best_one(tmp_path):
     write_csv(tmp_path / "train.csv", toy_rows(90, seed=4))
-    result = runner.invoke(
-        app, ["tune", "train.csv", "--budget", "10m", "--trials", "3", "--metric", "macro_f1", "-m", "best", *TINY_SET]
-    )
+    (tmp_path / "v.txt").write_text("good 1 0 0 0\nbad 0 1 0 0\nokay 0 0 1 0\nthe 0 0 0 1\n", encoding="utf-8")
+    args = ["tune", "train.csv", "--budget", "10m", "--trials", "3", "--metric", "macro_f1", "-m", "best"]
+    result = runner.invoke(app, [*args, *TINY_SET, "--vectors", "v.txt"])
     assert result.exit_code == 0, result.output
+    assert "--embedding-dim 8 ignored: the vectors in v.txt have 4 dimensions" in result.stderr
     assert result.stdout == "best\n"
     assert "trial  accuracy  macro_f1" in result.stderr
     rows = _table(result.stderr)
@@ -110,6 +124,8 @@ def test_tune_prints_trials_and_saves_the_best_one(tmp_path):
     assert metadata["metrics"]["val_accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
     assert set(best["settings"]) == set(tuning["space"]) and "units" not in tuning["space"]
     assert metadata["config"]["units"] == 6 and metadata["training"]["validation"] == {"split": 0.1, "seed": 1337}
+    # the vectors, read once, reach every trial; their width is not searched
+    assert metadata["vectors"]["coverage"]["vocabulary_words"] == 4 and metadata["config"]["embedding_dim"] == 4
     # trial 1 is the starting configuration; the others differ from it and from each other
     assert tuning["trials"][0]["settings"]["dropout"] == TrainConfig().dropout
     assert len({json.dumps(t["settings"], sort_keys=True) for t in tuning["trials"]}) == 3

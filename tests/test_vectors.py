@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FILLER, TINY, WORDS, write_csv
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
@@ -207,3 +209,34 @@ def test_resume_refuses_a_checkpoint_made_with_other_vectors(tmp_path):
     write_vectors(vectors, COVERED[:-1])  # same file name, other vectors
     with pytest.raises(LstmCliError, match="from a run with other data or options"):
         train(config, data, checkpoint_dir=checkpoints, resume=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.text(max_size=40),
+            st.sampled_from(["", "3 2", "2 4"]),
+            st.builds(
+                lambda w, xs, tail: w + " " + " ".join(map(str, xs)) + tail,
+                st.text(min_size=1, max_size=8),
+                st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=4),
+                st.sampled_from(["", " ", "\t", "\r"]),
+            ),
+        ),
+        max_size=12,
+    ),
+    wanted=st.sets(st.text(min_size=1, max_size=8), max_size=5),
+)
+def test_any_file_gives_vectors_of_one_width_or_one_clear_error(tmp_path, lines, wanted):
+    path = tmp_path / "fuzz.txt"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    try:
+        vectors = read_vectors(path, wanted)
+    except DataError as e:
+        assert str(e).startswith(str(path)) and "\n" not in str(e)
+        return
+    assert set(vectors.vectors) <= wanted
+    for vector in vectors.vectors.values():
+        assert vector.shape == (vectors.dimension,) and np.isfinite(vector).all()
+    assert peek_dimension(path) == vectors.dimension

@@ -117,18 +117,23 @@ def pretrained_options(vectors: Path | None, freeze_vectors: bool, class_weight:
     return fields
 
 
-def vectors_warnings(ctx: typer.Context, vectors: Path | None) -> list[str]:
-    """Which width wins when --embedding-dim is given and the vectors file has another (reads its first line)."""
-    if vectors is None:
+def vectors_warnings(vectors: Path | None, embedding_dim: int | None) -> list[str]:
+    """Which width wins when an embedding width was asked for (None: not explicitly) and the vectors file
+    has another; reads only the file's first line."""
+    if vectors is None or embedding_dim is None:
         return []
     from lstm_cli.vectors import peek_dimension
 
     dimension = peek_dimension(vectors)
-    given = ctx.params.get("embedding_dim")
-    source = ctx.get_parameter_source("embedding_dim")
-    if given is not None and given != dimension and source is not None and source.name == "COMMANDLINE":
-        return [f"--embedding-dim {given} ignored: the vectors in {vectors} have {dimension} dimensions"]
+    if embedding_dim != dimension:
+        return [f"--embedding-dim {embedding_dim} ignored: the vectors in {vectors} have {dimension} dimensions"]
     return []
+
+
+def explicit(ctx: typer.Context, name: str):
+    """The value of option `name` if given on the command line, else None."""
+    source = ctx.get_parameter_source(name)
+    return ctx.params.get(name) if source is not None and source.name == "COMMANDLINE" else None
 
 
 def warn(console, warnings: list[str]) -> None:

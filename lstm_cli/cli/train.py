@@ -30,6 +30,7 @@ from lstm_cli.cli._util import (
     _errors,
     _interrupt,
     app,
+    explicit,
     pretrained_options,
     vectors_warnings,
     warn,
@@ -143,7 +144,8 @@ def train_cli(
         check_writable(model)
         from lstm_cli.train import train as train_model
 
-        warn(console, [*vectors_warnings(ctx, vectors), *render.skipped_warnings(dataset, validation)])
+        width = vectors_warnings(vectors, explicit(ctx, "embedding_dim"))
+        warn(console, [*width, *render.skipped_warnings(dataset, validation)])
         say(f"Read {len(dataset):,} rows from {data}")
         result = train_model(
             config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,

@@ -29,6 +29,7 @@ from lstm_cli.cli._util import (
     _interrupt,
     app,
     pretrained_options,
+    vectors_warnings,
     warn,
 )
 from lstm_cli.config import TrainConfig
@@ -115,7 +116,8 @@ def tune_cli(
         from lstm_cli.artifact import check_writable, save
 
         check_writable(model)
-        warn(console, render.skipped_warnings(dataset, validation))
+        given_dim = base.embedding_dim if "embedding_dim" in fixed else None
+        warn(console, [*vectors_warnings(vectors, given_dim), *render.skipped_warnings(dataset, validation)])
         from lstm_cli.tune import tune
 
         table = render.TrialTable(say, metric.value)
