@@ -225,7 +225,8 @@ def train(
         config = dataclasses.replace(config, embedding_dim=vectors_meta["dimension"])  # the file's width wins
         stage(f"Vectors from {vectors_meta['file']}, {vectors_meta['dimension']} dimensions: {vectors_meta['summary']}")
         if vectors_meta["malformed_lines"]:
-            warnings.append(f"{config.vectors}: skipped {vectors_meta['malformed_lines']:,} malformed lines")
+            skipped = vectors_meta["malformed_lines"]
+            warnings.append(f"{config.vectors}: skipped {skipped:,} malformed line{'s' if skipped > 1 else ''}")
     run = {
         "config": config.to_dict(),
         "data": data.sha256,

@@ -127,6 +127,12 @@ def train_cli(
         raise typer.BadParameter(str(e)) from None
     console = _console()
     say = (lambda *a, **k: None) if quiet else console.print
+
+    def stage(message: str) -> None:  # core messages carry file names: shown literally, not as markup
+        from rich.markup import escape
+
+        say(escape(message))
+
     checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
@@ -150,7 +156,7 @@ def train_cli(
         result = train_model(
             config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
             on_epoch=None if quiet else lambda report: say(render.epoch_line(report)),
-            on_stage=say,
+            on_stage=stage,
             checkpoint_dir=checkpoints,
             resume=resume,
         )  # fmt: skip

@@ -103,6 +103,12 @@ def tune_cli(
     base, fixed = _base_config(settings or [], seed, validation_split, extra)
     console = _console()
     say = (lambda *a, **k: None) if quiet else console.print
+
+    def stage(message: str) -> None:  # core messages carry file names: shown literally, not as markup
+        from rich.markup import escape
+
+        say(escape(message))
+
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the search as Ctrl-C does
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     with _errors(verbose, interrupted_hint=f" before the first trial finished; {kept}"):
@@ -122,7 +128,7 @@ def tune_cli(
 
         table = render.TrialTable(say, metric.value)
         result = tune(base, dataset, budget_seconds=budget_seconds, metric=metric.value, max_trials=trials,
-                      fixed=fixed, validation=validation, on_trial=table.row, on_stage=say)  # fmt: skip
+                      fixed=fixed, validation=validation, on_trial=table.row, on_stage=stage)  # fmt: skip
         warn(console, result.warnings)
         if result.interrupted:
             say(f"Interrupted: saving the best of {len(result.trials)} finished trials")
