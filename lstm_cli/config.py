@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,10 @@ class TrainConfig:
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
     seed: int = 1337
+    # Imbalance and pretrained vectors
+    class_weight: str | dict[str, float] | None = None  # "balanced" or {label: weight} (others weigh 1); None: all 1
+    vectors: str | None = None  # word vectors file (text format) that initialises the embedding; its width wins
+    freeze_vectors: bool = False  # keep the embedding fixed at the vectors (only with `vectors`)
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -121,4 +126,46 @@ def config_problems(config: TrainConfig) -> list[str]:
         problems.append("--pooling and --embedding-pooling take each kind once")
     if config.cell not in CELLS:
         problems.append(f"--cell must be one of {', '.join(CELLS)}, got {config.cell!r}")
+    problems.extend(class_weight_problems(config.class_weight))
+    if config.freeze_vectors and not config.vectors:
+        problems.append("--freeze-vectors needs --vectors FILE")
     return problems
+
+
+def class_weight_problems(value: object) -> list[str]:
+    if value is None or value == "balanced":
+        return []
+    if not isinstance(value, dict) or not value:
+        return [f"--class-weight must be 'balanced' or a JSON object of label weights, got {value!r}"]
+    return [
+        f"--class-weight: the weight of {label!r} must be a positive number, got {weight!r}"
+        for label, weight in value.items()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf
+    ]
+
+
+def parse_class_weight(text: str | None) -> str | dict[str, float] | None:
+    """The --class-weight option: 'balanced', or a JSON object such as '{"spam": 4}'. Raises ValueError."""
+    if text is None or text.strip() == "balanced":
+        return None if text is None else "balanced"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"--class-weight must be 'balanced' or a JSON object such as '{{\"spam\": 4}}' ({e.msg} at column "
+            f"{e.colno})"
+        ) from None
+    problems = class_weight_problems(value)
+    if problems:
+        raise ValueError(problems[0])
+    return {str(label): float(weight) for label, weight in value.items()}
+
+
+def class_weights(setting: str | dict[str, float] | None, labels: list[str], counts: dict[str, int]) -> list[float]:
+    """One weight per label, in `labels` order. 'balanced' is scikit-learn's n_samples / (n_classes * count)."""
+    if setting is None:
+        return [1.0] * len(labels)
+    if setting == "balanced":
+        total = sum(counts[label] for label in labels)
+        return [total / (len(labels) * counts[label]) for label in labels]
+    return [float(setting.get(label, 1.0)) for label in labels]

@@ -92,11 +92,20 @@ def _recurrent_layer(config: TrainConfig, index: int, *, sequences: bool):
     return layers.Bidirectional(rnn, name=f"bidirectional_{index + 1}") if config.bidirectional else rnn
 
 
-def build_network(config: TrainConfig, *, vocabulary_size: int, num_classes: int):
-    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels."""
+def build_network(
+    config: TrainConfig, *, vocabulary_size: int, num_classes: int, embeddings=None, trainable_embeddings: bool = True
+):
+    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels.
+
+    `embeddings`: a [vocabulary_size, embedding_dim] matrix to start the embedding from (pretrained vectors)."""
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     # mask_zero: padding positions are skipped by the recurrent layers, not read as tokens.
-    embedded = layers.Embedding(vocabulary_size, config.embedding_dim, mask_zero=True, name="embedding")(ids)
+    embedding = layers.Embedding(
+        vocabulary_size, config.embedding_dim, mask_zero=True, trainable=trainable_embeddings, name="embedding"
+    )
+    embedded = embedding(ids)
+    if embeddings is not None:
+        embedding.embeddings.assign(embeddings)  # assigned, not an initializer: no matrix in the model's config
     x = embedded
     if config.embedding_dropout:
         # Drops whole embedding channels (the same ones at every step): words cannot be memorised by one unit.
