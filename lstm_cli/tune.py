@@ -28,11 +28,12 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "embedding_dropout": (0.0, 0.2),
     "pooling": (("last",), ("max",), ("mean",), ("max", "mean")),
     "embedding_pooling": ((), ("max",), ("mean",), ("max", "mean")),
-    "dense_units": (0, 64),
+    "dense_units": (0, 64, 128),
     "dense_dropout": (0.2, 0.5),
     "learning_rate": (3e-4, 1e-3, 3e-3),
     "max_length": (100, 200, 400),
     "max_tokens": (10_000, 20_000, 50_000),
+    "min_count": (1, 2),
 }
 METRICS = ("accuracy", "macro_f1")
 _DRAWS = 1_000  # random draws to find an untried setting before calling the space exhausted

@@ -88,8 +88,9 @@ def test_device_decisions():
     forced = decide(default, requested="cpu", gpus_visible=2)
     assert forced.device == "cpu" and forced.gpus == 0
     gpu = decide(default, requested="auto", gpus_visible=1)
-    assert gpu.device == "gpu" and not gpu.cudnn and gpu.strategy == "default"
-    assert len(gpu.warnings) == 1 and "--recurrent-dropout 0" in gpu.warnings[0]
+    assert gpu.device == "gpu" and gpu.cudnn and gpu.strategy == "default" and gpu.warnings == []  # defaults fit cuDNN
+    slow = decide(TrainConfig(recurrent_dropout=0.2), requested="auto", gpus_visible=1)
+    assert not slow.cudnn and len(slow.warnings) == 1 and "--recurrent-dropout 0" in slow.warnings[0]
     fast = decide(TrainConfig(recurrent_dropout=0.0), requested="gpu", gpus_visible=4, mixed_precision=True)
     assert (fast.cudnn, fast.strategy, fast.mixed_precision, fast.warnings) == (True, "mirrored", True, [])
     assert "4 GPUs" in fast.describe() and "cuDNN" in fast.describe()
