@@ -102,7 +102,11 @@ def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[s
     new_id[PAD_ID] = PAD_ID
     new_id[kept] = np.arange(2, 2 + len(kept), dtype=np.int32)
     vocabulary = every[:2] + [every[i] for i in kept]
-    return make_vectorizer(config.max_tokens, vocabulary), vocabulary, EncodedTexts(new_id[encoded.values], encoded.row_splits)
+    return (
+        make_vectorizer(config.max_tokens, vocabulary),
+        vocabulary,
+        EncodedTexts(new_id[encoded.values], encoded.row_splits),
+    )
 
 
 def _encode(vectorizer, texts: list[str], labels: list[str], index: dict[str, int], max_length: int):
