@@ -132,5 +132,7 @@ def test_vocabulary_keeps_frequent_tokens_and_training_ids_match_the_saved_token
     assert vocabulary[:2] == ["", "[UNK]"] and sorted(vocabulary[2:]) == sorted(expected)
     # What training sees is exactly what the exported tokenizer produces, truncation and OOV included.
     from_layer = token_ids(vectorizer, tf.constant(texts), 6).to_list()
-    assert [encoded.values[a:b].tolist() for a, b in zip(encoded.row_splits, encoded.row_splits[1:], strict=False)] == from_layer
+    assert [
+        encoded.values[a:b].tolist() for a, b in zip(encoded.row_splits, encoded.row_splits[1:], strict=False)
+    ] == from_layer
     assert from_layer[3] == [OOV_ID]
