@@ -16,7 +16,7 @@ POOLS = ("last", "max", "mean")
 class TrainConfig:
     # Tokenization
     max_tokens: int = 20_000  # vocabulary size, including the padding and out-of-vocabulary ids
-    min_count: int = 1  # tokens seen fewer times in the training texts are out of vocabulary
+    min_count: int = 2  # tokens seen fewer times in training are out of vocabulary (one sighting teaches noise)
     max_length: int = 300  # tokens kept per text; longer texts are truncated (bucketing: short texts cost no more)
     # Network: the Keras tutorial's Embedding -> LSTM -> Dense, read through pooling over time. Defaults
     # chosen on seven public data sets (benchmarks/accuracy.py); the tutorial's recipe is
