@@ -28,6 +28,7 @@ def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None)
     )
     if vocabulary is not None:
         vectorizer.set_vocabulary(vocabulary[2:])  # it adds the padding and OOV entries itself
+        vectorizer.build(None)  # ready to export even if it never ran (training without validation)
     return vectorizer
 
 
