@@ -158,13 +158,15 @@ def _recurrent_layers(network) -> list:
 
 
 def _export_saved_model(result, directory: Path) -> None:
-    from lstm_cli.model import build_network, tf
+    from lstm_cli.model import build_network, dtype_policy, tf
 
     # Serve a twin of the network without dropout: same weights, same outputs at inference, but Keras
     # fuses the four gate matmuls only when recurrent_dropout is 0 (about 1.5x faster predictions).
     # Its recurrent layers trace the portable loop, not cuDNN, so a model trained on a GPU serves on a CPU.
+    # float32 whatever the training policy: --mixed-precision is a training speed-up, not a serving format.
     config = dataclasses.replace(result.config, dropout=0.0, recurrent_dropout=0.0, dense_dropout=0.0)
-    serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels))
+    with dtype_policy("float32"):
+        serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels))
     serving.set_weights(result.network.get_weights())
     for layer in _recurrent_layers(serving):
         layer.use_cudnn = False

@@ -17,7 +17,7 @@ from lstm_cli.config import TrainConfig
 from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
 from lstm_cli.errors import DataError
-from lstm_cli.model import build_network, keras, make_vectorizer, tf, token_ids
+from lstm_cli.model import build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
 
 ENCODE_BATCH = 4096
 STEPS_PER_EXECUTION = 4
@@ -156,7 +156,8 @@ def train(
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
-    With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it."""
+    With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it.
+    Keras' global dtype policy is left as it was, whatever the plan's precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
@@ -184,7 +185,7 @@ def train(
     resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
     first_epoch = resume_state["epoch"] if resume_state else 0
 
-    with plan.scope():
+    with plan.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels))
         network.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
