@@ -223,6 +223,20 @@ def check_writable(target: Path) -> None:
         ) from None
 
 
+def _check_export(staging: Path, target: Path) -> None:
+    """Run the check predict runs before loading, so a model it would refuse is never installed."""
+    from lstm_cli.graphcheck import check_saved_model
+
+    try:
+        check_saved_model(staging / SAVED_MODEL, SIGNATURE)
+    except ArtifactError as e:
+        reason = str(e).split(": ", 1)[-1]
+        raise ArtifactError(
+            f"{target}: the exported SavedModel fails the check predict runs before loading ({reason}); "
+            "this is a bug in lstm-cli, please report it. The previous model, if any, is untouched"
+        ) from None
+
+
 def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skipped: dict[str, int]) -> dict:
     """Write the model directory at `target` atomically; returns its metadata."""
     from lstm_cli.model import tf
@@ -241,6 +255,7 @@ def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skip
         (staging / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         fsync_tree(staging)
         verify_files(staging, read_metadata(staging))
+        _check_export(staging, target)
         install(staging, target)
     except (OSError, tf.errors.OpError) as e:
         reason = getattr(e, "strerror", None) or _last_clause(getattr(e, "message", None) or str(e))

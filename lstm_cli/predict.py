@@ -16,7 +16,7 @@ import numpy as np
 from lstm_cli.artifact import SAVED_MODEL, SERVING_FILES, SIGNATURE, read_metadata, verify_files
 from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.errors import ArtifactError
-from lstm_cli.graphcheck import check_serving_graph
+from lstm_cli.graphcheck import check_saved_model
 from lstm_cli.metrics import classification_report
 from lstm_cli.tf_setup import import_tensorflow
 
@@ -38,7 +38,7 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
         try:
             metadata = read_metadata(root)
             verify_files(root, metadata, only=SERVING_FILES)
-            check_serving_graph(root / SAVED_MODEL, SIGNATURE)
+            check_saved_model(root / SAVED_MODEL, SIGNATURE)
             try:
                 loaded = tf.saved_model.load(str(root))
                 loaded.signatures[SIGNATURE]

@@ -218,18 +218,50 @@ def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, d
 @pytest.mark.parametrize(
     "options", [[], ["--cell", "gru"], ["--bidirectional", "--layers", "2"], ["--cell", "gru", "--dense-units", "0"]]
 )
-def test_every_exported_variant_uses_only_allowed_ops(data_dir, tmp_path, options):
-    from lstm_cli.graphcheck import ALLOWED_OPS, serving_ops
+def test_every_exported_variant_passes_the_op_check(data_dir, tmp_path, options):
+    from lstm_cli.graphcheck import ALLOWED_OPS, SAVER_OPS, check_saved_model, graph_problems
 
     args = ["train", str(data_dir / "train.csv"), *TINY, "--epochs", "1", "-m", str(tmp_path / "m"), *options]
-    assert runner.invoke(app, args).exit_code == 0
-    ops = serving_ops((tmp_path / "m" / "saved_model.pb").read_bytes(), "serving_default")
-    assert {"MatMul", "StringSplitV2", "Softmax"} <= ops <= ALLOWED_OPS
+    assert runner.invoke(app, args).exit_code == 0  # train runs the check before installing the model
+    ops, problems = graph_problems((tmp_path / "m" / "saved_model.pb").read_bytes(), "serving_default")
+    assert problems == []
+    assert {"MatMul", "StringSplitV2", "Softmax", "LookupTableImportV2", "RestoreV2", "SaveV2"} <= ops
+    assert ops <= ALLOWED_OPS | SAVER_OPS.keys()
     assert ops.isdisjoint({"ReadFile", "WriteFile", "PyFunc", "EagerPyFunc", "PrintV2"})
+    check_saved_model(tmp_path / "m" / "saved_model.pb", "serving_default")
+
+
+def _plant(model: Path, module, tmp_path: Path, **save_kwargs) -> None:
+    """Replace the SavedModel in `model` with `module`'s, and rewrite the hashes as a forger would."""
+    import hashlib
+    import shutil
+
+    import tensorflow as tf
+
+    shutil.rmtree(model / "variables")
+    (model / "saved_model.pb").unlink()
+    tf.saved_model.save(module, str(tmp_path / "planted"), **save_kwargs)
+    for item in (tmp_path / "planted").iterdir():
+        if not (model / item.name).exists():
+            shutil.move(str(item), model / item.name)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["files"] = {  # a forger can rewrite the hashes too; the op check does not rely on them
+        p.relative_to(model).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in model.rglob("*")
+        if p.is_file() and p.name != "metadata.json"
+    }
+    (model / "metadata.json").write_text(json.dumps(meta))
+
+
+def _refused(model: Path) -> str:
+    result = runner.invoke(app, ["predict", "-m", str(model), "hello"])
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to load it" in lines[0]
+    return lines[0]
 
 
 def test_a_planted_file_reading_graph_is_refused(trained_model, tmp_path):
-    import hashlib
     import shutil
 
     import tensorflow as tf
@@ -242,19 +274,68 @@ def test_a_planted_file_reading_graph_is_refused(trained_model, tmp_path):
 
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
-    shutil.rmtree(model / "variables")
-    (model / "saved_model.pb").unlink()
     module = Planted()
-    tf.saved_model.save(module, str(tmp_path / "planted"), signatures={"serving_default": module.serve})
-    for item in (tmp_path / "planted").iterdir():
-        shutil.move(str(item), model / item.name)
-    meta = json.loads((model / "metadata.json").read_text())
-    meta["files"] = {  # a forger can rewrite the hashes too; the op check does not rely on them
-        p.relative_to(model).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in model.rglob("*")
-        if p.is_file() and p.name != "metadata.json"
-    }
-    (model / "metadata.json").write_text(json.dumps(meta))
-    result = runner.invoke(app, ["predict", "-m", str(model), "hello"])
-    assert result.exit_code == 1 and result.stdout == ""
-    assert "operations lstm-cli never exports (ReadFile, " in result.stderr and "Traceback" not in result.stderr
+    _plant(model, module, tmp_path, signatures={"serving_default": module.serve})
+    assert "operations lstm-cli never exports (ReadFile, " in _refused(model)
+
+
+@pytest.mark.parametrize("where", ["resource initializer", "unused library function"])
+def test_a_file_write_anywhere_in_the_saved_model_is_refused_before_loading(trained_model, tmp_path, where):
+    import shutil
+
+    import tensorflow as tf
+
+    written = tmp_path / "pwned.txt"
+
+    class Writer(tf.saved_model.experimental.TrackableResource):
+        """A resource whose initializer, run by tf.saved_model.load, writes a file."""
+
+        def _create_resource(self):
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="planted")
+
+        def _initialize(self):
+            tf.io.write_file(str(written), "planted")
+
+    class Planted(tf.Module):
+        def __init__(self):
+            super().__init__()
+            if where == "resource initializer":
+                self.writer = Writer()
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            return {"probabilities": tf.fill([tf.shape(text)[0], 3], 1 / 3)}
+
+        @tf.function(input_signature=[])
+        def unused(self):
+            tf.io.write_file(str(written), "planted")
+            return tf.constant(0)
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    module = Planted()
+    module.unused.get_concrete_function()
+    _plant(model, module, tmp_path, signatures={"serving_default": module.serve})
+    if written.exists():  # saving ran the initializer once; what matters is that loading does not
+        written.unlink()
+    assert "WriteFile" in _refused(model)
+    assert not written.exists()
+
+
+@pytest.mark.parametrize("role", ["save", "restore"])
+def test_checkpoint_io_outside_the_savers_own_functions_is_refused(trained_model, role):
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from lstm_cli.graphcheck import graph_problems
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((trained_model / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    # plant the op a saver function uses in a function that loading runs (a resource initializer)
+    initializer = next(f for f in graph.library.function if f.signature.name.startswith("__inference__initializer"))
+    initializer.node_def.append(
+        node_def_pb2.NodeDef(name="planted", op={"save": "SaveV2", "restore": "RestoreV2"}[role])
+    )
+    _, problems = graph_problems(saved.SerializeToString(), "serving_default")
+    assert problems == [f"{'SaveV2' if role == 'save' else 'RestoreV2'} outside the saver's functions"]
