@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import TINY, toy_rows, write_csv
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -339,3 +339,94 @@ def test_checkpoint_io_outside_the_savers_own_functions_is_refused(trained_model
     )
     _, problems = graph_problems(saved.SerializeToString(), "serving_default")
     assert problems == [f"{'SaveV2' if role == 'save' else 'RestoreV2'} outside the saver's functions"]
+
+
+# --- any label, through every command -----------------------------------------------------------------------
+
+# Smaller than TINY: these tests train one model per label set, and only check how labels travel.
+MICRO = [
+    "--embedding-dim", "4", "--units", "2", "--dense-units", "0", "--max-tokens", "20", "--epochs", "1",
+    "--batch-size", "16", "--validation-split", "0", "--quiet",
+]  # fmt: skip
+
+
+def _unescape_tsv(field: str) -> str:
+    out, chars = [], iter(field)
+    for c in chars:
+        out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[next(chars)] if c == "\\" else c)
+    return "".join(out)
+
+
+def _every_command(workdir: Path, labels: list[str], data_name: str = "data.csv") -> dict[str, str]:
+    """Train on `labels`, then predict in every format, evaluate and info; returns each command's stdout.
+
+    Asserts what must hold for any label: exit 0, no traceback, one line per input, labels exact in JSON."""
+    rows = [(f"w{i} common {j}", label) for i, label in enumerate(labels) for j in range(3)]
+    data = workdir / data_name
+    with data.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+        writer.writerows([("text", "label"), *rows, ("", labels[0])])  # the empty text: a skipped-rows warning
+    model = str(workdir / "m")
+    outputs = {}
+    expected = sorted({label.strip() for label in labels})
+    train = runner.invoke(app, ["train", str(data), "-m", model, *MICRO[:-1]])
+    assert train.exit_code == 0 and train.stdout == f"{model}\n", train.output
+    texts = [f"w{i} common" for i in range(len(labels))] + ["", "unknown words"]
+    for fmt, k in (("tsv", "2"), ("label", "2"), ("json", "2")):
+        out = runner.invoke(app, ["predict", "-m", model, "--format", fmt, "--top-k", k, "-"], input="\n".join(texts))
+        assert out.exit_code == 0 and out.stderr == "", out.output
+        lines = out.stdout.split("\n")
+        assert lines[-1] == "" and len(lines) - 1 == len(texts), lines  # exactly one line per input
+        outputs[f"{fmt}{k}"] = out.stdout
+    records = [json.loads(line) for line in outputs["json2"].split("\n")[:-1]]
+    assert all(sorted(r["probabilities"]) == expected and r["label"] in expected for r in records)
+    # tsv and label fields decode (backslash escapes) to exactly the labels JSON gives
+    for tsv, label, record in zip(*(outputs[f].split("\n")[:-1] for f in ("tsv2", "label2")), records, strict=True):
+        top = [t["label"] for t in record["top"]]
+        assert [_unescape_tsv(x) for x in tsv.split("\t")[0::2]] == top == [_unescape_tsv(x) for x in label.split("\t")]
+        assert len(set(top)) == 2 and top[0] == record["label"]
+    report = workdir / "report.json"
+    evaluated = runner.invoke(app, ["evaluate", str(data), "-m", model, "-o", str(report)])
+    assert evaluated.exit_code == 0 and "Traceback" not in evaluated.output, evaluated.output
+    assert sorted(json.loads(report.read_text(encoding="utf-8"))["per_class"]) == expected
+    outputs["evaluate"], outputs["evaluate_stderr"] = evaluated.stdout, evaluated.stderr
+    info = runner.invoke(app, ["info", "-m", model, "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["labels"] == expected
+    human = runner.invoke(app, ["info", "-m", model])
+    assert human.exit_code == 0, human.output
+    outputs["info"], outputs["train_stderr"] = human.stdout, train.stderr
+    return outputs
+
+
+def test_markup_control_characters_and_tabs_in_labels_and_paths_are_shown_literally(tmp_path):
+    labels = ["[/x]", "[positive]", ":smile:", "multi\nline", "tab\tbed", "back\\slash"]
+    out = _every_command(tmp_path, labels, data_name="data[1].csv")
+    assert "Warning: " in out["train_stderr"] and f"{tmp_path}/data[1].csv: skipped 1 rows" in out["train_stderr"]
+    assert f"Read 18 rows from {tmp_path}/data[1].csv" in out["train_stderr"]
+    for shown in ("[/x]", "[positive]", ":smile:", "multi\\nline", "tab\\tbed", "back\\slash"):
+        assert shown in out["evaluate"] and shown in out["info"] and shown in out["train_stderr"], shown
+    assert "😄" not in out["evaluate"] + out["info"] + out["train_stderr"]
+    assert f"Warning: {tmp_path}/data[1].csv: skipped 1 rows (1 with empty text)" in out["evaluate_stderr"]
+    # the default format: a label's tab, newline and backslash are backslash escapes, as documented
+    first = {line.split("\t")[0] for line in out["tsv2"].split("\n")[:-1]}
+    assert first <= {"[/x]", "[positive]", ":smile:", "multi\\nline", "tab\\tbed", "back\\\\slash"}
+
+
+label_strategy = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+    st.sampled_from(["[/x]", "[b]bold[/b]", ":smile:", "  spaced", "a\tb", "a\nb", "a\rb", "\\", "🙂", "\x1b[31m"]),
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=200, max_size=400),  # very long
+).filter(lambda label: label.strip() != "")
+
+
+# A model per example: few examples, the same ones every run, and no shrinking (each step trains a model).
+@settings(
+    max_examples=2,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(labels=st.lists(label_strategy, min_size=2, max_size=3, unique_by=str.strip))
+def test_any_labels_go_through_train_predict_evaluate_and_info(tmp_path_factory, labels):
+    _every_command(tmp_path_factory.mktemp("labels"), labels)

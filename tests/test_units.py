@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 
@@ -95,3 +98,56 @@ def test_device_decisions():
     assert "4 GPUs" in fast.describe() and "cuDNN" in fast.describe()
     missing = decide(default, requested="gpu", gpus_visible=0, mixed_precision=True)
     assert missing.device == "cpu" and not missing.mixed_precision and len(missing.warnings) == 2
+
+
+# --- output escaping ----------------------------------------------------------------------------------------
+
+NASTY_LABELS = ["multi\nline", "tab\tbed", "back\\slash", "cr\rhere", "\\n literally", "[/x]", "plain"]
+
+
+def _unescape_tsv(field: str) -> str:
+    out, chars = [], iter(field)
+    for c in chars:
+        out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[next(chars)] if c == "\\" else c)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_tsv_and_label_lines_are_one_line_per_text_and_unambiguous(k):
+    from lstm_cli.predict import Predictions
+    from lstm_cli.render import prediction_lines
+
+    rng = np.random.default_rng(k)
+    probabilities = rng.dirichlet(np.ones(len(NASTY_LABELS)), size=40).astype(np.float32)
+    batch = Predictions([f"text {i}" for i in range(40)], probabilities)
+    expected = [[NASTY_LABELS[i] for i in row] for row in np.argsort(-probabilities, axis=1, kind="stable")[:, :k]]
+    tsv = "\n".join(prediction_lines(batch, NASTY_LABELS, "tsv", k)) + "\n"
+    labels = "\n".join(prediction_lines(batch, NASTY_LABELS, "label", k)) + "\n"
+    for output, step in ((tsv, 2), (labels, 1)):
+        lines = output.split("\n")[:-1]
+        assert len(lines) == 40
+        decoded = [[_unescape_tsv(f) for f in line.split("\t")[::step]] for line in lines]
+        assert decoded == expected
+    records = [json.loads(line) for line in prediction_lines(batch, NASTY_LABELS, "json", k)]
+    assert [r["label"] for r in records] == [row[0] for row in expected]  # JSON: exact, no escapes
+
+
+def test_shown_text_is_literal_and_on_one_line():
+    from rich.console import Console
+
+    from lstm_cli.render import literal, warning
+
+    console = Console(file=io.StringIO(), width=200, emoji=False, highlight=False, color_system=None)
+    for value in ["[/x]", "[bold]b[/bold]", "data[1].csv", ":smile:", "a\nb", "esc\x1b[31m", "\x85"]:
+        console.print(warning(f"{value} here"))
+        console.print(literal(value))
+    lines = console.file.getvalue().splitlines()
+    assert lines == [
+        "Warning: [/x] here", "[/x]",
+        "Warning: [bold]b[/bold] here", "[bold]b[/bold]",
+        "Warning: data[1].csv here", "data[1].csv",
+        "Warning: :smile: here", ":smile:",
+        "Warning: a\\nb here", "a\\nb",
+        "Warning: esc\\x1b[31m here", "esc\\x1b[31m",
+        "Warning: \\x85 here", "\\x85",
+    ]  # fmt: skip

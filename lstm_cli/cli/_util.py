@@ -62,7 +62,15 @@ SkipBadOpt = Annotated[bool, typer.Option(help="Skip (and count) malformed rows 
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # No emoji codes either: a label ':smile:' is shown as typed. User text goes in as rich Text (render.literal).
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    from lstm_cli.render import shown
+
+    typer.echo(f"Error: {shown(message)}", err=True)  # one line, whatever paths or labels it quotes
+    return typer.Exit(code)
 
 
 @contextlib.contextmanager
@@ -75,11 +83,9 @@ def _errors(verbose: bool = False, interrupted_hint: str = ""):
     try:
         yield
     except LstmCliError as e:
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(str(e), 1) from None
     except KeyboardInterrupt:
-        typer.echo(f"Error: interrupted{interrupted_hint}", err=True)
-        raise typer.Exit(130) from None
+        raise _fail(f"interrupted{interrupted_hint}", 130) from None
 
 
 def _interrupt(signum, frame) -> None:

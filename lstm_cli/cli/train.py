@@ -97,36 +97,40 @@ def train_cli(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     console = _console()
-    say = (lambda *a, **k: None) if quiet else console.print
     checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
     with _errors(verbose, interrupted_hint=hint):
+        from lstm_cli import render
+
+        def say(message: str) -> None:
+            if not quiet:
+                console.print(render.literal(message))
+
         from lstm_cli.data import read_labeled
 
         read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
                 "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
         dataset = read_labeled(data, **read)
         validation = read_labeled(validation_data, **read) if validation_data else None
-        from lstm_cli import render
         from lstm_cli.artifact import check_writable, save
 
         check_writable(model)
         from lstm_cli.train import train as train_model
 
         for warning in render.skipped_warnings(dataset, validation):
-            console.print(f"[yellow]Warning:[/] {warning}")
+            console.print(render.warning(warning))
         say(f"Read {len(dataset):,} rows from {data}")
         result = train_model(
             config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
-            on_epoch=None if quiet else lambda report: say(render.epoch_line(report)),
+            on_epoch=lambda report: say(render.epoch_line(report)),
             on_stage=say,
             checkpoint_dir=checkpoints,
             resume=resume,
         )  # fmt: skip
         for warning in result.warnings:
-            console.print(f"[yellow]Warning:[/] {warning}")
+            console.print(render.warning(warning))
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
                      skipped=dict(dataset.skipped))  # fmt: skip
