@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lstm_cli import __version__
-from lstm_cli.atomic import fsync_tree, install, remove_stale_staging, staging_path
-from lstm_cli.errors import ArtifactError
+from lstm_cli.atomic import fsync_tree, install, recover, remove_stale_staging, staging_path
+from lstm_cli.errors import ArtifactError, UsageError
 
 FORMAT = "lstm-cli-model"
 FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ def _artifact_files(root: Path) -> dict[str, str]:
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
     """Parse and check a model directory's metadata.json (data only; nothing in it is executed)."""
-    if not model_dir.exists():
+    if not model_dir.exists() and not recover(Path(os.path.abspath(model_dir))):
         raise ArtifactError(
             f"{model_dir}: no model here; train one with 'lstm-cli train DATA.csv', "
             f"or point to one with --model/-m or ${MODEL_ENV}"
@@ -208,9 +208,11 @@ def _last_clause(message: str) -> str:
 def check_writable(target: Path) -> None:
     """Fail before training, not after, when the model could not be saved at `target`."""
     target = Path(os.path.abspath(target))
+    recover(target)
     if target.exists() and not (target.is_dir() and is_model_dir(target)):
-        raise ArtifactError(
-            f"{target}: exists and is not an lstm-cli model directory; choose another path with --model/-m"
+        raise UsageError(
+            f"{target}: exists and is not an lstm-cli model directory (no {METADATA}), so lstm-cli will not "
+            "replace it; choose another path with --model/-m"
         )
     probe = staging_path(target)
     try:

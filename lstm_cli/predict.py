@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from lstm_cli.artifact import SAVED_MODEL, SERVING_FILES, SIGNATURE, read_metadata, verify_files
+from lstm_cli.atomic import swap_in_progress
 from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.errors import ArtifactError
 from lstm_cli.graphcheck import check_saved_model
@@ -32,7 +33,10 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
     directory that was opened when another takes its place."""
     tf = import_tensorflow()
     read_metadata(model_dir)  # clear errors for a missing or foreign directory
-    fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:  # swapped away since read_metadata looked
+        raise ArtifactError(f"{model_dir}: cannot open the model directory ({e.strerror})") from None
     try:
         root = Path(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else model_dir
         try:
@@ -45,6 +49,8 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
             except Exception as e:  # TensorFlow raises many types for a damaged SavedModel
                 first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ArtifactError(f"{root}: the SavedModel cannot be loaded ({first_line})") from None
+        except OSError as e:  # a file vanished: `train` retired this directory while we read it
+            raise ArtifactError(f"{model_dir}: could not read the model ({e.strerror or e})") from None
         except ArtifactError as e:
             raise ArtifactError(str(e).replace(str(root), str(model_dir))) from None
     finally:
@@ -87,7 +93,8 @@ class Predictor:
                 break
             except ArtifactError:
                 # Retry only if `train` swapped the directory while we read it; a damaged model fails at once.
-                if attempt == _ATTEMPTS - 1 or _inode(model_dir) == before:
+                swapped = _inode(model_dir) != before or swap_in_progress(model_dir)
+                if attempt == _ATTEMPTS - 1 or not swapped:
                     raise
                 time.sleep(0.05)
         self._serve = self._loaded.signatures[SIGNATURE]

@@ -18,6 +18,7 @@ from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
 from lstm_cli.errors import DataError
 from lstm_cli.model import build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
+from lstm_cli.owned import check_checkpoint_dir
 
 ENCODE_BATCH = 4096
 STEPS_PER_EXECUTION = 4
@@ -153,13 +154,17 @@ def train(
     on_stage: Callable[[str], None] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    model_dir: Path | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
     With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it.
+    `model_dir` is where the model will be saved (the checkpoint directory may not be or contain it).
     Keras' global dtype policy is left as it was, whatever the plan's precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(checkpoint_dir, model=model_dir)
     plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
     labels = sorted(set(data.labels))
     if len(labels) < 2:
@@ -209,7 +214,8 @@ def train(
     callbacks = [reporter, stopper]
     if checkpoint_dir is not None:
         # After the stopper in the list: its epoch-end state is what gets saved.
-        callbacks.append(Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state))
+        checkpoint = Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state, model=model_dir)
+        callbacks.append(checkpoint)
     resuming = f", resuming after epoch {first_epoch}" if resume_state else ""
     stage(
         f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation, "

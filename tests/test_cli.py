@@ -234,3 +234,18 @@ def test_predict_usage_errors(trained_model, tmp_path):
     assert both.exit_code == 2 and "not both" in both.stderr
     missing = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", "nope.txt"])
     assert missing.exit_code == 1 and "nope.txt: file not found" in missing.stderr
+
+
+def test_a_model_path_that_is_not_a_model_directory_is_refused_untouched(data_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "file.txt").write_text("keep me too")
+    for target in ("mine", "file.txt"):
+        result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY[:-1], "-m", str(tmp_path / target)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is not an lstm-cli model directory" in lines[0] and "--model" in lines[0]
+        assert "epoch" not in result.stderr and "Read " not in result.stderr  # refused before any work
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "file.txt").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ import typer
 from lstm_cli import __version__
 from lstm_cli.artifact import MODEL_ENV
 from lstm_cli.config import TrainConfig
-from lstm_cli.errors import LstmCliError
+from lstm_cli.errors import LstmCliError, UsageError
 
 app = typer.Typer(
     name="lstm-cli",
@@ -74,7 +75,7 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 
 @contextlib.contextmanager
-def _errors(verbose: bool = False, interrupted_hint: str = ""):
+def _errors(verbose: bool = False, interrupted_hint: Callable[[], str] = str):
     """The one place core errors become `Error: ...` and an exit code."""
     if verbose:
         from lstm_cli.tf_setup import set_verbose
@@ -82,10 +83,12 @@ def _errors(verbose: bool = False, interrupted_hint: str = ""):
         set_verbose(True)
     try:
         yield
+    except UsageError as e:
+        raise _fail(str(e), 2) from None
     except LstmCliError as e:
         raise _fail(str(e), 1) from None
     except KeyboardInterrupt:
-        raise _fail(f"interrupted{interrupted_hint}", 130) from None
+        raise _fail(f"interrupted{interrupted_hint()}", 130) from None
 
 
 def _interrupt(signum, frame) -> None:

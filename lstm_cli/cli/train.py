@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -98,11 +98,16 @@ def train_cli(
         raise typer.BadParameter(str(e)) from None
     console = _console()
     checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
-    kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
-    hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
+    before = _model_id(model)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
-    with _errors(verbose, interrupted_hint=hint):
+    with _errors(verbose, interrupted_hint=lambda: _interrupted(model, before)):
         from lstm_cli import render
+        from lstm_cli.artifact import check_writable, save
+        from lstm_cli.owned import check_checkpoint_dir, remove_checkpoint_dir
+
+        # Paths first: a model or checkpoint path lstm-cli would not replace is refused before any work.
+        check_writable(model)
+        check_checkpoint_dir(checkpoints, model=model)
 
         def say(message: str) -> None:
             if not quiet:
@@ -114,9 +119,6 @@ def train_cli(
                 "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
         dataset = read_labeled(data, **read)
         validation = read_labeled(validation_data, **read) if validation_data else None
-        from lstm_cli.artifact import check_writable, save
-
-        check_writable(model)
         from lstm_cli.train import train as train_model
 
         for warning in render.skipped_warnings(dataset, validation):
@@ -128,13 +130,31 @@ def train_cli(
             on_stage=say,
             checkpoint_dir=checkpoints,
             resume=resume,
+            model_dir=model,
         )  # fmt: skip
         for warning in result.warnings:
             console.print(render.warning(warning))
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
                      skipped=dict(dataset.skipped))  # fmt: skip
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_checkpoint_dir(checkpoints)
         if not quiet:
             console.print(render.train_summary(result, model))
     typer.echo(str(model))
+
+
+def _model_id(model: Path) -> str | None:
+    """The id in the model's metadata.json, or None if there is no readable model (no TensorFlow needed)."""
+    try:
+        return json.loads((model / "metadata.json").read_text(encoding="utf-8")).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _interrupted(model: Path, before: str | None) -> str:
+    """What an interruption left, judged when it happens: the new model may already be in place."""
+    now = _model_id(model)
+    if now is not None and now != before:
+        return f"; the new model was already saved at {model} and is complete"
+    kept = f"the model at {model} is unchanged" if before is not None else f"no model was saved at {model}"
+    return f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
