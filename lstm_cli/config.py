@@ -55,8 +55,9 @@ class TrainConfig:
 
 
 def auto_batch_size(rows: int, tokens: int) -> int:
-    """About one batch per 1,024 training tokens, as a power of two from 32 to 512, and at most 1/8 of
-    the rows (so an epoch has several updates even for few, long texts).
+    """One batch per ~1,024 training tokens (tokens/1,024 rounded to a power of two), capped at 512 and
+    at the largest power of two <= rows/8 (so an epoch has several updates even for few, long texts),
+    and never below 32: the floor wins over the rows/8 cap, so fewer than 512 rows always get 32.
 
     Small data wants many updates per epoch; large data wants large batches, which on a CPU cost
     little more per step than small ones (SST-2: 512 trains ~2.5x as many tokens/s as 128)."""

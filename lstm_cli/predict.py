@@ -16,7 +16,7 @@ import numpy as np
 from lstm_cli.artifact import SAVED_MODEL, SERVING_FILES, SIGNATURE, read_metadata, verify_files
 from lstm_cli.atomic import swap_in_progress
 from lstm_cli.data import LabeledData, batched, clean_text
-from lstm_cli.errors import ArtifactError
+from lstm_cli.errors import ArtifactError, DataError
 from lstm_cli.graphcheck import check_saved_model
 from lstm_cli.metrics import classification_report
 from lstm_cli.tf_setup import import_tensorflow
@@ -139,6 +139,13 @@ def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDI
     index = {label: i for i, label in enumerate(predictor.labels)}
     known = [i for i, label in enumerate(data.labels) if label in index]
     unknown = dict(Counter(label for label in data.labels if label not in index))
+    if not known:
+        seen = ", ".join(repr(label) for label in sorted(unknown)[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{data.path}: no row has a label the model knows (labels here: {seen}; the model's: "
+            f"{', '.join(map(repr, predictor.labels[:5]))}{', ...' if len(predictor.labels) > 5 else ''}); "
+            "check --label-column and that this is the model's test data"
+        )
     texts = [data.texts[i] for i in known]
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
     predicted = np.concatenate(

@@ -100,6 +100,60 @@ def test_device_decisions():
     assert missing.device == "cpu" and not missing.mixed_precision and len(missing.warnings) == 2
 
 
+# --- automatic batch size, as README and docstring state it -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "tokens", "expected"),
+    [
+        (100, 500, 32),  # few rows: the floor of 32 wins over rows/8 (= 12)
+        (120, 200_000, 32),  # long texts but few rows: rows/8 caps, the floor still wins
+        (10_000, 40_000, 32),  # ~1 per 1,024 tokens: 39 -> 32
+        (10_000, 130_000, 128),  # 127 -> 128
+        (100_000, 10_000_000, 512),  # capped at 512
+        (1_000, 1_000_000, 64),  # tokens ask for 1,024; rows/8 = 125 caps at the power of two below, 64
+        (511, 10_000_000, 32),  # under 512 rows: always 32
+        (512, 10_000_000, 64),
+    ],
+)
+def test_auto_batch_size_as_documented(rows, tokens, expected):
+    from lstm_cli.config import auto_batch_size
+
+    assert auto_batch_size(rows, tokens) == expected
+
+
+def test_auto_batch_size_rule_holds_everywhere():
+    from lstm_cli.config import auto_batch_size
+
+    rng = np.random.default_rng(0)
+    for rows, per_row in zip(rng.integers(1, 10**6, 2000), rng.integers(1, 400, 2000), strict=True):
+        size = auto_batch_size(int(rows), int(rows * per_row))
+        assert 32 <= size <= 512 and size & (size - 1) == 0  # a power of two from 32 to 512
+        largest_fitting = 2 ** int(np.floor(np.log2(max(rows / 8, 1))))
+        assert size <= max(32, largest_fitting)  # at most rows/8, unless that is below the floor of 32
+        nearest = 2 ** round(np.log2(max(rows * per_row / 1024, 1)))
+        assert size == max(32, min(512, nearest, largest_fitting))
+
+
+# --- stratified validation split ----------------------------------------------------------------------------
+
+
+def test_stratified_split_holds_out_the_fraction_of_every_class():
+    from lstm_cli.train import stratified_split
+
+    labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 7 + ["d"] * 2 + ["e"]
+    train, validation, warnings = stratified_split(labels, 0.2, seed=3)
+    assert sorted([*train, *validation]) == list(range(len(labels)))  # every row on exactly one side
+    held = {x: sum(labels[i] == x for i in validation) for x in "abcde"}
+    # round(n * fraction), but at least one row and never the whole class
+    assert held == {"a": 10, "b": 6, "c": 1, "d": 1, "e": 0}
+    assert warnings == ["class 'e' has a single row: kept for training, absent from validation"]
+    again, _, _ = stratified_split(labels, 0.2, seed=3)
+    other, _, _ = stratified_split(labels, 0.2, seed=4)
+    np.testing.assert_array_equal(train, again)  # seeded
+    assert not np.array_equal(train, other)
+
+
 # --- output escaping ----------------------------------------------------------------------------------------
 
 NASTY_LABELS = ["multi\nline", "tab\tbed", "back\\slash", "cr\rhere", "\\n literally", "[/x]", "plain"]
