@@ -134,28 +134,42 @@ def test_checkpoint_dir_and_resume_after_a_failed_save(data_dir, tmp_path, monke
 
 
 def test_sigterm_after_the_new_model_is_installed_says_so(trained_model, data_dir, tmp_path, monkeypatch):
+    """The message is decided when the signal arrives. Training is patched out (CLI wiring only): `save`
+    installs another complete model, then SIGTERM arrives while it is finishing up."""
     import shutil
+    from types import SimpleNamespace
 
     from lstm_cli import artifact, atomic
+    from lstm_cli import train as core
 
     shutil.copytree(trained_model, tmp_path / "model")
     before = read_metadata(tmp_path / "model")["id"]
 
-    def install_then_sigterm(staging, target):
+    def save_then_sigterm(result, target, **kwargs):
+        staging = tmp_path / ".model.tmp-new"
+        shutil.copytree(trained_model, staging)
+        meta = json.loads((staging / "metadata.json").read_text())
+        (staging / "metadata.json").write_text(json.dumps({**meta, "id": "new"}))
         atomic.install(staging, target)
-        os.kill(os.getpid(), signal.SIGTERM)  # arrives while save() is finishing up
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(artifact, "install", install_then_sigterm)
+    monkeypatch.setattr(core, "train", lambda *args, **kwargs: SimpleNamespace(warnings=[]))
+    monkeypatch.setattr(artifact, "save", save_then_sigterm)
     handler = signal.getsignal(signal.SIGTERM)
     try:
         result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", "model"])
     finally:
         signal.signal(signal.SIGTERM, handler)
     assert result.exit_code == 130, result.output
-    assert "Error: interrupted; the new model was already saved at model and is complete" in result.stderr
-    assert "unchanged" not in result.stderr
-    assert read_metadata(tmp_path / "model")["id"] != before
-    verify_files(tmp_path / "model", read_metadata(tmp_path / "model"))
+    assert result.stderr == "Error: interrupted; the new model was already saved at model and is complete\n"
+    assert read_metadata(tmp_path / "model")["id"] == "new" != before
+    # before the new model is in place, the same interruption says the old one is unchanged
+    monkeypatch.setattr(artifact, "save", lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", "model"])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert result.exit_code == 130 and "the model at model is unchanged" in result.stderr
 
 
 def test_a_file_vanishing_while_the_model_is_read_is_retried(trained_model, tmp_path, monkeypatch):
@@ -276,8 +290,8 @@ def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, 
 
     def rounds(workdir: Path) -> None:
         for _ in range(8):
-            # Kill times cover the whole run, from start-up through training to the swap, and past its end.
-            outcomes.append(_kill_round(workdir, data_dir / "train.csv", rng.uniform(0.2, full_run * 1.3)))
+            # Kill times cover the whole run, from start-up through training to the swap.
+            outcomes.append(_kill_round(workdir, data_dir / "train.csv", rng.uniform(0.2, full_run * 1.1)))
         # and two kills placed for sure: during training (after the first checkpoint), and right after the
         # new model appears (the process is still running: removing the old one, printing the summary)
         old = read_metadata(workdir / "model")["id"]

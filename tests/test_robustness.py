@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, toy_rows, write_csv
+from conftest import TINY, toy_rows, unescape_tsv, write_csv
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -350,13 +350,6 @@ MICRO = [
 ]  # fmt: skip
 
 
-def _unescape_tsv(field: str) -> str:
-    out, chars = [], iter(field)
-    for c in chars:
-        out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[next(chars)] if c == "\\" else c)
-    return "".join(out)
-
-
 def _every_command(workdir: Path, labels: list[str], data_name: str = "data.csv") -> dict[str, str]:
     """Train on `labels`, then predict in every format, evaluate and info; returns each command's stdout.
 
@@ -383,7 +376,7 @@ def _every_command(workdir: Path, labels: list[str], data_name: str = "data.csv"
     # tsv and label fields decode (backslash escapes) to exactly the labels JSON gives
     for tsv, label, record in zip(*(outputs[f].split("\n")[:-1] for f in ("tsv2", "label2")), records, strict=True):
         top = [t["label"] for t in record["top"]]
-        assert [_unescape_tsv(x) for x in tsv.split("\t")[0::2]] == top == [_unescape_tsv(x) for x in label.split("\t")]
+        assert [unescape_tsv(x) for x in tsv.split("\t")[0::2]] == top == [unescape_tsv(x) for x in label.split("\t")]
         assert len(set(top)) == 2 and top[0] == record["label"]
     report = workdir / "report.json"
     evaluated = runner.invoke(app, ["evaluate", str(data), "-m", model, "-o", str(report)])

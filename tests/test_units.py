@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import unescape_tsv
 
 from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
 from lstm_cli.config import TrainConfig
@@ -159,13 +160,6 @@ def test_stratified_split_holds_out_the_fraction_of_every_class():
 NASTY_LABELS = ["multi\nline", "tab\tbed", "back\\slash", "cr\rhere", "\\n literally", "[/x]", "plain"]
 
 
-def _unescape_tsv(field: str) -> str:
-    out, chars = [], iter(field)
-    for c in chars:
-        out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[next(chars)] if c == "\\" else c)
-    return "".join(out)
-
-
 @pytest.mark.parametrize("k", [1, 3])
 def test_tsv_and_label_lines_are_one_line_per_text_and_unambiguous(k):
     from lstm_cli.predict import Predictions
@@ -180,7 +174,7 @@ def test_tsv_and_label_lines_are_one_line_per_text_and_unambiguous(k):
     for output, step in ((tsv, 2), (labels, 1)):
         lines = output.split("\n")[:-1]
         assert len(lines) == 40
-        decoded = [[_unescape_tsv(f) for f in line.split("\t")[::step]] for line in lines]
+        decoded = [[unescape_tsv(f) for f in line.split("\t")[::step]] for line in lines]
         assert decoded == expected
     records = [json.loads(line) for line in prediction_lines(batch, NASTY_LABELS, "json", k)]
     assert [r["label"] for r in records] == [row[0] for row in expected]  # JSON: exact, no escapes
