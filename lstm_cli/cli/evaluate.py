@@ -53,7 +53,7 @@ def evaluate_cli(
 
         report = evaluate_model(Predictor(model), dataset)
         for warning in render.evaluation_warnings(report):
-            console.print(f"[yellow]Warning:[/] {warning}")
+            console.print(render.warning(warning))
         if output is not None:
             output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if as_json:
