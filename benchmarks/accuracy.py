@@ -86,7 +86,11 @@ def _children_cpu() -> float:
 
 
 def measure(folder: Path, seeds: list[int], train_args: list[str]) -> dict:
-    runs = [lstm_cli_run(folder, seed, train_args) for seed in seeds]
+    reference = baseline(folder)  # first: a missing scikit-learn fails before any long training
+    runs = []
+    for seed in seeds:
+        runs.append(lstm_cli_run(folder, seed, train_args))
+        print(f"{folder.name} seed {seed}: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
     accuracies = [r["accuracy"] for r in runs]
     return {
         "data": folder.name,
@@ -97,7 +101,7 @@ def measure(folder: Path, seeds: list[int], train_args: list[str]) -> dict:
         "train_seconds_mean": statistics.fmean(r["seconds"] for r in runs),
         "train_cpu_seconds_mean": statistics.fmean(r["cpu_seconds"] for r in runs),
         "runs": runs,
-        "baseline": baseline(folder),
+        "baseline": reference,
     }
 
 
@@ -129,6 +133,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per data set instead of a table")
     parser.add_argument("--markdown", action="store_true", help="the table as Markdown (for the README)")
     args = parser.parse_args()
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        parser.error("the baseline needs scikit-learn, a benchmark-only dependency: pip install scikit-learn")
     rows = []
     for folder in args.folders:
         if not (folder / "train.csv").is_file() or not (folder / "test.csv").is_file():
