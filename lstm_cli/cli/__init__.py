@@ -1,0 +1,22 @@
+"""The `lstm-cli` command: a thin Typer layer, one module per command (spaCy's cli/ layout).
+
+Each command parses options, imports the core lazily, calls it and renders the result, so `--help` and usage
+errors answer without importing TensorFlow. Importing the command modules registers them on `app`, in the
+order `--help` lists them."""
+
+from lstm_cli.cli._util import app
+
+# The import order is the order --help lists the commands in.
+# isort: off
+from lstm_cli.cli.train import train_cli
+from lstm_cli.cli.predict import predict_cli
+from lstm_cli.cli.evaluate import evaluate_cli
+from lstm_cli.cli.info import info_cli
+
+# isort: on
+
+__all__ = ["app", "evaluate_cli", "info_cli", "main", "predict_cli", "train_cli"]
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,104 @@
+"""What the commands share: the Typer `app`, option types and choices, the stderr console and error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli import __version__
+from lstm_cli.artifact import MODEL_ENV
+from lstm_cli.config import TrainConfig
+from lstm_cli.errors import LstmCliError
+
+app = typer.Typer(
+    name="lstm-cli",
+    help="Train, evaluate and serve LSTM text classifiers. Models are TensorFlow SavedModels that take raw strings.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help and one-paragraph usage errors, no boxes
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+DEFAULTS = TrainConfig()
+
+
+class Cell(StrEnum):
+    lstm = "lstm"
+    gru = "gru"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class OutputFormat(StrEnum):
+    tsv = "tsv"
+    json = "json"
+    label = "label"
+
+
+DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Labeled CSV/TSV with a header row ('-' for stdin).")]
+ModelOpt = Annotated[
+    Path,
+    typer.Option("--model", "-m", envvar=MODEL_ENV, help="Model directory.", show_envvar=True),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let TensorFlow's own log messages through.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
+TextColumnOpt = Annotated[str, typer.Option(help="Column holding the texts.")]
+LabelColumnOpt = Annotated[str, typer.Option(help="Column holding the labels.")]
+DelimiterOpt = Annotated[
+    str | None, typer.Option(help="Field separator [default: tab for .tsv, else ',' (';' and '|' detected)].")
+]
+EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the data file.")]
+SkipBadOpt = Annotated[bool, typer.Option(help="Skip (and count) malformed rows instead of stopping.")]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _errors(verbose: bool = False, interrupted_hint: str = ""):
+    """The one place core errors become `Error: ...` and an exit code."""
+    if verbose:
+        from lstm_cli.tf_setup import set_verbose
+
+        set_verbose(True)
+    try:
+        yield
+    except LstmCliError as e:
+        typer.echo(f"Error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"Error: interrupted{interrupted_hint}", err=True)
+        raise typer.Exit(130) from None
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lstm-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Train, evaluate and serve LSTM text classifiers.
+
+    lstm-cli train sample_data/train.csv && lstm-cli predict "great value, arrived fast"
+    """

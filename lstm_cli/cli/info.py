@@ -1,0 +1,33 @@
+"""`lstm-cli info`: what a saved model is, from its metadata alone (no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._util import ModelOpt, _errors, app
+
+
+@app.command("info")
+def info_cli(
+    model: ModelOpt = Path(DEFAULT_MODEL_DIR),
+    as_json: Annotated[bool, typer.Option("--json", help="The metadata as JSON on stdout.")] = False,
+) -> None:
+    """Show what a saved model is: labels, hyperparameters, vocabulary, training data, metrics, versions.
+
+    Example: lstm-cli info -m lstm-model --json | jq .labels
+    """
+    with _errors():
+        from lstm_cli.artifact import read_metadata
+
+        metadata = read_metadata(model)
+        if as_json:
+            typer.echo(json.dumps(metadata, ensure_ascii=False, indent=2))
+        else:
+            from lstm_cli import render
+
+            render.print_info(metadata, model)

@@ -1,0 +1,67 @@
+"""`lstm-cli predict`: one output line per input text, in input order, on stdout."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._util import ModelOpt, OutputFormat, VerboseOpt, _errors, app
+from lstm_cli.errors import LstmCliError
+
+
+def _texts(texts: list[str] | None, input_file: Path | None):
+    """Where predict reads from: --input FILE, '-' (stdin), arguments, or a piped stdin."""
+    from lstm_cli.data import iter_lines
+
+    if input_file is not None and texts:
+        raise typer.BadParameter("give texts as arguments or --input FILE, not both")
+    if input_file is not None and str(input_file) != "-":
+        if not input_file.is_file():
+            raise LstmCliError(f"{input_file}: file not found (--input)")
+        return iter_lines(input_file.open("rb"))
+    if input_file is not None or texts == ["-"]:
+        return iter_lines(sys.stdin.buffer)
+    if texts:
+        return iter(texts)
+    if sys.stdin is None or sys.stdin.isatty():
+        raise typer.BadParameter("no text given: pass texts as arguments, '-' to read stdin, or --input FILE")
+    return iter_lines(sys.stdin.buffer)
+
+
+@app.command("predict")
+def predict_cli(
+    texts: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="[TEXT]...", help="Texts to classify; '-' (or a pipe) reads one text per line."),
+    ] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File with one text per line.")] = None,
+    model: ModelOpt = Path(DEFAULT_MODEL_DIR),
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="tsv: label<TAB>probability; json: JSON lines; label.")
+    ] = OutputFormat.tsv,
+    top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels.")] = 1,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Lines read and written at a time (1: answer each line as it arrives).")
+    ] = 4096,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Label texts: one output line per input, in input order, on stdout.
+
+    Example: printf 'great phone\nbroken on arrival\n' | lstm-cli predict - --format json
+    """
+    with _errors(verbose):
+        source = _texts(texts, input_file)
+        from lstm_cli.predict import Predictor
+        from lstm_cli.render import prediction_lines
+
+        predictor = Predictor(model)
+        k = min(top_k, len(predictor.labels))
+        out = sys.stdout.buffer  # UTF-8 whatever the locale
+        for batch in predictor.predict(source, batch_size=batch_size):
+            lines = prediction_lines(batch, predictor.labels, output_format.value, k)
+            out.write(("\n".join(lines) + "\n").encode("utf-8"))
+            out.flush()

@@ -1,0 +1,136 @@
+"""`lstm-cli train`: read labeled data, train, save the model directory."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._util import (
+    DEFAULTS,
+    Cell,
+    DataArg,
+    DelimiterOpt,
+    Device,
+    EncodingOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    QuietOpt,
+    SkipBadOpt,
+    TextColumnOpt,
+    VerboseOpt,
+    _console,
+    _errors,
+    _interrupt,
+    app,
+)
+from lstm_cli.config import TrainConfig
+
+
+@app.command("train")
+def train_cli(
+    data: DataArg,
+    model: ModelOpt = Path(DEFAULT_MODEL_DIR),
+    text_column: TextColumnOpt = "text",
+    label_column: LabelColumnOpt = "label",
+    delimiter: DelimiterOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    skip_bad_rows: SkipBadOpt = False,
+    validation_data: Annotated[
+        Path | None, typer.Option(help="Labeled file to validate on, instead of a split of DATA.")
+    ] = None,
+    validation_split: Annotated[
+        float, typer.Option(help="Stratified, seeded fraction of DATA held out for validation.")
+    ] = DEFAULTS.validation_split,
+    max_tokens: Annotated[int, typer.Option(help="Vocabulary size.")] = DEFAULTS.max_tokens,
+    max_length: Annotated[int, typer.Option(help="Tokens kept per text (longer texts are truncated).")] = (
+        DEFAULTS.max_length
+    ),
+    embedding_dim: Annotated[int, typer.Option(help="Embedding width.")] = DEFAULTS.embedding_dim,
+    units: Annotated[int, typer.Option(help="Recurrent units per layer.")] = DEFAULTS.units,
+    layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = DEFAULTS.layers,
+    cell: Annotated[Cell, typer.Option(help="Recurrent cell.")] = Cell.lstm,
+    bidirectional: Annotated[bool, typer.Option(help="Read texts in both directions.")] = DEFAULTS.bidirectional,
+    dropout: Annotated[float, typer.Option(help="Dropout on the recurrent layers' inputs.")] = DEFAULTS.dropout,
+    recurrent_dropout: Annotated[
+        float, typer.Option(help="Dropout on the recurrent state (0 allows cuDNN on a GPU).")
+    ] = DEFAULTS.recurrent_dropout,
+    dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
+    dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Texts per training step [default: auto, ~1 per 1,024 tokens, 32..512].")
+    ] = None,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
+    ] = DEFAULTS.patience,
+    seed: Annotated[int, typer.Option(help="Random seed: same seed and data give the same model on CPU.")] = (
+        DEFAULTS.seed
+    ),
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    mixed_precision: Annotated[bool, typer.Option(help="float16 compute on a GPU.")] = False,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where per-epoch checkpoints go [default: .MODEL.checkpoint beside the model]."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learn a classifier from a labeled CSV and save it; prints the model directory on stdout.
+
+    Example: lstm-cli train sample_data/train.csv --epochs 5 && lstm-cli predict "refund please"
+    """
+    try:
+        config = TrainConfig(
+            max_tokens=max_tokens, max_length=max_length, embedding_dim=embedding_dim, units=units,
+            layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
+            recurrent_dropout=recurrent_dropout, dense_units=dense_units, dense_dropout=dense_dropout,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+            validation_split=validation_split, seed=seed,
+        )  # fmt: skip
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    console = _console()
+    say = (lambda *a, **k: None) if quiet else console.print
+    checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
+    kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
+    hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
+    with _errors(verbose, interrupted_hint=hint):
+        from lstm_cli.data import read_labeled
+
+        read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
+                "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
+        dataset = read_labeled(data, **read)
+        validation = read_labeled(validation_data, **read) if validation_data else None
+        from lstm_cli import render
+        from lstm_cli.artifact import check_writable, save
+
+        check_writable(model)
+        from lstm_cli.train import train as train_model
+
+        for warning in render.skipped_warnings(dataset, validation):
+            console.print(f"[yellow]Warning:[/] {warning}")
+        say(f"Read {len(dataset):,} rows from {data}")
+        result = train_model(
+            config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
+            on_epoch=None if quiet else lambda report: say(render.epoch_line(report)),
+            on_stage=say,
+            checkpoint_dir=checkpoints,
+            resume=resume,
+        )  # fmt: skip
+        for warning in result.warnings:
+            console.print(f"[yellow]Warning:[/] {warning}")
+        split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
+        save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
+                     skipped=dict(dataset.skipped))  # fmt: skip
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        if not quiet:
+            console.print(render.train_summary(result, model))
+    typer.echo(str(model))
