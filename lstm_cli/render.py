@@ -1,15 +1,12 @@
-"""How results look to people (rich, on stderr or stdout) and to scripts (prediction lines)."""
+"""How results look to people (rich, on stderr or stdout) and to scripts (prediction lines).
+
+rich is imported inside the functions that use it: predict's hot path (prediction_lines) starts without it."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console, Group
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from lstm_cli.data import LabeledData, describe_skipped
 
@@ -51,6 +48,8 @@ def train_summary(result, model_dir: Path) -> str:
         ("best", _metrics_text(result.best_metrics)),
         ("wall time", f"{result.seconds:.1f}s ({rows_per_second:,.0f} rows/s)"),
     ]
+    from rich.markup import escape
+
     return "\n".join(f"[bold]{key:<11}[/] {escape(value)}" for key, value in rows)
 
 
@@ -97,6 +96,10 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
+
     console = Console(highlight=False)
     labels = report["labels"]
     summary = Text.assemble(
@@ -123,6 +126,10 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     training = metadata.get("training", {})
     data = training.get("data", {})
     versions = metadata.get("versions", {})
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(show_header=False, box=None, padding=(0, 2))
     rows = [
         ("model", str(model_dir)),
@@ -141,3 +148,30 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     for key, value in rows:
         table.add_row(Text(key, style="bold"), Text(value))
     Console(highlight=False).print(table)
+
+
+def explanation_line(explanation) -> str:
+    """One line per explained text: label, probability, then every token the model saw with its score."""
+    tokens = "  ".join(f"{t.token} {t.score:+.4f}" for t in explanation.tokens)
+    extra = []
+    if explanation.unseen_tokens:
+        extra.append(f"{explanation.unseen_tokens:,} tokens past --max-length not read")
+    if explanation.completeness_gap is not None:
+        extra.append(f"completeness gap {explanation.completeness_gap:.2g}")
+    note = f"  ({'; '.join(extra)})" if extra else ""
+    return f"{explanation.label}\t{explanation.probability:.4f}\t{tokens}{note}"
+
+
+def explanation_text(explanation):
+    """The original text with each token coloured by its score (green: pushed towards the label, red: away;
+    stronger colour, larger share of the largest score), then the plain line. For a terminal."""
+    from rich.text import Text
+
+    text = Text(explanation.text.replace("\n", " "))
+    largest = max((abs(t.score) for t in explanation.tokens), default=0) or 1
+    for t in explanation.tokens:
+        strength = int(80 + 175 * abs(t.score) / largest)
+        colour = f"rgb(0,{strength},0)" if t.score >= 0 else f"rgb({strength},0,0)"
+        text.stylize(f"bold white on {colour}", t.start, t.end)
+    header = Text.assemble((explanation.label, "bold"), f" {explanation.probability:.4f} ({explanation.method}): ")
+    return Text.assemble(header, text, "\n", explanation_line(explanation))

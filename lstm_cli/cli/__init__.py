@@ -11,11 +11,12 @@ from lstm_cli.cli._util import app
 from lstm_cli.cli.train import train_cli
 from lstm_cli.cli.predict import predict_cli
 from lstm_cli.cli.evaluate import evaluate_cli
+from lstm_cli.cli.explain import explain_cli
 from lstm_cli.cli.info import info_cli
 
 # isort: on
 
-__all__ = ["app", "evaluate_cli", "info_cli", "main", "predict_cli", "train_cli"]
+__all__ = ["app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "train_cli"]
 
 
 def main() -> None:
