@@ -232,3 +232,104 @@ def test_unknown_layers_and_settings_are_refused(trained_model, change, message)
     parts = [(trained_model / n).read_bytes() for n in ("engine.npz", "vocabulary.json")]
     with pytest.raises(Unsupported, match=message):
         Engine.from_bytes(json.dumps(description).encode(), *parts)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def _old_model(trained_model: Path, tmp_path: Path) -> Path:
+    """A copy of the model as lstm-cli wrote it before the engine existed."""
+    import shutil
+
+    old = tmp_path / "old-model"
+    shutil.copytree(trained_model, old)
+    meta = json.loads((old / "metadata.json").read_text(encoding="utf-8"))
+    for name in ("engine.json", "engine.npz"):
+        (old / name).unlink()
+        del meta["files"][name]
+    del meta["engine"]
+    (old / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    return old
+
+
+def test_predict_uses_the_engine_and_agrees_with_tensorflow(trained_model):
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    runner = CliRunner()
+    texts = ["good great lovely", "", "bad awful", "Café ÉTÉ 🙂", "okay plain " * 50]
+    outputs = {}
+    for engine in ("numpy", "tensorflow", "auto"):
+        result = runner.invoke(app, ["predict", "-m", str(trained_model), "--format", "json", "--engine", engine,
+                                     "--verbose", *texts])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert f"predicting with the {'numpy' if engine == 'auto' else engine} engine" in result.stderr
+        outputs[engine] = [json.loads(line) for line in result.stdout.splitlines()]
+    for fast, slow in zip(outputs["numpy"], outputs["tensorflow"], strict=True):
+        assert fast["label"] == slow["label"]
+        for label, p in fast["probabilities"].items():
+            assert abs(p - slow["probabilities"][label]) <= PARITY
+    assert outputs["auto"] == outputs["numpy"]
+
+
+def test_an_older_model_directory_still_predicts_through_tensorflow_and_says_how_to_speed_up(trained_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    old = _old_model(trained_model, tmp_path)
+    runner = CliRunner()
+    new = runner.invoke(app, ["predict", "-m", str(trained_model), "good great"])
+    result = runner.invoke(app, ["predict", "-m", str(old), "good great"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == new.stdout
+    assert result.stderr.count("older lstm-cli") == 1 and "train it again" in result.stderr
+    refused = runner.invoke(app, ["predict", "-m", str(old), "--engine", "numpy", "good"])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert "--engine tensorflow" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_layer_the_engine_cannot_run_falls_back_to_tensorflow_quietly(trained_model, tmp_path):
+    """Simulates a model from a newer lstm-cli: engine.json names a layer this engine does not know."""
+    import hashlib
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    model = tmp_path / "newer"
+    shutil.copytree(trained_model, model)
+    description = json.loads((model / "engine.json").read_text(encoding="utf-8"))
+    next(n for n in description["network"]["nodes"] if n["type"] == "Dropout")["type"] = "AlphaDropout"
+    (model / "engine.json").write_text(json.dumps(description), encoding="utf-8")
+    meta = json.loads((model / "metadata.json").read_text(encoding="utf-8"))
+    meta["files"]["engine.json"] = hashlib.sha256((model / "engine.json").read_bytes()).hexdigest()
+    (model / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    runner = CliRunner()
+    quiet = runner.invoke(app, ["predict", "-m", str(model), "good great"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and quiet.stdout.startswith("pos\t")
+    verbose = runner.invoke(app, ["predict", "-m", str(model), "good great", "--verbose"])
+    assert "AlphaDropout" in verbose.stderr and "predicting with TensorFlow" in verbose.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "evaluate"])
+def test_the_fast_path_never_imports_tensorflow(trained_model, data_dir, command):
+    args = [command, "-m", str(trained_model)]
+    args += [str(data_dir / "test.csv"), "--json"] if command == "evaluate" else ["good great", "awful"]
+    script = textwrap.dedent(f"""
+        import sys
+        from lstm_cli.cli import app
+        try:
+            app({args!r})
+        except SystemExit as e:
+            assert not e.code, e.code
+        print("IMPORTED", sorted(m for m in ("tensorflow", "keras", "rich") if m in sys.modules), file=sys.stderr)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    # rich draws evaluate's tables; predict and explain (piped) start without it.
+    assert ("IMPORTED ['rich']" if command == "evaluate" else "IMPORTED []") in out.stderr
+    assert out.stdout.strip()
