@@ -7,6 +7,7 @@ its weights in Keras order (`layer.weights`), its inputs, and the mask Keras wou
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,9 +34,55 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+class TokenVectors(np.ndarray):
+    """An Embedding's output [batch, time, dim] that remembers its token ids and table, so a layer reading it
+    can project each distinct token once (`project`) instead of once per occurrence."""
+
+    token_ids: np.ndarray | None = None
+    table: np.ndarray | None = None
+
+
 def embedding(config: Config, weights: list[np.ndarray], ids: np.ndarray, mask=None) -> np.ndarray:
     (table,) = weights
-    return table[ids]
+    vectors = table[ids].view(TokenVectors)
+    vectors.token_ids, vectors.table = ids, table
+    return vectors
+
+
+def project(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, cache: Cache | None) -> np.ndarray:
+    """x @ kernel + bias for x [batch, time, dim], as one 2-D BLAS matmul.
+
+    For token vectors the projection of a token is the same wherever it occurs, so each token id is
+    projected once and kept in `cache` (one row per vocabulary entry, filled as tokens are first seen):
+    streaming many texts then costs almost only the recurrent matmuls."""
+    if isinstance(x, TokenVectors) and x.token_ids is not None and cache is not None:
+        with cache.lock:
+            if cache.rows is None:
+                cache.rows = np.zeros((len(x.table), kernel.shape[1]), np.float32)  # pages stay untouched until used
+                cache.done = np.zeros(len(x.table), bool)
+            distinct = np.unique(x.token_ids)
+            new = distinct[~cache.done[distinct]]
+            if len(new):
+                cache.rows[new] = x.table[new] @ kernel + (0 if bias is None else bias)
+                cache.done[new] = True
+        return cache.rows[x.token_ids]
+    batch, steps, dim = x.shape
+    xw = (np.ascontiguousarray(x).reshape(batch * steps, dim) @ kernel).reshape(batch, steps, -1)
+    return xw if bias is None else xw + bias
+
+
+class Cache:
+    """Per-layer scratch kept by the Network between calls: projected token rows (see `project`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: np.ndarray | None = None
+        self.done: np.ndarray | None = None
+        self.children: dict[str, Cache] = {}
+
+    def child(self, name: str) -> Cache:
+        with self.lock:
+            return self.children.setdefault(name, Cache())
 
 
 def not_equal(config: Config, weights: list[np.ndarray], a: np.ndarray, b, mask=None) -> np.ndarray:
@@ -53,7 +100,7 @@ def identity(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None
     return x  # Dropout, SpatialDropout1D: nothing happens at inference
 
 
-def lstm(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+def lstm(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cache: Cache | None = None) -> np.ndarray:
     """Keras LSTM (kernel columns in gate order i, f, C~, o)."""
     recurrent_kernel = weights[1]
     activation = ACTIVATIONS[config["activation"]]
@@ -71,10 +118,10 @@ def lstm(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) ->
         return h, c
 
     zeros = np.zeros((x.shape[0], units), np.float32)
-    return _recurrence(config, weights, x, mask, step, (zeros, zeros))
+    return _recurrence(config, weights, x, mask, cache, step, (zeros, zeros))
 
 
-def gru(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+def gru(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cache: Cache | None = None) -> np.ndarray:
     """Keras GRU with reset_after=True (its default and the cuDNN form): the reset gate multiplies
     the recurrent projection h @ U_h + b_h after the matmul, and each of input and recurrent side has a bias."""
     recurrent_kernel = weights[1]
@@ -91,41 +138,46 @@ def gru(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> 
         h = z * h + (1 - z) * h_candidate
         return (h,)
 
-    return _recurrence(config, weights, x, mask, step, (np.zeros((x.shape[0], units), np.float32),))
+    return _recurrence(config, weights, x, mask, cache, step, (np.zeros((x.shape[0], units), np.float32),))
 
 
-def _recurrence(config: Config, weights, x, mask, step, state: tuple[np.ndarray, ...]) -> np.ndarray:
+def _recurrence(config: Config, weights, x, mask, cache, step, state: tuple[np.ndarray, ...]) -> np.ndarray:
     """Run `step` over time as Keras's RNN layer does: a masked step keeps the state unchanged, and
     outputs zeros (zero_output_for_mask) or the last output there; go_backwards reads time reversed."""
     kernel = weights[0]
     bias = weights[2] if config["use_bias"] else None
     if bias is not None and bias.ndim == 2:  # GRU reset_after: [input bias, recurrent bias]
         bias = bias[0]
+    # The input projections of all time steps in one matmul; only h @ U is left inside the loop.
+    xw = project(x, kernel, bias, cache)
     if mask is None:
         mask = np.ones(x.shape[:2], dtype=bool)
     if config["go_backwards"]:
-        x, mask = x[:, ::-1], mask[:, ::-1]
-    # The input projections of all time steps in one matmul; only h @ U is left inside the loop.
-    xw = x @ kernel
-    if bias is not None:
-        xw += bias
+        xw, mask = xw[:, ::-1], mask[:, ::-1]
     outputs = []
-    for t in range(x.shape[1]):
+    for t in range(xw.shape[1]):
         new = step(xw[:, t], *state)
+        if mask[:, t].all():  # no text has ended yet (the usual case: batches are sorted by length)
+            state = new
+            outputs.append(new[0])
+            continue
         keep = mask[:, t, None]
         state = tuple(np.where(keep, n, s) for n, s in zip(new, state, strict=True))
         outputs.append(np.where(keep, new[0], np.float32(0)) if config["zero_output_for_mask"] else state[0])
     return np.stack(outputs, axis=1) if config["return_sequences"] else outputs[-1]
 
 
-def bidirectional(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+def bidirectional(
+    config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cache: Cache | None = None
+) -> np.ndarray:
     """The wrapped layer forwards, its twin backwards, outputs aligned in time and merged."""
     forward_config, backward_config = config["layer"], config["backward_layer"]
     half = len(weights) // 2
     run_forward = RECURRENT[forward_config["class_name"]]
     run_backward = RECURRENT[backward_config["class_name"]]
-    forward = run_forward(_rnn_config(forward_config, config), weights[:half], x, mask)
-    backward = run_backward(_rnn_config(backward_config, config), weights[half:], x, mask)
+    caches = (cache.child("forward"), cache.child("backward")) if cache is not None else (None, None)
+    forward = run_forward(_rnn_config(forward_config, config), weights[:half], x, mask, caches[0])
+    backward = run_backward(_rnn_config(backward_config, config), weights[half:], x, mask, caches[1])
     if forward_config["config"]["return_sequences"]:
         backward = backward[:, ::-1]  # back to input order
     merge = config["merge_mode"]

@@ -31,6 +31,8 @@ LAYERS = {
     "Concatenate": layers.concatenate,
 }
 
+CACHED = ("LSTM", "GRU", "Bidirectional")  # layers that keep projected token rows between calls
+
 
 class Unsupported(Exception):
     """The description uses something the numpy engine cannot run exactly as Keras does."""
@@ -109,6 +111,7 @@ class Network:
             if any(a.dtype != np.float32 for a in arrays):
                 raise Unsupported(f"layer {node['name']!r} has weights that are not float32")
             self.weights[node["name"]] = arrays
+        self.caches = {node["name"]: layers.Cache() for node in self.nodes if node["type"] in CACHED}
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         values: dict[str, Any] = {self.inputs[0]: ids}
@@ -128,5 +131,6 @@ class Network:
                     continue
                 args = resolve(node["args"])
                 mask = resolve(node["kwargs"].get("mask"))
-                values[node["name"]] = run(node["config"], self.weights[node["name"]], *args, mask=mask)
+                extra = {"cache": self.caches[node["name"]]} if node["name"] in self.caches else {}
+                values[node["name"]] = run(node["config"], self.weights[node["name"]], *args, mask=mask, **extra)
         return values[self.outputs[0]]
