@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CELLS = ("lstm", "gru")
+POOLS = ("last", "max", "mean")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class TrainConfig:
     bidirectional: bool = False
     dropout: float = 0.2  # on the recurrent layers' inputs
     recurrent_dropout: float = 0.2  # on the recurrent state; > 0 rules out cuDNN on a GPU
+    embedding_dropout: float = 0.0  # spatial dropout of embedding channels
+    pooling: tuple[str, ...] = ("last",)  # over the recurrent outputs: "last" state, or "max"/"mean" over time
+    embedding_pooling: tuple[str, ...] = ()  # "max"/"mean" of the embeddings over time (SWEM), beside the above
     dense_units: int = 64  # hidden Dense(relu) before the output; 0 removes it
     dense_dropout: float = 0.5
     # Optimisation
@@ -51,7 +55,8 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
-        return cls(**values)
+        # JSON has no tuples: lists come back as the tuples the fields hold.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 def auto_batch_size(rows: int, tokens: int) -> int:
@@ -74,6 +79,7 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("layers", 1, None, False),
     ("dropout", 0.0, 1.0, True),
     ("recurrent_dropout", 0.0, 1.0, True),
+    ("embedding_dropout", 0.0, 1.0, True),
     ("dense_units", 0, None, False),
     ("dense_dropout", 0.0, 1.0, True),
     ("epochs", 1, None, False),
@@ -99,6 +105,16 @@ def config_problems(config: TrainConfig) -> list[str]:
             problems.append(f"{flag} must be {'> ' if name == 'learning_rate' else '>= '}{low}, got {value}")
         elif high is not None and (value >= high if high_open else value > high):
             problems.append(f"{flag} must be {'<' if high_open else '<='} {high}, got {value}")
+    if not config.pooling or any(p not in POOLS for p in config.pooling):
+        problems.append(f"--pooling takes {', '.join(POOLS)}, got {','.join(config.pooling) or 'nothing'}")
+    elif "last" in config.pooling and len(config.pooling) > 1:
+        problems.append("--pooling last cannot be combined with max or mean")
+    if any(p not in ("max", "mean") for p in config.embedding_pooling):
+        problems.append(f"--embedding-pooling takes max, mean, got {','.join(config.embedding_pooling)}")
+    if len(set(config.pooling)) != len(config.pooling) or len(set(config.embedding_pooling)) != len(
+        config.embedding_pooling
+    ):
+        problems.append("--pooling and --embedding-pooling take each kind once")
     if config.cell not in CELLS:
         problems.append(f"--cell must be one of {', '.join(CELLS)}, got {config.cell!r}")
     return problems

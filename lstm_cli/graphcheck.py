@@ -56,6 +56,7 @@ ALLOWED_OPS = frozenset(
         "RaggedRange",
         "RaggedTensorToTensor",
         "Range",
+        "RealDiv",
         "ReadVariableOp",
         "Relu",
         "Reshape",

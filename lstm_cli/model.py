@@ -41,25 +41,68 @@ def token_ids(vectorizer, texts, max_length: int):
     return tf.concat([ids, filler], axis=1)
 
 
-def _recurrent_layer(config: TrainConfig, index: int, *, last: bool):
+@keras.saving.register_keras_serializable(package="lstm_cli")
+class TimePooling(layers.Layer):
+    """Max or mean over the time steps a mask keeps: padding never enters the result.
+
+    Keras' GlobalMaxPooling1D ignores masks, so padded positions (zeros) could win a max."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("max", "mean"):
+            raise ValueError(f"TimePooling mode must be 'max' or 'mean', got {mode!r}")
+        self.mode = mode
+        self.supports_masking = True
+
+    def call(self, inputs, mask=None):
+        if mask is None:
+            mask = keras.ops.ones(keras.ops.shape(inputs)[:2], dtype="bool")
+        keep = keras.ops.expand_dims(keras.ops.cast(mask, inputs.dtype), -1)
+        if self.mode == "max":
+            # Every row has at least one unmasked step (token_ids never yields an all-padding row).
+            lowest = keras.ops.convert_to_tensor(-1e9, dtype=inputs.dtype)
+            return keras.ops.max(keras.ops.where(keras.ops.expand_dims(mask, -1), inputs, lowest), axis=1)
+        return keras.ops.sum(inputs * keep, axis=1) / keras.ops.maximum(keras.ops.sum(keep, axis=1), 1.0)
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _recurrent_layer(config: TrainConfig, index: int, *, sequences: bool):
     cell = layers.LSTM if config.cell == "lstm" else layers.GRU
     rnn = cell(
         config.units,
         dropout=config.dropout,
         recurrent_dropout=config.recurrent_dropout,
-        return_sequences=not last,  # stacked layers read the whole sequence below them
+        return_sequences=sequences,  # stacked layers and pooling read the whole sequence
         name=f"{config.cell}_{index + 1}",
     )
     return layers.Bidirectional(rnn, name=f"bidirectional_{index + 1}") if config.bidirectional else rnn
 
 
 def build_network(config: TrainConfig, *, vocabulary_size: int, num_classes: int):
-    """Embedding -> recurrent layer(s) -> Dense(relu) -> Dropout -> softmax over the labels."""
+    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels."""
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     # mask_zero: padding positions are skipped by the recurrent layers, not read as tokens.
-    x = layers.Embedding(vocabulary_size, config.embedding_dim, mask_zero=True, name="embedding")(ids)
+    embedded = layers.Embedding(vocabulary_size, config.embedding_dim, mask_zero=True, name="embedding")(ids)
+    x = embedded
+    if config.embedding_dropout:
+        # Drops whole embedding channels (the same ones at every step): words cannot be memorised by one unit.
+        x = layers.SpatialDropout1D(config.embedding_dropout, name="embedding_dropout")(x)
+    pooled = config.pooling != ("last",)
     for index in range(config.layers):
-        x = _recurrent_layer(config, index, last=index == config.layers - 1)(x)
+        last = index == config.layers - 1
+        x = _recurrent_layer(config, index, sequences=not last or pooled)(x)
+    features = [x] if not pooled else [TimePooling(mode, name=f"{mode}_pool")(x) for mode in config.pooling]
+    # SWEM: the embeddings pooled over the whole text, a bag-of-words view beside the recurrent one.
+    features += [TimePooling(mode, name=f"embedding_{mode}_pool")(embedded) for mode in config.embedding_pooling]
+    x = features[0] if len(features) == 1 else layers.Concatenate(name="features")(features)
     if config.dense_units:
         x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)
         x = layers.Dropout(config.dense_dropout, name="dense_dropout")(x)

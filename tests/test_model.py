@@ -88,6 +88,13 @@ def test_no_row_is_all_padding_and_truncation_applies():
         ({"layers": 2}, ["lstm_1", "lstm_2"]),
         ({"bidirectional": True, "layers": 2}, ["bidirectional_1", "bidirectional_2"]),
         ({"dense_units": 0}, ["lstm_1"]),
+        ({"pooling": ("last",)}, ["lstm_1"]),
+        (
+            {"pooling": ("max", "mean"), "embedding_pooling": ("max", "mean")},
+            ["max_pool", "mean_pool", "embedding_max_pool", "embedding_mean_pool", "features"],
+        ),
+        ({"pooling": ("max",), "bidirectional": True, "embedding_dropout": 0.3}, ["max_pool", "embedding_dropout"]),
+        ({"pooling": ("mean",), "cell": "gru", "layers": 2, "embedding_pooling": ("max",)}, ["mean_pool", "gru_2"]),
     ],
 )
 def test_network_options_build_and_stay_padding_invariant(options, layer_names):

@@ -216,7 +216,14 @@ def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, d
 
 
 @pytest.mark.parametrize(
-    "options", [[], ["--cell", "gru"], ["--bidirectional", "--layers", "2"], ["--cell", "gru", "--dense-units", "0"]]
+    "options",
+    [
+        [],
+        ["--cell", "gru", "--pooling", "last", "--embedding-pooling", "none"],
+        ["--bidirectional", "--layers", "2"],
+        ["--cell", "gru", "--dense-units", "0"],
+        ["--pooling", "max,mean", "--embedding-pooling", "max,mean", "--embedding-dropout", "0.2"],
+    ],
 )
 def test_every_exported_variant_uses_only_allowed_ops(data_dir, tmp_path, options):
     from lstm_cli.graphcheck import ALLOWED_OPS, serving_ops

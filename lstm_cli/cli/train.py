@@ -31,6 +31,12 @@ from lstm_cli.cli._util import (
 from lstm_cli.config import TrainConfig
 
 
+def _kinds(option: str) -> tuple[str, ...]:
+    """'max, mean' -> ('max', 'mean'); 'none' -> ()."""
+    kinds = tuple(k.strip().lower() for k in option.split(",") if k.strip())
+    return () if kinds == ("none",) else kinds
+
+
 @app.command("train")
 def train_cli(
     data: DataArg,
@@ -59,6 +65,15 @@ def train_cli(
     recurrent_dropout: Annotated[
         float, typer.Option(help="Dropout on the recurrent state (0 allows cuDNN on a GPU).")
     ] = DEFAULTS.recurrent_dropout,
+    embedding_dropout: Annotated[
+        float, typer.Option(help="Spatial dropout of embedding channels.")
+    ] = DEFAULTS.embedding_dropout,
+    pooling: Annotated[
+        str, typer.Option(help="What the head reads from the recurrent outputs: last, or max and/or mean over time.")
+    ] = ",".join(DEFAULTS.pooling),
+    embedding_pooling: Annotated[
+        str, typer.Option(help="Embeddings pooled over the text beside it (SWEM): max and/or mean, or none.")
+    ] = ",".join(DEFAULTS.embedding_pooling) or "none",
     dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
@@ -90,7 +105,9 @@ def train_cli(
         config = TrainConfig(
             max_tokens=max_tokens, max_length=max_length, embedding_dim=embedding_dim, units=units,
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
-            recurrent_dropout=recurrent_dropout, dense_units=dense_units, dense_dropout=dense_dropout,
+            recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,
+            pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
+            dense_units=dense_units, dense_dropout=dense_dropout,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
             validation_split=validation_split, seed=seed,
         )  # fmt: skip
