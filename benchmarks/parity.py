@@ -31,6 +31,8 @@ VARIANTS = {
     "lstm x2": ["--layers", "2"],
     "bi-lstm": ["--bidirectional"],
     "bi-gru x2, no dense": ["--bidirectional", "--cell", "gru", "--layers", "2", "--dense-units", "0"],
+    "max+mean pool, SWEM": ["--pooling", "max,mean", "--embedding-pooling", "max,mean", "--embedding-dropout", "0.2"],
+    "bi-gru mean pool, SWEM": ["--bidirectional", "--cell", "gru", "--pooling", "mean", "--embedding-pooling", "max"],
 }
 
 

@@ -43,7 +43,8 @@ def describe(network, *, vocabulary_file: str, max_length: int) -> tuple[dict[st
         nodes.append(
             {
                 "name": layer["name"],
-                "type": layer["class_name"],
+                # Keras' own layers by class name; registered ones (lstm-cli's) as "package>Name".
+                "type": layer.get("registered_name") or layer["class_name"],
                 "config": _plain(layer["config"]),
                 "args": _plain(inbound["args"]),
                 "kwargs": _plain(inbound["kwargs"]),

@@ -197,6 +197,17 @@ def _rnn_config(layer: Config, wrapper: Config) -> Config:
     return inner
 
 
+def time_pooling(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+    """lstm_cli.model.TimePooling: max or mean over the time steps the mask keeps ([batch, time, d] -> [batch, d])."""
+    if mask is None:
+        mask = np.ones(x.shape[:2], dtype=bool)
+    keep = mask[:, :, None]
+    if config["mode"] == "max":
+        return np.where(keep, x, np.float32(-1e9)).max(axis=1)
+    weight = keep.astype(np.float32)
+    return (x * weight).sum(axis=1) / np.maximum(weight.sum(axis=1), np.float32(1))
+
+
 def concatenate(config: Config, weights: list[np.ndarray], *inputs: np.ndarray, mask=None) -> np.ndarray:
     tensors = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], list) else inputs
     return np.concatenate(tensors, axis=config["axis"])

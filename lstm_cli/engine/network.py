@@ -29,6 +29,7 @@ LAYERS = {
     "Dropout": layers.identity,
     "SpatialDropout1D": layers.identity,
     "Concatenate": layers.concatenate,
+    "lstm_cli>TimePooling": layers.time_pooling,
 }
 
 CACHED = ("LSTM", "GRU", "Bidirectional")  # layers that keep projected token rows between calls
@@ -66,6 +67,8 @@ def check_node(node: dict[str, Any]) -> None:
         raise Unsupported(f"layer {name!r} computes in {_policy(config)}; the numpy engine computes in float32")
     if config.get("lora_rank") or config.get("quantization_config"):
         raise Unsupported(f"layer {name!r} is LoRA-adapted or quantized")
+    if kind == "lstm_cli>TimePooling" and config.get("mode") not in ("max", "mean"):
+        raise Unsupported(f"layer {name!r}: pooling mode {config.get('mode')!r} is not supported")
     if kind == "Dense" and config.get("activation") not in layers.ACTIVATIONS:
         raise Unsupported(f"layer {name!r}: activation {config.get('activation')!r} is not supported")
     if kind in layers.RECURRENT:
