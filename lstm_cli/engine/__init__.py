@@ -19,9 +19,9 @@ from lstm_cli.engine.tokenizer import Token, Tokenizer
 
 __all__ = ["Engine", "Token", "Tokenizer", "Unsupported"]
 
-# Rows per network call. Texts are sorted by length first, so a batch is nearly free of padding;
-# larger batches make bigger matmuls (measured: 512 is past the knee on 2 cores).
-BATCH = 512
+# Rows per network call. Texts are sorted by length first, so a batch carries little padding; 256 to 512
+# rows cost the same CPU per text on SST-2 (measured), and smaller batches share out better over threads.
+BATCH = 256
 # Batches run on two threads at once (numpy releases the GIL inside matmuls and ufuncs), but only when BLAS
 # itself is single-threaded, as the command line makes it: OpenBLAS's own threads on top of ours fight over
 # the cores (measured: 7x slower on 2 cores).

@@ -49,12 +49,13 @@ def embedding(config: Config, weights: list[np.ndarray], ids: np.ndarray, mask=N
     return vectors
 
 
-def project(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, cache: Cache | None) -> np.ndarray:
-    """x @ kernel + bias for x [batch, time, dim], as one 2-D BLAS matmul.
+def project(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, cache: Cache | None) -> Callable:
+    """x @ kernel + bias for x [batch, time, dim], as a function of the time step t -> [batch, out].
 
-    For token vectors the projection of a token is the same wherever it occurs, so each token id is
-    projected once and kept in `cache` (one row per vocabulary entry, filled as tokens are first seen):
-    streaming many texts then costs almost only the recurrent matmuls."""
+    For token vectors, the projection of a token is the same wherever it occurs, so each token id is
+    projected once and kept in `cache` (one row per vocabulary entry, filled as tokens are first seen), and
+    step t gathers its rows: streaming many texts then costs little more than the recurrent matmuls.
+    Otherwise all steps are projected in one 2-D BLAS matmul, stored time-major (each step contiguous)."""
     if isinstance(x, TokenVectors) and x.token_ids is not None and cache is not None:
         with cache.lock:
             if cache.rows is None:
@@ -65,10 +66,13 @@ def project(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, cache: C
             if len(new):
                 cache.rows[new] = x.table[new] @ kernel + (0 if bias is None else bias)
                 cache.done[new] = True
-        return cache.rows[x.token_ids]
+        rows, ids = cache.rows, np.ascontiguousarray(x.token_ids.T)
+        return lambda t: rows[ids[t]]
     batch, steps, dim = x.shape
-    xw = (np.ascontiguousarray(x).reshape(batch * steps, dim) @ kernel).reshape(batch, steps, -1)
-    return xw if bias is None else xw + bias
+    xw = (np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(steps * batch, dim) @ kernel).reshape(steps, batch, -1)
+    if bias is not None:
+        xw += bias
+    return lambda t: xw[t]
 
 
 class Cache:
@@ -108,7 +112,8 @@ def lstm(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, ca
     units = recurrent_kernel.shape[0]
 
     def step(xw_t: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = xw_t + h @ recurrent_kernel
+        z = h @ recurrent_kernel
+        z += xw_t
         f = gate(z[:, units : 2 * units])  # forget gate: how much of the old cell to keep
         i = gate(z[:, :units])  # input gate: how much of the candidate to write
         c_candidate = activation(z[:, 2 * units : 3 * units])  # C~
@@ -131,7 +136,8 @@ def gru(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cac
     recurrent_bias = weights[2][1] if config["use_bias"] else np.zeros(3 * units, np.float32)
 
     def step(xw_t: np.ndarray, h: np.ndarray) -> tuple[np.ndarray]:
-        hu = h @ recurrent_kernel + recurrent_bias
+        hu = h @ recurrent_kernel
+        hu += recurrent_bias
         z = gate(xw_t[:, :units] + hu[:, :units])  # update gate: how much of the old state to keep
         r = gate(xw_t[:, units : 2 * units] + hu[:, units : 2 * units])  # reset gate
         h_candidate = activation(xw_t[:, 2 * units :] + r * hu[:, 2 * units :])
@@ -148,15 +154,15 @@ def _recurrence(config: Config, weights, x, mask, cache, step, state: tuple[np.n
     bias = weights[2] if config["use_bias"] else None
     if bias is not None and bias.ndim == 2:  # GRU reset_after: [input bias, recurrent bias]
         bias = bias[0]
-    # The input projections of all time steps in one matmul; only h @ U is left inside the loop.
+    # The input projections are computed outside the loop; only h @ U is left inside it.
     xw = project(x, kernel, bias, cache)
     if mask is None:
         mask = np.ones(x.shape[:2], dtype=bool)
-    if config["go_backwards"]:
-        xw, mask = xw[:, ::-1], mask[:, ::-1]
+    steps = x.shape[1]
+    order = range(steps - 1, -1, -1) if config["go_backwards"] else range(steps)
     outputs = []
-    for t in range(xw.shape[1]):
-        new = step(xw[:, t], *state)
+    for t in order:
+        new = step(xw(t), *state)
         if mask[:, t].all():  # no text has ended yet (the usual case: batches are sorted by length)
             state = new
             outputs.append(new[0])
