@@ -143,6 +143,8 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
         ("training", f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}) on "
                      f"{training.get('device')} in {training.get('seconds')}s"),
         ("metrics", _metrics_text(metadata.get("metrics", {}))),
+        ("engine", "numpy (engine.json, engine.npz) or TensorFlow" if metadata.get("engine")
+                   else "TensorFlow only (saved before the numpy engine; train again for the fast path)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
     ]  # fmt: skip
     for key, value in rows:
