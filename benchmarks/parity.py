@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
@@ -21,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy, as the command line does (lstm_cli/cli)
+
+import numpy as np  # noqa: E402
 
 LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
 SMALL = ["--embedding-dim", "32", "--units", "32", "--dense-units", "32", "--epochs", "1", "--max-length", "200", "-q"]
