@@ -262,6 +262,7 @@ def test_a_planted_file_reading_graph_is_refused(trained_model, tmp_path):
         if p.is_file() and p.name != "metadata.json"
     }
     (model / "metadata.json").write_text(json.dumps(meta))
-    result = runner.invoke(app, ["predict", "-m", str(model), "hello"])
+    # The numpy engine never runs the SavedModel's graph; this is about serving it through TensorFlow.
+    result = runner.invoke(app, ["predict", "-m", str(model), "hello", "--engine", "tensorflow"])
     assert result.exit_code == 1 and result.stdout == ""
     assert "operations lstm-cli never exports (ReadFile, " in result.stderr and "Traceback" not in result.stderr
