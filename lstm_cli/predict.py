@@ -60,6 +60,8 @@ def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
     Files are opened through a descriptor of the directory (/proc/self/fd/N), which keeps naming the
     directory that was opened when another takes its place."""
     read_metadata(model_dir)  # clear errors for a missing or foreign directory
+    if engine == "tensorflow":
+        import_tensorflow()  # seconds, the first time: not while the directory is held open
     fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         root = Path(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else model_dir
