@@ -250,7 +250,9 @@ def table(r: dict) -> str:
     ]  # fmt: skip
     if "train" in r:
         k = r["keras_recipe"]
-        rows.append(("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)"))  # noqa: E501
+        rows.append(
+            ("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)")
+        )
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
