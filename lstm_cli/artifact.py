@@ -147,7 +147,9 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
             "best_epoch": result.best_epoch,
             "history": result.history,
             "epoch_seconds": result.epoch_seconds,
+            "class_weights": result.class_weights,
         },
+        "vectors": result.vectors,
         "metrics": result.best_metrics,
     }
 
@@ -167,7 +169,8 @@ def _export_saved_model(result, directory: Path) -> None:
     # fuses the four gate matmuls only when recurrent_dropout is 0 (about 1.5x faster predictions).
     # Its recurrent layers trace the portable loop, not cuDNN, so a model trained on a GPU serves on a CPU.
     config = dataclasses.replace(result.config, dropout=0.0, recurrent_dropout=0.0, dense_dropout=0.0)
-    serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels))
+    serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels),
+                            trainable_embeddings=not config.freeze_vectors)  # fmt: skip
     serving.set_weights(result.network.get_weights())
     for layer in _recurrent_layers(serving):
         layer.use_cudnn = False
@@ -252,8 +255,17 @@ def check_writable(target: Path) -> None:
         ) from None
 
 
-def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skipped: dict[str, int]) -> dict:
-    """Write the model directory at `target` atomically; returns its metadata."""
+def save(
+    result,
+    target: Path,
+    *,
+    data_fingerprint: dict,
+    validation: dict,
+    skipped: dict[str, int],
+    extra: dict[str, Any] | None = None,
+) -> dict:
+    """Write the model directory at `target` atomically; returns its metadata. `extra`: more top-level
+    metadata sections (e.g. "tuning")."""
     from lstm_cli.model import tf
 
     target = Path(os.path.abspath(target))
@@ -267,6 +279,7 @@ def save(result, target: Path, *, data_fingerprint: dict, validation: dict, skip
         (staging / VOCABULARY).write_text(json.dumps(result.vocabulary, ensure_ascii=False), encoding="utf-8")
         _write_engine_files(result, staging)
         metadata = build_metadata(result, data_fingerprint=data_fingerprint, validation=validation, skipped=skipped)
+        metadata.update(extra or {})
         metadata["engine"] = {"description": ENGINE_FILE, "weights": ENGINE_WEIGHTS, "vocabulary": VOCABULARY}
         metadata["files"] = _artifact_files(staging)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

@@ -16,7 +16,7 @@ PAD_ID = 0
 OOV_ID = 1  # TextVectorization's single out-of-vocabulary id
 
 
-def make_vectorizer(max_tokens: int, vocabulary: list[str] | None = None):
+def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None):
     """A string -> ragged token ids layer; pass `vocabulary` (with '' and '[UNK]' first) to rebuild one."""
     vectorizer = layers.TextVectorization(
         max_tokens=max_tokens,
@@ -74,10 +74,16 @@ class TimePooling(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def _l2(config: TrainConfig):
+    return keras.regularizers.L2(config.l2) if config.l2 else None
+
+
 def _recurrent_layer(config: TrainConfig, index: int, *, sequences: bool):
     cell = layers.LSTM if config.cell == "lstm" else layers.GRU
     rnn = cell(
         config.units,
+        kernel_regularizer=_l2(config),
+        recurrent_regularizer=_l2(config),
         dropout=config.dropout,
         recurrent_dropout=config.recurrent_dropout,
         return_sequences=sequences,  # stacked layers and pooling read the whole sequence
@@ -86,11 +92,20 @@ def _recurrent_layer(config: TrainConfig, index: int, *, sequences: bool):
     return layers.Bidirectional(rnn, name=f"bidirectional_{index + 1}") if config.bidirectional else rnn
 
 
-def build_network(config: TrainConfig, *, vocabulary_size: int, num_classes: int):
-    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels."""
+def build_network(
+    config: TrainConfig, *, vocabulary_size: int, num_classes: int, embeddings=None, trainable_embeddings: bool = True
+):
+    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels.
+
+    `embeddings`: a [vocabulary_size, embedding_dim] matrix to start the embedding from (pretrained vectors)."""
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     # mask_zero: padding positions are skipped by the recurrent layers, not read as tokens.
-    embedded = layers.Embedding(vocabulary_size, config.embedding_dim, mask_zero=True, name="embedding")(ids)
+    embedding = layers.Embedding(
+        vocabulary_size, config.embedding_dim, mask_zero=True, trainable=trainable_embeddings, name="embedding"
+    )
+    embedded = embedding(ids)
+    if embeddings is not None:
+        embedding.embeddings.assign(embeddings)  # assigned, not an initializer: no matrix in the model's config
     x = embedded
     if config.embedding_dropout:
         # Drops whole embedding channels (the same ones at every step): words cannot be memorised by one unit.
@@ -104,9 +119,11 @@ def build_network(config: TrainConfig, *, vocabulary_size: int, num_classes: int
     features += [TimePooling(mode, name=f"embedding_{mode}_pool")(embedded) for mode in config.embedding_pooling]
     x = features[0] if len(features) == 1 else layers.Concatenate(name="features")(features)
     if config.dense_units:
-        x = layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+        x = layers.Dense(config.dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)
         x = layers.Dropout(config.dense_dropout, name="dense_dropout")(x)
     # Softmax even for two classes: users see one probability per label, summing to 1.
     # float32 so the output stays exact under a mixed-precision policy.
-    probabilities = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    probabilities = layers.Dense(
+        num_classes, activation="softmax", dtype="float32", kernel_regularizer=_l2(config), name="probabilities"
+    )(x)
     return keras.Model(ids, probabilities, name="lstm_cli_classifier")

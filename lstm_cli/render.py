@@ -53,6 +53,33 @@ def train_summary(result, model_dir: Path) -> str:
     return "\n".join(f"[bold]{key:<11}[/] {escape(value)}" for key, value in rows)
 
 
+class TrialTable:
+    """tune's table of trials on stderr, one row printed as each trial finishes."""
+
+    def __init__(self, say, metric: str):
+        self.say, self.metric, self.started = say, metric, False
+
+    def row(self, trial, best: bool) -> None:
+        from lstm_cli.tune import describe
+
+        if not self.started:
+            self.say("[bold]trial  accuracy  macro_f1  epochs     time  settings[/]")
+            self.started = True
+        mark = "*" if best else " "
+        self.say(f"{trial.number:>4}{mark}  {trial.accuracy:8.4f}  {trial.macro_f1:8.4f}  {trial.epochs:>6}  "
+                 f"{trial.seconds:>6.1f}s  {escape(describe(trial.settings))}"
+                 f"{'  (budget ran out)' if trial.cut_by_budget else ''}")  # fmt: skip
+
+
+def tune_summary(result, model_dir: Path) -> str:
+    best = result.trials[result.best_trial - 1]
+    return (
+        f"[bold]best[/]        trial {best.number} of {len(result.trials)}: validation {result.metric} "
+        f"{best.score(result.metric):.4f} in {result.seconds:.1f}s\n"
+        f"[bold]model[/]       {escape(str(model_dir))}"
+    )
+
+
 def prediction_lines(batch, labels: list[str], output_format: str, k: int) -> list[str]:
     """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path)."""
     best, scores = batch.top(k)
@@ -122,6 +149,26 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(Group(summary, per_class, confusion))
 
 
+def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
+    """info rows for what only some models have: pretrained vectors, class weights, a tuning search."""
+    rows = []
+    vectors = metadata.get("vectors")
+    if isinstance(vectors, dict):
+        frozen = ", frozen" if vectors.get("frozen") else ""
+        rows.append(("vectors", f"{vectors.get('file')} ({vectors.get('dimension')} dimensions, sha256 "
+                                f"{str(vectors.get('sha256'))[:12]}{frozen}): {vectors.get('summary')}"))  # fmt: skip
+    weights = metadata.get("training", {}).get("class_weights")
+    if isinstance(weights, dict):
+        shown = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in weights.items())
+        rows.append(("class weights", ", ".join(shown)))
+    tuning = metadata.get("tuning")
+    if isinstance(tuning, dict):
+        trials = tuning.get("trials", [])
+        rows.append(("tuning", f"best of {len(trials)} trials by validation {tuning.get('metric')} "
+                               f"(budget {tuning.get('budget_seconds')}s)"))  # fmt: skip
+    return rows
+
+
 def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     training = metadata.get("training", {})
     data = training.get("data", {})
@@ -143,6 +190,7 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
         ("training", f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}) on "
                      f"{training.get('device')} in {training.get('seconds')}s"),
         ("metrics", _metrics_text(metadata.get("metrics", {}))),
+        *_extra_info(metadata),
         ("engine", "numpy (engine.json, engine.npz) or TensorFlow" if metadata.get("engine")
                    else "TensorFlow only (saved before the numpy engine; train again for the fast path)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +16,12 @@ import numpy as np
 
 from lstm_cli.batching import EncodedTexts, batch_count, epoch_batches
 from lstm_cli.checkpoint import Checkpoint, read_state
-from lstm_cli.config import TrainConfig
+from lstm_cli.config import TrainConfig, class_weights
 from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
 from lstm_cli.errors import DataError
-from lstm_cli.model import build_network, keras, make_vectorizer, tf, token_ids
+from lstm_cli.model import OOV_ID, PAD_ID, build_network, keras, make_vectorizer, tf, token_ids
+from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
 
 ENCODE_BATCH = 4096
 STEPS_PER_EXECUTION = 4
@@ -48,6 +52,8 @@ class TrainResult:
     device: DevicePlan
     parameters: int
     warnings: list[str] = field(default_factory=list)
+    class_weights: dict[str, float] | None = None  # per label, when --class-weight was given
+    vectors: dict[str, Any] | None = None  # file, sha256, dimension, coverage, frozen; when --vectors was given
 
 
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -82,6 +88,27 @@ def encode_texts(vectorizer, texts: list[str], max_length: int) -> EncodedTexts:
     return EncodedTexts(np.concatenate(values).astype(np.int32), splits)
 
 
+def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[str], EncodedTexts]:
+    """(vectorizer, vocabulary, the texts encoded): the most frequent tokens of `texts` seen at least
+    `min_count` times, at most `max_tokens` entries with padding and OOV."""
+    full = make_vectorizer(None)
+    full.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(ENCODE_BATCH))
+    every = [str(t) for t in full.get_vocabulary()]  # padding, OOV, then by descending frequency
+    encoded = encode_texts(full, texts, config.max_length)
+    counts = np.bincount(encoded.values, minlength=len(every))
+    kept = [i for i in range(2, len(every)) if counts[i] >= config.min_count][: config.max_tokens - 2]
+    # Re-number the kept tokens 2, 3, ...; the others become OOV, as the final vectorizer will make them.
+    new_id = np.full(len(every), OOV_ID, dtype=np.int32)
+    new_id[PAD_ID] = PAD_ID
+    new_id[kept] = np.arange(2, 2 + len(kept), dtype=np.int32)
+    vocabulary = every[:2] + [every[i] for i in kept]
+    return (
+        make_vectorizer(config.max_tokens, vocabulary),
+        vocabulary,
+        EncodedTexts(new_id[encoded.values], encoded.row_splits),
+    )
+
+
 def _encode(vectorizer, texts: list[str], labels: list[str], index: dict[str, int], max_length: int):
     return encode_texts(vectorizer, texts, max_length), np.array([index[x] for x in labels], dtype=np.int32)
 
@@ -101,9 +128,10 @@ def _dataset(encoded: EncodedTexts, targets: np.ndarray, batch_size: int, seed: 
 
 
 class _Reporter(keras.callbacks.Callback):
-    def __init__(self, epochs: int, on_epoch: Callable[[EpochReport], None] | None):
+    def __init__(self, epochs: int, on_epoch: Callable[[EpochReport], None] | None, stop=None):
         super().__init__()
         self.epochs, self.on_epoch, self.history, self.seconds = epochs, on_epoch, [], []
+        self.stop = stop
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -114,6 +142,12 @@ class _Reporter(keras.callbacks.Callback):
         self.seconds.append(round(time.perf_counter() - self.started, 3))
         if self.on_epoch:
             self.on_epoch(EpochReport(epoch + 1, self.epochs, metrics, self.seconds[-1]))
+        if self.stop is not None and self.stop():
+            self.model.stop_training = True  # early stopping still restores the best epoch's weights
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.stop is not None and self.stop():
+            self.model.stop_training = True  # Keras ends the epoch here; it is still validated
 
 
 _REPORTED = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -142,6 +176,32 @@ def _split(config: TrainConfig, data: LabeledData, validation: LabeledData | Non
     return train_texts, train_labels, val_texts, val_labels, warnings
 
 
+def _class_weights(config: TrainConfig, labels: list[str], train_labels: list[str], path: str):
+    """{label: weight} for --class-weight (None without it); a label the data lacks is an error."""
+    if config.class_weight is None:
+        return None
+    if isinstance(config.class_weight, dict):
+        unknown = sorted(set(config.class_weight) - set(labels))
+        if unknown:
+            raise DataError(
+                f"--class-weight names labels not in {path}: {', '.join(map(repr, unknown[:5]))}; "
+                f"the labels are {', '.join(map(repr, labels[:20]))}"
+            )
+    return dict(zip(labels, class_weights(config.class_weight, labels, Counter(train_labels)), strict=True))
+
+
+def _pretrained(config: TrainConfig, vectors: WordVectors | None, vocabulary: list[str], train_enc):
+    """(embedding matrix, vectors metadata) for --vectors, or (None, None)."""
+    if config.vectors is None:
+        return None, None
+    vectors = vectors or read_vectors(Path(config.vectors), set(vocabulary[2:]))
+    counts = np.bincount(train_enc.values, minlength=len(vocabulary))
+    matrix, coverage = embedding_matrix(vectors, vocabulary, counts, seed=config.seed)
+    described = {**vectors.describe(), "coverage": coverage.to_dict(), "summary": coverage.describe(),
+                 "frozen": config.freeze_vectors, "malformed_lines": vectors.malformed}  # fmt: skip
+    return matrix, described
+
+
 def train(
     config: TrainConfig,
     data: LabeledData,
@@ -153,10 +213,15 @@ def train(
     on_stage: Callable[[str], None] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    vectors: WordVectors | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
-    With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it."""
+    With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it.
+    `vectors`: the file of `config.vectors` already read (for words including the vocabulary's), to read it
+    once for many runs. `stop()` is asked after every step; True ends training after validating the epoch so
+    far (the best epoch's weights are kept)."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
@@ -169,25 +234,34 @@ def train(
     keras.utils.set_random_seed(config.seed)
 
     stage("Building the vocabulary")
-    vectorizer = make_vectorizer(config.max_tokens)
-    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts).batch(ENCODE_BATCH))
-    vocabulary = [str(t) for t in vectorizer.get_vocabulary()]
+    vectorizer, vocabulary, train_enc = build_vocabulary(train_texts, config)
     index = {label: i for i, label in enumerate(labels)}
-    train_enc, train_y = _encode(vectorizer, train_texts, train_labels, index, config.max_length)
-    config = config.resolved(len(train_texts), int(train_enc.lengths.sum()))
+    train_y = np.array([index[x] for x in train_labels], dtype=np.int32)
+    config = config.resolved(len(train_texts))
+    weights = _class_weights(config, labels, train_labels, data.path)
+    embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, train_enc)
+    if vectors_meta is not None:
+        config = dataclasses.replace(config, embedding_dim=vectors_meta["dimension"])  # the file's width wins
+        stage(f"Vectors from {vectors_meta['file']}, {vectors_meta['dimension']} dimensions: {vectors_meta['summary']}")
+        if vectors_meta["malformed_lines"]:
+            skipped = vectors_meta["malformed_lines"]
+            warnings.append(f"{config.vectors}: skipped {skipped:,} malformed line{'s' if skipped > 1 else ''}")
     run = {
         "config": config.to_dict(),
         "data": data.sha256,
         "validation": validation.sha256 if validation is not None else None,
         "labels": labels,
+        "vectors": vectors_meta["sha256"] if vectors_meta else None,
     }
+    run = json.loads(json.dumps(run))  # as the checkpoint stores it: tuples (pooling) come back as lists
     resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
     first_epoch = resume_state["epoch"] if resume_state else 0
 
     with plan.scope():
-        network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels))
+        network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
+                                embeddings=embeddings, trainable_embeddings=not config.freeze_vectors)  # fmt: skip
         network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm or None),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             # No XLA: batches vary in length, and XLA compiles once per shape (measured: 141 s of
@@ -203,7 +277,7 @@ def train(
         val_ds = _dataset(val_enc, val_y, config.batch_size, None, 0).cache()
 
     monitor = "val_loss" if val_ds is not None else "loss"
-    reporter = _Reporter(config.epochs, on_epoch)
+    reporter = _Reporter(config.epochs, on_epoch, stop)
     stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
     callbacks = [reporter, stopper]
     if checkpoint_dir is not None:
@@ -223,6 +297,8 @@ def train(
             epochs=config.epochs,
             initial_epoch=first_epoch,
             callbacks=callbacks,
+            # Index-keyed, applied to the training loss only: val_loss stays comparable across settings.
+            class_weight={i: weights[label] for i, label in enumerate(labels)} if weights else None,
             verbose=0,
         )
 
@@ -244,4 +320,6 @@ def train(
         device=plan,
         parameters=int(network.count_params()),
         warnings=warnings + plan.warnings,
+        class_weights=weights,
+        vectors=vectors_meta,
     )

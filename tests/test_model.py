@@ -49,8 +49,11 @@ def test_trained_lstm_layer_matches_numpy_gate_equations(network):
         padded[row, : len(ids)] = ids
     got = np.asarray(hidden(padded, training=False))  # padded batch, masked
     for row, ids in enumerate(sequences):
-        expected = numpy_lstm(table[ids].astype(np.float64), kernel, recurrent, bias)[-1]
-        np.testing.assert_allclose(got[row], expected, atol=1e-5)
+        expected = numpy_lstm(table[ids].astype(np.float64), kernel, recurrent, bias)
+        if got.ndim == 3:  # the layer returns every step (pooling over time reads them)
+            np.testing.assert_allclose(got[row, : len(ids)], expected, atol=1e-5)
+        else:
+            np.testing.assert_allclose(got[row], expected[-1], atol=1e-5)
 
 
 def test_padding_does_not_change_a_prediction(trained_model):
@@ -113,3 +116,23 @@ def test_network_options_build_and_stay_padding_invariant(options, layer_names):
     together = np.asarray(network(batch, training=False))
     assert alone.shape == (1, 4)
     np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(("min_count", "max_tokens"), [(1, 100), (2, 100), (2, 5), (3, 100)])
+def test_vocabulary_keeps_frequent_tokens_and_training_ids_match_the_saved_tokenizer(min_count, max_tokens):
+    from lstm_cli.model import OOV_ID, tf, token_ids
+    from lstm_cli.train import build_vocabulary
+
+    # Counted as training sees them, after truncation to 6 tokens: a 5, f 4, b 3, c 1, d 1, e 1 (g is cut).
+    texts = ["a a a b b c g", "b a d", "e? A!", "", "f f f f"]
+    config = TrainConfig(min_count=min_count, max_tokens=max_tokens, max_length=6)
+    vectorizer, vocabulary, encoded = build_vocabulary(texts, config)
+    counts = {"a": 5, "f": 4, "b": 3, "c": 1, "d": 1, "e": 1}
+    expected = [w for w, n in sorted(counts.items(), key=lambda x: -x[1]) if n >= min_count][: max_tokens - 2]
+    assert vocabulary[:2] == ["", "[UNK]"] and sorted(vocabulary[2:]) == sorted(expected)
+    # What training sees is exactly what the exported tokenizer produces, truncation and OOV included.
+    from_layer = token_ids(vectorizer, tf.constant(texts), 6).to_list()
+    assert [
+        encoded.values[a:b].tolist() for a, b in zip(encoded.row_splits, encoded.row_splits[1:], strict=False)
+    ] == from_layer
+    assert from_layer[3] == [OOV_ID]

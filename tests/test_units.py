@@ -88,10 +88,25 @@ def test_device_decisions():
     forced = decide(default, requested="cpu", gpus_visible=2)
     assert forced.device == "cpu" and forced.gpus == 0
     gpu = decide(default, requested="auto", gpus_visible=1)
-    assert gpu.device == "gpu" and not gpu.cudnn and gpu.strategy == "default"
-    assert len(gpu.warnings) == 1 and "--recurrent-dropout 0" in gpu.warnings[0]
+    assert gpu.device == "gpu" and gpu.cudnn and gpu.strategy == "default" and gpu.warnings == []  # defaults fit cuDNN
+    slow = decide(TrainConfig(recurrent_dropout=0.2), requested="auto", gpus_visible=1)
+    assert not slow.cudnn and len(slow.warnings) == 1 and "--recurrent-dropout 0" in slow.warnings[0]
     fast = decide(TrainConfig(recurrent_dropout=0.0), requested="gpu", gpus_visible=4, mixed_precision=True)
     assert (fast.cudnn, fast.strategy, fast.mixed_precision, fast.warnings) == (True, "mirrored", True, [])
     assert "4 GPUs" in fast.describe() and "cuDNN" in fast.describe()
     missing = decide(default, requested="gpu", gpus_visible=0, mixed_precision=True)
     assert missing.device == "cpu" and not missing.mixed_precision and len(missing.warnings) == 2
+
+
+@pytest.mark.parametrize("rows", [1, 50, 1_600, 1_601, 3_199, 3_200, 9_000, 51_200, 60_000, 10**7])
+def test_auto_batch_size_is_the_largest_power_of_two_leaving_100_steps_an_epoch(rows):
+    from lstm_cli.config import auto_batch_size
+
+    batch = auto_batch_size(rows)
+    assert 16 <= batch <= 512 and batch & (batch - 1) == 0
+    if 16 < batch < 512:
+        assert rows / batch >= 100 > rows / (2 * batch)
+    elif batch == 16:
+        assert rows / 32 < 100
+    else:
+        assert rows / 512 >= 100

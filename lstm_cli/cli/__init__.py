@@ -15,6 +15,7 @@ from lstm_cli.cli._util import app  # noqa: E402
 # The import order is the order --help lists the commands in.
 # isort: off
 from lstm_cli.cli.train import train_cli  # noqa: E402
+from lstm_cli.cli.tune import tune_cli
 from lstm_cli.cli.predict import predict_cli
 from lstm_cli.cli.evaluate import evaluate_cli
 from lstm_cli.cli.explain import explain_cli
@@ -22,7 +23,7 @@ from lstm_cli.cli.info import info_cli
 
 # isort: on
 
-__all__ = ["app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "train_cli"]
+__all__ = ["app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "train_cli", "tune_cli"]
 
 
 def main() -> None:

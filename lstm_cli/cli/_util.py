@@ -70,6 +70,22 @@ DelimiterOpt = Annotated[
 ]
 EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the data file.")]
 SkipBadOpt = Annotated[bool, typer.Option(help="Skip (and count) malformed rows instead of stopping.")]
+VectorsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Pretrained word vectors (word2vec/GloVe/fastText text format, .gz too) to start the embedding "
+        "from; their dimension replaces --embedding-dim."
+    ),
+]
+FreezeVectorsOpt = Annotated[bool, typer.Option(help="Keep the embedding fixed at --vectors (not trained).")]
+ClassWeightOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="balanced|JSON",
+        help="Weigh classes in the loss: 'balanced' (n_rows / (n_classes * rows of the class)) or a JSON "
+        "object such as '{\"spam\": 4}' (unlisted labels weigh 1).",
+    ),
+]
 
 
 def _console():
@@ -107,6 +123,47 @@ def _engine_note(predictor, verbose: bool) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def pretrained_options(vectors: Path | None, freeze_vectors: bool, class_weight: str | None) -> dict:
+    """TrainConfig fields for --vectors, --freeze-vectors and --class-weight; a bad value is misuse (exit 2)."""
+    from lstm_cli.config import parse_class_weight
+
+    try:
+        fields = {"class_weight": parse_class_weight(class_weight)}
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--class-weight") from None
+    if freeze_vectors and vectors is None:
+        raise typer.BadParameter("--freeze-vectors needs --vectors FILE", param_hint="--freeze-vectors")
+    if vectors is not None:
+        fields.update(vectors=str(vectors), freeze_vectors=freeze_vectors)
+    return fields
+
+
+def vectors_warnings(vectors: Path | None, embedding_dim: int | None) -> list[str]:
+    """Which width wins when an embedding width was asked for (None: not explicitly) and the vectors file
+    has another; reads only the file's first line."""
+    if vectors is None or embedding_dim is None:
+        return []
+    from lstm_cli.vectors import peek_dimension
+
+    dimension = peek_dimension(vectors)
+    if embedding_dim != dimension:
+        return [f"--embedding-dim {embedding_dim} ignored: the vectors in {vectors} have {dimension} dimensions"]
+    return []
+
+
+def explicit(ctx: typer.Context, name: str):
+    """The value of option `name` if given on the command line, else None."""
+    source = ctx.get_parameter_source(name)
+    return ctx.params.get(name) if source is not None and source.name == "COMMANDLINE" else None
+
+
+def warn(console, warnings: list[str]) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        console.print(f"[yellow]Warning:[/] {escape(warning)}")
 
 
 def _version(value: bool) -> None:

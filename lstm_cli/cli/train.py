@@ -13,20 +13,27 @@ from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._util import (
     DEFAULTS,
     Cell,
+    ClassWeightOpt,
     DataArg,
     DelimiterOpt,
     Device,
     EncodingOpt,
+    FreezeVectorsOpt,
     LabelColumnOpt,
     ModelOpt,
     QuietOpt,
     SkipBadOpt,
     TextColumnOpt,
+    VectorsOpt,
     VerboseOpt,
     _console,
     _errors,
     _interrupt,
     app,
+    explicit,
+    pretrained_options,
+    vectors_warnings,
+    warn,
 )
 from lstm_cli.config import TrainConfig
 
@@ -39,6 +46,7 @@ def _kinds(option: str) -> tuple[str, ...]:
 
 @app.command("train")
 def train_cli(
+    ctx: typer.Context,
     data: DataArg,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     text_column: TextColumnOpt = "text",
@@ -53,6 +61,9 @@ def train_cli(
         float, typer.Option(help="Stratified, seeded fraction of DATA held out for validation.")
     ] = DEFAULTS.validation_split,
     max_tokens: Annotated[int, typer.Option(help="Vocabulary size.")] = DEFAULTS.max_tokens,
+    min_count: Annotated[
+        int, typer.Option(help="Tokens seen fewer times in the training texts are out of vocabulary.")
+    ] = DEFAULTS.min_count,
     max_length: Annotated[int, typer.Option(help="Tokens kept per text (longer texts are truncated).")] = (
         DEFAULTS.max_length
     ),
@@ -81,12 +92,19 @@ def train_cli(
         int | None, typer.Option(help="Texts per training step [default: auto, ~1 per 1,024 tokens, 32..512].")
     ] = None,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
+    clip_norm: Annotated[
+        float, typer.Option(help="Clip the global gradient norm to this (0: no clipping).")
+    ] = DEFAULTS.clip_norm,
+    l2: Annotated[float, typer.Option("--l2", help="L2 penalty on the Dense and recurrent kernels.")] = DEFAULTS.l2,
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
     ] = DEFAULTS.patience,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and data give the same model on CPU.")] = (
         DEFAULTS.seed
     ),
+    vectors: VectorsOpt = None,
+    freeze_vectors: FreezeVectorsOpt = False,
+    class_weight: ClassWeightOpt = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     mixed_precision: Annotated[bool, typer.Option(help="float16 compute on a GPU.")] = False,
     checkpoint_dir: Annotated[
@@ -101,20 +119,27 @@ def train_cli(
 
     Example: lstm-cli train sample_data/train.csv --epochs 5 && lstm-cli predict "refund please"
     """
+    extra = pretrained_options(vectors, freeze_vectors, class_weight)
     try:
         config = TrainConfig(
-            max_tokens=max_tokens, max_length=max_length, embedding_dim=embedding_dim, units=units,
+            max_tokens=max_tokens, min_count=min_count, max_length=max_length, embedding_dim=embedding_dim, units=units,
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
             recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
             dense_units=dense_units, dense_dropout=dense_dropout,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-            validation_split=validation_split, seed=seed,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, clip_norm=clip_norm, l2=l2,
+            patience=patience, validation_split=validation_split, seed=seed, **extra,
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     console = _console()
     say = (lambda *a, **k: None) if quiet else console.print
+
+    def stage(message: str) -> None:  # core messages carry file names: shown literally, not as markup
+        from rich.markup import escape
+
+        say(escape(message))
+
     checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
@@ -132,18 +157,17 @@ def train_cli(
         check_writable(model)
         from lstm_cli.train import train as train_model
 
-        for warning in render.skipped_warnings(dataset, validation):
-            console.print(f"[yellow]Warning:[/] {warning}")
+        width = vectors_warnings(vectors, explicit(ctx, "embedding_dim"))
+        warn(console, [*width, *render.skipped_warnings(dataset, validation)])
         say(f"Read {len(dataset):,} rows from {data}")
         result = train_model(
             config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
             on_epoch=None if quiet else lambda report: say(render.epoch_line(report)),
-            on_stage=say,
+            on_stage=stage,
             checkpoint_dir=checkpoints,
             resume=resume,
         )  # fmt: skip
-        for warning in result.warnings:
-            console.print(f"[yellow]Warning:[/] {warning}")
+        warn(console, result.warnings)
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
                      skipped=dict(dataset.skipped))  # fmt: skip

@@ -1,0 +1,146 @@
+"""Accuracy with default settings, beside a TF-IDF + logistic regression baseline, on any labeled data.
+
+For each folder holding train.csv and test.csv (text,label columns), trains lstm-cli exactly as a user
+would (`lstm-cli train train.csv --seed S && lstm-cli evaluate test.csv --json`) over several seeds, and
+fits the baseline in the same run: scikit-learn TfidfVectorizer (word 1-2-grams, min_df 2, sublinear tf)
++ LogisticRegression(C=10). scikit-learn is a benchmark-only dependency (`pip install scikit-learn`).
+
+    python benchmarks/accuracy.py ../shared/datasets/* [--seeds 1337 1 2] [--json] [--markdown]
+        [--train-args "--epochs 5"]
+
+Prints one row per data set: accuracy mean ± std over the seeds, macro-F1, training wall time (and CPU
+time, steadier on a shared machine), and the baseline's accuracy and macro-F1. Nothing here asserts anything."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
+
+
+def read_csv(path: Path) -> tuple[list[str], list[str]]:
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        rows = [(r["text"], r["label"].strip()) for r in csv.DictReader(f) if r["text"].strip() and r["label"].strip()]
+    return [t for t, _ in rows], [label for _, label in rows]
+
+
+def baseline(folder: Path) -> dict[str, float]:
+    """TF-IDF (word 1-2-grams, min_df 2, sublinear tf) + logistic regression (C=10): the ten-line script."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    train_x, train_y = read_csv(folder / "train.csv")
+    test_x, test_y = read_csv(folder / "test.csv")
+    started = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+    model = LogisticRegression(C=10, max_iter=2000).fit(vectorizer.fit_transform(train_x), train_y)
+    predicted = model.predict(vectorizer.transform(test_x))
+    return {
+        "accuracy": float(accuracy_score(test_y, predicted)),
+        "macro_f1": float(f1_score(test_y, predicted, average="macro")),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def lstm_cli_run(folder: Path, seed: int, train_args: list[str]) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(Path(tmp) / "model")
+        started, cpu_before = time.perf_counter(), _children_cpu()
+        subprocess.run(
+            [*LSTM_CLI, "train", str(folder / "train.csv"), "-m", model, "--seed", str(seed), "-q", *train_args],
+            check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        seconds, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
+        done = subprocess.run(
+            [*LSTM_CLI, "evaluate", str(folder / "test.csv"), "-m", model, "--json"],
+            check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        report = json.loads(done.stdout)
+        info = json.loads(subprocess.run([*LSTM_CLI, "info", "-m", model, "--json"], check=True,
+                                         capture_output=True, text=True).stdout)  # fmt: skip
+    return {
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "epochs": info["training"]["epochs_run"],
+    }
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of finished child processes: steadier than wall time on a busy machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(folder: Path, seeds: list[int], train_args: list[str]) -> dict:
+    runs = [lstm_cli_run(folder, seed, train_args) for seed in seeds]
+    accuracies = [r["accuracy"] for r in runs]
+    return {
+        "data": folder.name,
+        "seeds": seeds,
+        "accuracy_mean": statistics.fmean(accuracies),
+        "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "macro_f1_mean": statistics.fmean(r["macro_f1"] for r in runs),
+        "train_seconds_mean": statistics.fmean(r["seconds"] for r in runs),
+        "train_cpu_seconds_mean": statistics.fmean(r["cpu_seconds"] for r in runs),
+        "runs": runs,
+        "baseline": baseline(folder),
+    }
+
+
+def table(rows: list[dict], markdown: bool) -> str:
+    header = ["data", "lstm-cli accuracy", "macro-F1", "train wall time (CPU)", "TF-IDF + LR accuracy", "macro-F1",
+              "gap"]  # fmt: skip
+    lines = []
+    for r in rows:
+        b = r["baseline"]
+        lines.append([
+            r["data"], f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}", f"{r['macro_f1_mean']:.3f}",
+            f"{r['train_seconds_mean']:.0f} s ({r['train_cpu_seconds_mean']:.0f} s)",
+            f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
+            f"{r['accuracy_mean'] - b['accuracy']:+.3f}",
+        ])  # fmt: skip
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(x) for x in column) for column in zip(header, *lines, strict=True)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [header, *lines])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="folders holding train.csv and test.csv")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1337, 1, 2])
+    parser.add_argument("--train-args", default="", help="extra options for lstm-cli train, e.g. '--epochs 5'")
+    parser.add_argument("--json", action="store_true", help="one JSON object per data set instead of a table")
+    parser.add_argument("--markdown", action="store_true", help="the table as Markdown (for the README)")
+    args = parser.parse_args()
+    rows = []
+    for folder in args.folders:
+        if not (folder / "train.csv").is_file() or not (folder / "test.csv").is_file():
+            print(f"skipping {folder}: no train.csv and test.csv", file=sys.stderr)
+            continue
+        row = measure(folder, args.seeds, shlex.split(args.train_args))
+        rows.append(row)
+        print(json.dumps(row) if args.json else f"done: {folder.name}", file=sys.stdout if args.json else sys.stderr,
+              flush=True)  # fmt: skip
+    if not args.json:
+        print(table(rows, args.markdown))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""`lstm-cli tune`: a time-budgeted search over training settings; saves the best model as `train` would."""
+
+from __future__ import annotations
+
+import signal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._util import (
+    DEFAULTS,
+    ClassWeightOpt,
+    DataArg,
+    DelimiterOpt,
+    EncodingOpt,
+    FreezeVectorsOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    QuietOpt,
+    SkipBadOpt,
+    TextColumnOpt,
+    VectorsOpt,
+    VerboseOpt,
+    _console,
+    _errors,
+    _interrupt,
+    app,
+    pretrained_options,
+    vectors_warnings,
+    warn,
+)
+from lstm_cli.config import TrainConfig
+
+
+class Metric(StrEnum):
+    accuracy = "accuracy"
+    macro_f1 = "macro_f1"
+
+
+def _base_config(settings: list[str], seed: int, validation_split: float, extra: dict) -> tuple[TrainConfig, set]:
+    from lstm_cli.tune import parse_setting
+
+    fixed = {}
+    try:
+        for text in settings:
+            name, value = parse_setting(text)
+            fixed[name] = value
+        values = {"seed": seed, "validation_split": validation_split, **extra, **fixed}
+        return TrainConfig(**values), set(fixed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--set") from None
+
+
+@app.command("tune")
+def tune_cli(
+    data: DataArg,
+    budget: Annotated[
+        str, typer.Option(help="Wall time for the search: 90s, 10m, 1h, 1h30m or seconds. Trials start while it lasts.")
+    ] = "10m",
+    metric: Annotated[Metric, typer.Option(help="Validation metric that ranks the trials.")] = Metric.accuracy,
+    trials: Annotated[int | None, typer.Option(min=1, help="At most this many trials.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split, the draws and every trial.")] = (
+        DEFAULTS.seed
+    ),
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="FIELD=VALUE", help="Fix a setting (not searched), e.g. --set units=64."),
+    ] = None,
+    model: ModelOpt = Path(DEFAULT_MODEL_DIR),
+    text_column: TextColumnOpt = "text",
+    label_column: LabelColumnOpt = "label",
+    delimiter: DelimiterOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    skip_bad_rows: SkipBadOpt = False,
+    validation_data: Annotated[
+        Path | None, typer.Option(help="Labeled file to rank trials on, instead of a split of DATA.")
+    ] = None,
+    validation_split: Annotated[
+        float, typer.Option(help="Stratified, seeded fraction of DATA held out to rank the trials.")
+    ] = DEFAULTS.validation_split,
+    vectors: VectorsOpt = None,
+    freeze_vectors: FreezeVectorsOpt = False,
+    class_weight: ClassWeightOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Search training settings within a time budget; save the best model and print its directory on stdout.
+
+    Trials are printed on stderr as they finish. Ctrl-C (or SIGTERM) ends the search and saves the best so far.
+
+    Example: lstm-cli tune sample_data/train.csv --budget 2m --metric macro_f1 && lstm-cli info
+    """
+    from lstm_cli.tune import parse_budget
+
+    try:
+        budget_seconds = parse_budget(budget)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--budget") from None
+    extra = pretrained_options(vectors, freeze_vectors, class_weight)
+    base, fixed = _base_config(settings or [], seed, validation_split, extra)
+    console = _console()
+    say = (lambda *a, **k: None) if quiet else console.print
+
+    def stage(message: str) -> None:  # core messages carry file names: shown literally, not as markup
+        from rich.markup import escape
+
+        say(escape(message))
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the search as Ctrl-C does
+    kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
+    with _errors(verbose, interrupted_hint=f" before the first trial finished; {kept}"):
+        from lstm_cli.data import read_labeled
+
+        read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
+                "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
+        dataset = read_labeled(data, **read)
+        validation = read_labeled(validation_data, **read) if validation_data else None
+        from lstm_cli import render
+        from lstm_cli.artifact import check_writable, save
+
+        check_writable(model)
+        given_dim = base.embedding_dim if "embedding_dim" in fixed else None
+        warn(console, [*vectors_warnings(vectors, given_dim), *render.skipped_warnings(dataset, validation)])
+        from lstm_cli.tune import tune
+
+        table = render.TrialTable(say, metric.value)
+        result = tune(base, dataset, budget_seconds=budget_seconds, metric=metric.value, max_trials=trials,
+                      fixed=fixed, validation=validation, on_trial=table.row, on_stage=stage)  # fmt: skip
+        warn(console, result.warnings)
+        if result.interrupted:
+            say(f"Interrupted: saving the best of {len(result.trials)} finished trials")
+        split = validation.fingerprint() if validation else {"split": base.validation_split, "seed": base.seed}
+        save(result.best, model, data_fingerprint=dataset.fingerprint(), validation=split,
+             skipped=dict(dataset.skipped), extra={"tuning": result.metadata(trials)})  # fmt: skip
+        say(render.tune_summary(result, model))
+    typer.echo(str(model))

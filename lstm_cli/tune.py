@@ -1,0 +1,265 @@
+"""Time-budgeted hyperparameter search: settings drawn at random from SPACE, each trial one `train()` run on
+the same seeded validation split, ranked by a validation metric. Core only: progress goes to a callback and
+the best trial's `TrainResult` comes back for the CLI to save exactly as `train` would."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstm_cli.config import TrainConfig
+from lstm_cli.data import LabeledData
+from lstm_cli.errors import DataError
+
+# The search space, in one place: TrainConfig field -> values tried. A field the user fixes (tune --set) is
+# not searched, nor is one TrainConfig lacks, so the table can name options before they land.
+SPACE: dict[str, tuple[Any, ...]] = {
+    "embedding_dim": (64, 128, 256),
+    "units": (32, 64, 128),
+    "bidirectional": (False, True),
+    "dropout": (0.0, 0.2, 0.4),
+    "recurrent_dropout": (0.0, 0.2),
+    "embedding_dropout": (0.0, 0.2),
+    "pooling": (("last",), ("max",), ("mean",), ("max", "mean")),
+    "embedding_pooling": ((), ("max",), ("mean",), ("max", "mean")),
+    "dense_units": (0, 64, 128),
+    "dense_dropout": (0.2, 0.5),
+    "learning_rate": (3e-4, 1e-3, 3e-3),
+    "max_length": (100, 200, 400),
+    "max_tokens": (10_000, 20_000, 50_000),
+    "min_count": (1, 2),
+}
+METRICS = ("accuracy", "macro_f1")
+_DRAWS = 1_000  # random draws to find an untried setting before calling the space exhausted
+
+
+@dataclass
+class Trial:
+    number: int  # 1-based; trial 1 is the starting configuration (defaults plus what the user fixed)
+    settings: dict[str, Any]  # the searched fields' values
+    accuracy: float  # on the validation rows, with the trial's best-epoch weights
+    macro_f1: float
+    epochs: int
+    seconds: float
+    cut_by_budget: bool  # the budget ran out during this trial; it kept its best epoch so far
+
+    def score(self, metric: str) -> float:
+        return self.accuracy if metric == "accuracy" else self.macro_f1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TuneResult:
+    best: Any  # the best trial's TrainResult
+    best_trial: int
+    trials: list[Trial]
+    metric: str
+    budget_seconds: float
+    space: dict[str, list[Any]]  # what was searched
+    seconds: float
+    interrupted: bool  # Ctrl-C or SIGTERM ended the search
+    warnings: list[str] = field(default_factory=list)
+
+    def metadata(self, trial_cap: int | None) -> dict[str, Any]:
+        """The "tuning" section of the saved model's metadata."""
+        return {
+            "metric": self.metric,
+            "budget_seconds": self.budget_seconds,
+            "trial_cap": trial_cap,
+            "best_trial": self.best_trial,
+            "interrupted": self.interrupted,
+            "seconds": round(self.seconds, 3),
+            "space": self.space,
+            "trials": [t.to_dict() for t in self.trials],
+        }
+
+
+def search_space(base: TrainConfig, fixed: Collection[str]) -> dict[str, tuple[Any, ...]]:
+    """SPACE without the fields the user fixed or TrainConfig does not have."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    space = {name: values for name, values in SPACE.items() if name in known and name not in fixed}
+    if base.vectors is not None:
+        space.pop("embedding_dim", None)  # the vectors file sets it
+    return space
+
+
+def _candidates(base: TrainConfig, space: dict[str, tuple[Any, ...]], seed: int):
+    """The starting configuration first, then untried random draws from `space`, until it runs out."""
+    rng = np.random.default_rng(seed)
+    seen = set()
+    settings = {name: getattr(base, name) for name in space}
+    while True:
+        key = tuple(sorted(settings.items()))
+        if key not in seen:
+            seen.add(key)
+            yield settings
+        for _ in range(_DRAWS):
+            settings = {name: values[rng.integers(len(values))] for name, values in space.items()}
+            if tuple(sorted(settings.items())) not in seen:
+                break
+        else:
+            return
+
+
+def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, LabeledData, list[str]]:
+    """One seeded, stratified split shared by every trial (the same one `train` makes for this seed)."""
+    from lstm_cli.train import stratified_split
+
+    train_idx, val_idx, warnings = stratified_split(data.labels, config.validation_split, config.seed)
+
+    def part(indices, path: str) -> LabeledData:
+        return LabeledData([data.texts[i] for i in indices], [data.labels[i] for i in indices], path,
+                           data.sha256, data.delimiter)  # fmt: skip
+
+    return part(train_idx, data.path), part(val_idx, f"{data.path} (validation split)"), warnings
+
+
+def validation_scores(result, validation: LabeledData) -> dict[str, float]:
+    """Accuracy and macro-F1 of a trained network on `validation`, batched by length as training is."""
+    from lstm_cli.batching import batch_indices
+    from lstm_cli.metrics import classification_report
+    from lstm_cli.train import encode_texts
+
+    encoded = encode_texts(result.vectorizer, validation.texts, result.config.max_length)
+    index = {label: i for i, label in enumerate(result.labels)}
+    truth = np.array([index[label] for label in validation.labels], dtype=np.int64)
+    predicted = np.zeros(len(truth), dtype=np.int64)
+    for rows in batch_indices(encoded.lengths, 256, None):
+        probabilities = result.network(encoded.padded(rows), training=False)
+        predicted[rows] = np.argmax(np.asarray(probabilities), axis=1)
+    report = classification_report(truth, predicted, result.labels)
+    return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+
+
+def _shared_vectors(base: TrainConfig, space: dict[str, tuple[Any, ...]], texts: list[str]):
+    """Read --vectors once for all trials, for every word any trial's vocabulary could hold."""
+    if base.vectors is None:
+        return None
+    from lstm_cli.model import make_vectorizer, tf
+    from lstm_cli.train import ENCODE_BATCH
+    from lstm_cli.vectors import read_vectors
+
+    largest = max([base.max_tokens, *space.get("max_tokens", ())])
+    vectorizer = make_vectorizer(largest)
+    vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(ENCODE_BATCH))
+    return read_vectors(Path(base.vectors), {str(w) for w in vectorizer.get_vocabulary()[2:]})
+
+
+def tune(
+    base: TrainConfig,
+    data: LabeledData,
+    *,
+    budget_seconds: float,
+    metric: str = "accuracy",
+    max_trials: int | None = None,
+    fixed: Collection[str] = (),
+    validation: LabeledData | None = None,
+    on_trial: Callable[[Trial, bool], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> TuneResult:
+    """Train configurations from `base` plus random SPACE settings until the budget or `max_trials` runs out.
+
+    The trial running when the budget ends stops after its current epoch and still counts. Ctrl-C (a
+    KeyboardInterrupt) ends the search and returns the best so far, or propagates if no trial finished.
+    `on_trial(trial, is_best_so_far)` is called as each trial ends."""
+    from lstm_cli.train import train
+
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    started = time.monotonic()
+    deadline = started + budget_seconds
+    stage = on_stage or (lambda _: None)
+    warnings: list[str] = []
+    if validation is None:
+        if base.validation_split <= 0:
+            raise DataError("tune ranks settings on validation rows: give --validation-split > 0 or --validation-data")
+        data, validation, warnings = _split(data, base)
+    space = search_space(base, fixed)
+    vectors = _shared_vectors(base, space, data.texts)
+    stage(f"Searching {', '.join(space) or 'nothing'} for {budget_seconds:g}s: {len(data):,} rows to train on, "
+          f"{len(validation):,} to rank by validation {metric}")  # fmt: skip
+    trials: list[Trial] = []
+    best, best_trial, interrupted = None, 0, False
+    try:
+        for number, settings in enumerate(_candidates(base, space, base.seed), start=1):
+            if (max_trials is not None and number > max_trials) or (trials and time.monotonic() >= deadline):
+                break
+            config = dataclasses.replace(base, **settings)
+            trial_started = time.monotonic()
+            result = train(config, data, validation=validation, vectors=vectors,
+                           stop=lambda: time.monotonic() >= deadline)  # fmt: skip
+            scores = validation_scores(result, validation)
+            trial = Trial(number, settings, scores["accuracy"], scores["macro_f1"], len(result.history),
+                          round(time.monotonic() - trial_started, 3), time.monotonic() >= deadline)  # fmt: skip
+            trials.append(trial)
+            improved = best is None or trial.score(metric) > trials[best_trial - 1].score(metric)
+            if improved:
+                best, best_trial = result, number
+                warnings.extend(w for w in result.warnings if w not in warnings)
+            if on_trial:
+                on_trial(trial, improved)
+    except KeyboardInterrupt:
+        if best is None:
+            raise
+        interrupted = True
+    if best is None:
+        raise DataError("the search space is empty: every searched setting is fixed; drop a --set")
+    return TuneResult(best, best_trial, trials, metric, budget_seconds, {k: list(v) for k, v in space.items()},
+                      time.monotonic() - started, interrupted, warnings)  # fmt: skip
+
+
+def describe(settings: dict[str, Any]) -> str:
+    """'units=64 dropout=0.2 pooling=max,mean' (the form --set takes, lists as JSON aside)."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:g}"
+        if isinstance(value, (tuple, list)):
+            return ",".join(map(str, value)) or "none"
+        return str(value)
+
+    return " ".join(f"{name}={shown(value)}" for name, value in settings.items())
+
+
+def parse_budget(text: str) -> float:
+    """'90s', '10m', '1h', '1h30m' or plain seconds ('600', '2.5') -> seconds. Raises ValueError."""
+    import re
+
+    units = {"s": 1, "m": 60, "h": 3600}
+    cleaned = text.strip().lower().replace(" ", "")
+    if re.fullmatch(r"\d+(\.\d+)?", cleaned):
+        seconds = float(cleaned)
+    elif cleaned and re.fullmatch(r"(\d+(\.\d+)?[smh])+", cleaned):
+        seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", cleaned))
+    else:
+        raise ValueError(f"--budget: {text!r} is not a duration; write e.g. 90s, 10m, 1h, 1h30m or seconds (600)")
+    if seconds <= 0:
+        raise ValueError(f"--budget must be more than 0 seconds, got {text!r}")
+    return seconds
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """'units=64' -> ('units', 64) for `tune --set`: a TrainConfig field and a JSON value (or a plain word;
+    comma-separated for the list fields: 'pooling=max,mean')."""
+    import json
+
+    name, sep, raw = text.partition("=")
+    name = name.strip().replace("-", "_")
+    known = [f.name for f in dataclasses.fields(TrainConfig)]
+    if not sep or name not in known:
+        raise ValueError(f"--set expects FIELD=VALUE with FIELD one of: {', '.join(known)}; got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw.strip()
+    if isinstance(getattr(TrainConfig(), name), tuple):  # pooling=max,mean, as the table shows it
+        value = tuple(value) if isinstance(value, list) else tuple(v for v in str(value).split(",") if v)
+    return name, value
