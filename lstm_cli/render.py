@@ -60,6 +60,8 @@ class TrialTable:
         self.say, self.metric, self.started = say, metric, False
 
     def row(self, trial, best: bool) -> None:
+        from rich.markup import escape
+
         from lstm_cli.tune import describe
 
         if not self.started:
@@ -72,6 +74,8 @@ class TrialTable:
 
 
 def tune_summary(result, model_dir: Path) -> str:
+    from rich.markup import escape
+
     best = result.trials[result.best_trial - 1]
     return (
         f"[bold]best[/]        trial {best.number} of {len(result.trials)}: validation {result.metric} "

@@ -44,9 +44,7 @@ def explain_cli(
     label: Annotated[str | None, typer.Option(help="Explain this label [default: the predicted one].")] = None,
     output_format: Annotated[
         ExplainFormat,
-        typer.Option(
-            "--format", "-f", help="text: coloured on a terminal, else one plain line; json: JSON lines."
-        ),
+        typer.Option("--format", "-f", help="text: coloured on a terminal, else one plain line; json: JSON lines."),
     ] = ExplainFormat.text,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
