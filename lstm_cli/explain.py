@@ -18,7 +18,7 @@ from lstm_cli.artifact import KERAS_FILE, verify_files
 from lstm_cli.engine.tokenizer import OOV_ID, Token
 from lstm_cli.predict import Predictor
 
-IG_STEPS = 128  # midpoint Riemann sum over the path, one batch; the gap shrinks as 1/steps²
+IG_STEPS = 256  # midpoint Riemann sum over the path, one batch; the gap shrinks as 1/steps²
 
 
 @dataclass
