@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lstm_cli import __version__
-from lstm_cli.atomic import fsync_tree, install, remove_stale_staging, staging_path
-from lstm_cli.errors import ArtifactError
+from lstm_cli.atomic import fsync_tree, install, recover, remove_stale_staging, staging_path
+from lstm_cli.errors import ArtifactError, UsageError
 
 FORMAT = "lstm-cli-model"
 FORMAT_VERSION = 1
@@ -52,7 +52,7 @@ def _artifact_files(root: Path) -> dict[str, str]:
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
     """Parse and check a model directory's metadata.json (data only; nothing in it is executed)."""
-    if not model_dir.exists():
+    if not model_dir.exists() and not recover(Path(os.path.abspath(model_dir))):
         raise ArtifactError(
             f"{model_dir}: no model here; train one with 'lstm-cli train DATA.csv', "
             f"or point to one with --model/-m or ${MODEL_ENV}"
@@ -163,14 +163,16 @@ def _recurrent_layers(network) -> list:
 
 
 def _export_saved_model(result, directory: Path) -> None:
-    from lstm_cli.model import build_network, tf
+    from lstm_cli.model import build_network, dtype_policy, tf
 
     # Serve a twin of the network without dropout: same weights, same outputs at inference, but Keras
     # fuses the four gate matmuls only when recurrent_dropout is 0 (about 1.5x faster predictions).
     # Its recurrent layers trace the portable loop, not cuDNN, so a model trained on a GPU serves on a CPU.
+    # float32 whatever the training policy: --mixed-precision is a training speed-up, not a serving format.
     config = dataclasses.replace(result.config, dropout=0.0, recurrent_dropout=0.0, dense_dropout=0.0)
-    serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels),
-                            trainable_embeddings=not config.freeze_vectors)  # fmt: skip
+    with dtype_policy("float32"):
+        serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels),
+                                trainable_embeddings=not config.freeze_vectors)  # fmt: skip
     serving.set_weights(result.network.get_weights())
     for layer in _recurrent_layers(serving):
         layer.use_cudnn = False
@@ -240,9 +242,11 @@ def _last_clause(message: str) -> str:
 def check_writable(target: Path) -> None:
     """Fail before training, not after, when the model could not be saved at `target`."""
     target = Path(os.path.abspath(target))
+    recover(target)
     if target.exists() and not (target.is_dir() and is_model_dir(target)):
-        raise ArtifactError(
-            f"{target}: exists and is not an lstm-cli model directory; choose another path with --model/-m"
+        raise UsageError(
+            f"{target}: exists and is not an lstm-cli model directory (no {METADATA}), so lstm-cli will not "
+            "replace it; choose another path with --model/-m"
         )
     probe = staging_path(target)
     try:
@@ -252,6 +256,20 @@ def check_writable(target: Path) -> None:
     except OSError as e:
         raise ArtifactError(
             f"{target.parent}: cannot write the model here ({e.strerror}); choose another path with --model/-m"
+        ) from None
+
+
+def _check_export(staging: Path, target: Path) -> None:
+    """Run the check predict runs before loading, so a model it would refuse is never installed."""
+    from lstm_cli.graphcheck import check_saved_model
+
+    try:
+        check_saved_model(staging / SAVED_MODEL, SIGNATURE)
+    except ArtifactError as e:
+        reason = str(e).split(": ", 1)[-1]
+        raise ArtifactError(
+            f"{target}: the exported SavedModel fails the check predict runs before loading ({reason}); "
+            "this is a bug in lstm-cli, please report it. The previous model, if any, is untouched"
         ) from None
 
 
@@ -285,6 +303,7 @@ def save(
         (staging / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         fsync_tree(staging)
         verify_files(staging, read_metadata(staging))
+        _check_export(staging, target)
         install(staging, target)
     except (OSError, tf.errors.OpError) as e:
         reason = getattr(e, "strerror", None) or _last_clause(getattr(e, "message", None) or str(e))

@@ -1,4 +1,8 @@
-"""Replacing a directory in one step, so readers and crashes see the old one or the new one, never a mix."""
+"""Replacing a directory in one step, so readers and crashes see the old one or the new one, never a mix.
+
+Linux swaps two directories atomically (renameat2). Elsewhere two renames do it, with an instant when
+nothing is at the target; a process killed then leaves the old directory as `.NAME.old-PID`, and the
+next reader or writer of the target puts it back (`recover`)."""
 
 from __future__ import annotations
 
@@ -47,8 +51,51 @@ def install(staging: Path, target: Path) -> None:
         return
     retired = target.with_name(f".{target.name}.old-{os.getpid()}")
     os.rename(target, retired)
+    # A kill here leaves nothing at `target`: `recover` finds `retired` by its name and puts it back.
     os.rename(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _dead_siblings(target: Path, kind: str) -> list[Path]:
+    """Siblings `.NAME.<kind>-PID...` of `target` whose process is gone, most recent first."""
+    suffix = r"-[0-9a-f]{8}" if kind == "tmp" else ""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{kind}-(\d+){suffix}$")
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return []
+    found = [p for p in siblings if (m := pattern.match(p.name)) and not _alive(int(m.group(1)))]
+    return sorted(found, key=_mtime, reverse=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def recover(target: Path) -> bool:
+    """If nothing is at `target` because a swap was killed half-way, put the old directory back.
+
+    Returns True if `target` was restored."""
+    if os.path.lexists(target):
+        return False
+    for retired in _dead_siblings(target, "old"):
+        try:
+            os.rename(retired, target)
+            return True
+        except OSError:  # another process restored it first, or the directory is read-only
+            continue
+    return False
+
+
+def swap_in_progress(target: Path) -> bool:
+    """Whether a directory retired by a two-rename swap sits beside `target` (the swap may be mid-way)."""
+    try:
+        return any(p.name.startswith(f".{target.name}.old-") for p in target.parent.iterdir())
+    except OSError:
+        return False
 
 
 def staging_path(target: Path) -> Path:
@@ -57,15 +104,13 @@ def staging_path(target: Path) -> Path:
 
 
 def remove_stale_staging(target: Path) -> None:
-    """Delete staging siblings of `target` left by processes that died (kill -9, power loss)."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.tmp-(\d+)-[0-9a-f]{{8}}$")
-    try:
-        siblings = list(target.parent.iterdir())
-    except OSError:
-        return
-    for path in siblings:
-        match = pattern.match(path.name)
-        if match and not _alive(int(match.group(1))):
+    """Tidy what processes that died (kill -9, power loss) left beside `target`: restore a directory a
+    half-done swap retired, then delete their staging and retired directories."""
+    recover(target)
+    for path in _dead_siblings(target, "tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(target):
+        for path in _dead_siblings(target, "old"):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -2,7 +2,8 @@
 
 A checkpoint holds the weights with optimizer state, early-stopping state, the history so far, and a
 fingerprint of the run (configuration and data); resuming a different run is refused. Dropout noise
-and batch order depend only on (seed, epoch), so a resumed epoch replays exactly."""
+and batch order depend only on (seed, epoch), so a resumed epoch replays exactly. The directory carries
+lstm-cli's checkpoint marker, and only a directory with that marker is ever replaced (lstm_cli.owned)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.atomic import install, remove_stale_staging, staging_path
+from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
 from lstm_cli.errors import LstmCliError
 from lstm_cli.model import keras
+from lstm_cli.owned import check_checkpoint_dir, write_checkpoint_marker
 
 STATE = "state.json"
 WEIGHTS = "latest.weights.h5"
@@ -24,6 +26,7 @@ BEST = "best_weights.npz"
 
 def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
     """The saved state of `run`, or an error saying why it cannot be resumed."""
+    recover(directory)
     path = directory / STATE
     if not path.is_file():
         raise LstmCliError(f"{directory}: no checkpoint to resume from; run without --resume to start afresh")
@@ -50,9 +53,19 @@ def reseed(model, seed: int, epoch: int) -> None:
 class Checkpoint(keras.callbacks.Callback):
     """Writes the run's state at the end of every epoch (atomically); restores it on train begin."""
 
-    def __init__(self, directory: Path, run: dict[str, Any], seed: int, stopper, reporter, resume_state=None):
+    def __init__(
+        self,
+        directory: Path,
+        run: dict[str, Any],
+        seed: int,
+        stopper,
+        reporter,
+        resume_state=None,
+        *,
+        model: Path | None = None,
+    ):
         super().__init__()
-        self.directory, self.run, self.seed = directory, run, seed
+        self.directory, self.run, self.seed, self.model_dir = directory, run, seed, model
         self.stopper, self.reporter, self.resume_state = stopper, reporter, resume_state
 
     def on_train_begin(self, logs=None):
@@ -82,9 +95,11 @@ class Checkpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         remove_stale_staging(self.directory)
+        check_checkpoint_dir(self.directory, model=self.model_dir)  # still ours (or absent) before replacing it
         staging = staging_path(self.directory)
         try:
             staging.mkdir(parents=True)
+            write_checkpoint_marker(staging)
             self.model.save_weights(staging / WEIGHTS)
             if self.stopper.best_weights is not None:
                 np.savez(staging / BEST, *self.stopper.best_weights)

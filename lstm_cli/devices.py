@@ -66,14 +66,15 @@ def decide(config: TrainConfig, *, requested: str, gpus_visible: int, mixed_prec
 
 
 def plan_devices(config: TrainConfig, *, requested: str = "auto", mixed_precision: bool = False) -> DevicePlan:
-    """Decide, then configure TensorFlow accordingly. Call before any TensorFlow op runs."""
-    from lstm_cli.model import keras, tf
+    """Decide, then configure TensorFlow accordingly. Call before any TensorFlow op runs.
+
+    The precision is not set globally: train builds the network under the plan's dtype policy."""
+    from lstm_cli.model import tf
 
     gpus = tf.config.list_physical_devices("GPU")
     plan = decide(config, requested=requested, gpus_visible=len(gpus), mixed_precision=mixed_precision)
     if plan.device == "cpu" and gpus:
         tf.config.set_visible_devices([], "GPU")
-    keras.mixed_precision.set_global_policy("mixed_float16" if plan.mixed_precision else "float32")
     if plan.strategy == "mirrored":
         plan._strategy = tf.distribute.MirroredStrategy()
     return plan

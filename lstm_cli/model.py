@@ -6,6 +6,8 @@ exported SavedModel alike."""
 
 from __future__ import annotations
 
+import contextlib
+
 from lstm_cli.config import TrainConfig
 from lstm_cli.tf_setup import import_tf
 
@@ -14,6 +16,17 @@ layers = keras.layers
 
 PAD_ID = 0
 OOV_ID = 1  # TextVectorization's single out-of-vocabulary id
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras' global dtype policy set to `name` (layers take it when built), then restored."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None):
@@ -28,6 +41,7 @@ def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None)
     )
     if vocabulary is not None:
         vectorizer.set_vocabulary(vocabulary[2:])  # it adds the padding and OOV entries itself
+        vectorizer.build(None)  # ready to export even if it never ran (training without validation)
     return vectorizer
 
 

@@ -28,10 +28,11 @@ from lstm_cli.artifact import (
     read_verified,
     verify_files,
 )
+from lstm_cli.atomic import swap_in_progress
 from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.engine import Engine, Tokenizer, Unsupported
-from lstm_cli.errors import ArtifactError
-from lstm_cli.graphcheck import check_serving_graph
+from lstm_cli.errors import ArtifactError, DataError
+from lstm_cli.graphcheck import check_saved_model
 from lstm_cli.metrics import classification_report
 from lstm_cli.tf_setup import import_tensorflow
 
@@ -62,7 +63,10 @@ def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
     read_metadata(model_dir)  # clear errors for a missing or foreign directory
     if engine == "tensorflow":
         import_tensorflow()  # seconds, the first time: not while the directory is held open
-    fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:  # swapped away since read_metadata looked
+        raise ArtifactError(f"{model_dir}: cannot open the model directory ({e.strerror})") from None
     try:
         root = Path(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else model_dir
         try:
@@ -75,6 +79,8 @@ def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
                 if backend is not None:
                     tensorflow.fallback, tensorflow.outdated = backend.fallback, backend.outdated
                 backend = tensorflow
+        except OSError as e:  # a file vanished: `train` retired this directory while we read it
+            raise ArtifactError(f"{model_dir}: could not read the model ({e.strerror or e})") from None
         except ArtifactError as e:
             raise ArtifactError(str(e).replace(str(root), str(model_dir))) from None
     finally:
@@ -103,7 +109,7 @@ def _numpy_backend(root: Path, metadata: dict[str, Any], model_dir: Path) -> Bac
 def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
     tf = import_tensorflow()
     verify_files(root, metadata, only=SERVING_FILES)
-    check_serving_graph(root / SAVED_MODEL, SIGNATURE)
+    check_saved_model(root / SAVED_MODEL, SIGNATURE)
     try:
         loaded = tf.saved_model.load(str(root))
         serve = loaded.signatures[SIGNATURE]
@@ -175,7 +181,8 @@ class Predictor:
                 break
             except ArtifactError:
                 # Retry only if `train` swapped the directory while we read it; a damaged model fails at once.
-                if attempt == _ATTEMPTS - 1 or _inode(model_dir) == before:
+                swapped = _inode(model_dir) != before or swap_in_progress(model_dir)
+                if attempt == _ATTEMPTS - 1 or not swapped:
                     raise
                 time.sleep(0.05)
         self.labels: list[str] = self.metadata["labels"]
@@ -214,6 +221,13 @@ def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDI
     index = {label: i for i, label in enumerate(predictor.labels)}
     known = [i for i, label in enumerate(data.labels) if label in index]
     unknown = dict(Counter(label for label in data.labels if label not in index))
+    if not known:
+        seen = ", ".join(repr(label) for label in sorted(unknown)[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise DataError(
+            f"{data.path}: no row has a label the model knows (labels here: {seen}; the model's: "
+            f"{', '.join(map(repr, predictor.labels[:5]))}{', ...' if len(predictor.labels) > 5 else ''}); "
+            "check --label-column and that this is the model's test data"
+        )
     texts = [data.texts[i] for i in known]
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
     predicted = np.concatenate(

@@ -1,6 +1,7 @@
 """How results look to people (rich, on stderr or stdout) and to scripts (prediction lines).
 
-rich is imported inside the functions that use it: predict's hot path (prediction_lines) starts without it."""
+Whatever came from the user (labels, paths, column names, texts) reaches rich only as `Text`, never
+as markup, and with its control characters written as escapes, so it is shown literally on one line."""
 
 from __future__ import annotations
 
@@ -8,7 +9,37 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
 from lstm_cli.data import LabeledData, describe_skipped
+
+# tsv and label output: a backslash escape for each character that would end a field or a line, and
+# for the backslash itself (PostgreSQL's COPY text format), so any label is one unambiguous field.
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+# People: every control character (C0, DEL, C1: Unicode category Cc) written as an escape, the rest as is.
+_SHOWN = {c: repr(chr(c))[1:-1] for c in [*range(0x20), *range(0x7F, 0xA0)]}
+
+
+def tsv_field(value: str) -> str:
+    """`value` as one field of a tsv/label output line: backslash, tab, newline and carriage return
+    become the two characters \\\\, \\t, \\n and \\r."""
+    return value.translate(_TSV_ESCAPES)
+
+
+def shown(value: str) -> str:
+    """`value` for people: control characters as escapes (\\n, \\x1b), so it prints literally on one line."""
+    return value.translate(_SHOWN)
+
+
+def literal(value: object, style: str = "") -> Text:
+    """User-supplied `value` as rich Text: never parsed as markup or emoji codes."""
+    return Text(shown(str(value)), style=style)
+
+
+def warning(message: str) -> Text:
+    return Text.assemble(("Warning:", "yellow"), " ", literal(message))
 
 
 def skipped_warnings(*datasets: LabeledData | None) -> list[str]:
@@ -34,7 +65,7 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k} {metrics[k]:.4f}" for k in order if k in metrics)
 
 
-def train_summary(result, model_dir: Path) -> str:
+def train_summary(result, model_dir: Path) -> Text:
     rows_per_second = result.train_rows * len(result.history) / max(result.seconds, 1e-9)
     labels = ", ".join(result.labels[:10]) + (" ..." if len(result.labels) > 10 else "")
     rows = [
@@ -48,9 +79,7 @@ def train_summary(result, model_dir: Path) -> str:
         ("best", _metrics_text(result.best_metrics)),
         ("wall time", f"{result.seconds:.1f}s ({rows_per_second:,.0f} rows/s)"),
     ]
-    from rich.markup import escape
-
-    return "\n".join(f"[bold]{key:<11}[/] {escape(value)}" for key, value in rows)
+    return Text("\n").join(Text.assemble((f"{key:<11}", "bold"), " ", literal(value)) for key, value in rows)
 
 
 class TrialTable:
@@ -60,38 +89,37 @@ class TrialTable:
         self.say, self.metric, self.started = say, metric, False
 
     def row(self, trial, best: bool) -> None:
-        from rich.markup import escape
-
         from lstm_cli.tune import describe
 
         if not self.started:
-            self.say("[bold]trial  accuracy  macro_f1  epochs     time  settings[/]")
+            self.say(Text("trial  accuracy  macro_f1  epochs     time  settings", style="bold"))
             self.started = True
         mark = "*" if best else " "
-        self.say(f"{trial.number:>4}{mark}  {trial.accuracy:8.4f}  {trial.macro_f1:8.4f}  {trial.epochs:>6}  "
-                 f"{trial.seconds:>6.1f}s  {escape(describe(trial.settings))}"
-                 f"{'  (budget ran out)' if trial.cut_by_budget else ''}")  # fmt: skip
+        self.say(Text.assemble(
+            f"{trial.number:>4}{mark}  {trial.accuracy:8.4f}  {trial.macro_f1:8.4f}  {trial.epochs:>6}  "
+            f"{trial.seconds:>6.1f}s  ", literal(describe(trial.settings)),
+            "  (budget ran out)" if trial.cut_by_budget else "",
+        ))  # fmt: skip
 
 
-def tune_summary(result, model_dir: Path) -> str:
-    from rich.markup import escape
-
+def tune_summary(result, model_dir: Path) -> Text:
     best = result.trials[result.best_trial - 1]
-    return (
-        f"[bold]best[/]        trial {best.number} of {len(result.trials)}: validation {result.metric} "
-        f"{best.score(result.metric):.4f} in {result.seconds:.1f}s\n"
-        f"[bold]model[/]       {escape(str(model_dir))}"
-    )
+    return Text.assemble(
+        ("best", "bold"), f"        trial {best.number} of {len(result.trials)}: validation {result.metric} "
+        f"{best.score(result.metric):.4f} in {result.seconds:.1f}s\n",
+        ("model", "bold"), "       ", literal(str(model_dir)),
+    )  # fmt: skip
 
 
 def prediction_lines(batch, labels: list[str], output_format: str, k: int) -> list[str]:
     """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path)."""
     best, scores = batch.top(k)
-    if output_format == "label":
-        return ["\t".join(labels[i] for i in row) for row in best]
     if output_format == "json":
         return [_json_line(text, row, score, p, labels) for text, row, score, p in
                 zip(batch.texts, best, scores, batch.probabilities, strict=True)]  # fmt: skip
+    labels = [tsv_field(label) for label in labels]
+    if output_format == "label":
+        return ["\t".join(labels[i] for i in row) for row in best]
     if k == 1:
         return [f"{labels[i]}\t{p:.4f}" for i, p in zip(best[:, 0], scores[:, 0], strict=True)]
     return [
@@ -121,17 +149,16 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
             f"{report['rows']['unknown_label']:,} rows have labels the model was not trained on and are not "
             f"in the metrics: {listed}"
         )
-    if report["rows"]["skipped"]:
-        warnings.append(f"skipped rows: {report['rows']['skipped']}")
+    skipped = report["rows"]["skipped"]
+    if skipped:
+        warnings.append(
+            f"{report['data']['path']}: skipped {sum(skipped.values()):,} rows ({describe_skipped(skipped)})"
+        )
     return warnings
 
 
 def print_report(report: dict[str, Any]) -> None:
-    from rich.console import Console, Group
-    from rich.table import Table
-    from rich.text import Text
-
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     labels = report["labels"]
     summary = Text.assemble(
         ("accuracy ", "bold"), f"{report['accuracy']:.4f}   ",
@@ -143,13 +170,15 @@ def print_report(report: dict[str, Any]) -> None:
         per_class.add_column(column, justify="left" if column == "label" else "right")
     for label in labels:
         c = report["per_class"][label]
-        per_class.add_row(label, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['support']:,}")
+        per_class.add_row(
+            literal(label), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['support']:,}"
+        )
     confusion = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
     confusion.add_column("")
     for label in labels:
-        confusion.add_column(label, justify="right")
+        confusion.add_column(literal(label), justify="right")
     for label, row in zip(labels, report["confusion_matrix"], strict=True):
-        confusion.add_row(label, *(f"{n:,}" for n in row))
+        confusion.add_row(literal(label), *(f"{n:,}" for n in row))
     console.print(Group(summary, per_class, confusion))
 
 
@@ -177,10 +206,6 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     training = metadata.get("training", {})
     data = training.get("data", {})
     versions = metadata.get("versions", {})
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(show_header=False, box=None, padding=(0, 2))
     rows = [
         ("model", str(model_dir)),
@@ -200,8 +225,8 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
     ]  # fmt: skip
     for key, value in rows:
-        table.add_row(Text(key, style="bold"), Text(value))
-    Console(highlight=False).print(table)
+        table.add_row(Text(key, style="bold"), literal(value))
+    Console(highlight=False, emoji=False).print(table)
 
 
 def explanation_line(explanation) -> str:
@@ -213,19 +238,22 @@ def explanation_line(explanation) -> str:
     if explanation.completeness_gap is not None:
         extra.append(f"completeness gap {explanation.completeness_gap:.2g}")
     note = f"  ({'; '.join(extra)})" if extra else ""
-    return f"{explanation.label}\t{explanation.probability:.4f}\t{tokens}{note}"
+    return f"{tsv_field(explanation.label)}\t{explanation.probability:.4f}\t{tsv_field(tokens)}{note}"
 
 
-def explanation_text(explanation):
+def explanation_text(explanation) -> Text:
     """The original text with each token coloured by its score (green: pushed towards the label, red: away;
     stronger colour, larger share of the largest score), then the plain line. For a terminal."""
-    from rich.text import Text
-
-    text = Text(explanation.text.replace("\n", " "))
     largest = max((abs(t.score) for t in explanation.tokens), default=0) or 1
+    pieces, position = [], 0
     for t in explanation.tokens:
         strength = int(80 + 175 * abs(t.score) / largest)
         colour = f"rgb(0,{strength},0)" if t.score >= 0 else f"rgb({strength},0,0)"
-        text.stylize(f"bold white on {colour}", t.start, t.end)
-    header = Text.assemble((explanation.label, "bold"), f" {explanation.probability:.4f} ({explanation.method}): ")
-    return Text.assemble(header, text, "\n", explanation_line(explanation))
+        pieces += [literal(explanation.text[position : t.start]), literal(explanation.text[t.start : t.end],
+                   f"bold white on {colour}")]  # fmt: skip
+        position = t.end
+    pieces.append(literal(explanation.text[position:]))
+    header = Text.assemble(
+        literal(explanation.label, "bold"), f" {explanation.probability:.4f} ({explanation.method}): "
+    )
+    return Text.assemble(header, *pieces, "\n", literal(explanation_line(explanation).replace("\t", "  ")))

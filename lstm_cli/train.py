@@ -20,7 +20,8 @@ from lstm_cli.config import TrainConfig, class_weights
 from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
 from lstm_cli.errors import DataError
-from lstm_cli.model import OOV_ID, PAD_ID, build_network, keras, make_vectorizer, tf, token_ids
+from lstm_cli.model import OOV_ID, PAD_ID, build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
+from lstm_cli.owned import check_checkpoint_dir
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
 
 ENCODE_BATCH = 4096
@@ -215,15 +216,20 @@ def train(
     resume: bool = False,
     vectors: WordVectors | None = None,
     stop: Callable[[], bool] | None = None,
+    model_dir: Path | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
     With `checkpoint_dir`, the state after every epoch is kept there; `resume` continues from it.
     `vectors`: the file of `config.vectors` already read (for words including the vocabulary's), to read it
     once for many runs. `stop()` is asked after every step; True ends training after validating the epoch so
-    far (the best epoch's weights are kept)."""
+    far (the best epoch's weights are kept). `model_dir` is where the model will be saved (the checkpoint
+    directory may not be or contain it). Keras' global dtype policy is left as it was, whatever the plan's
+    precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
+    if checkpoint_dir is not None:
+        check_checkpoint_dir(checkpoint_dir, model=model_dir)
     plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
     labels = sorted(set(data.labels))
     if len(labels) < 2:
@@ -257,7 +263,7 @@ def train(
     resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
     first_epoch = resume_state["epoch"] if resume_state else 0
 
-    with plan.scope():
+    with plan.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
                                 embeddings=embeddings, trainable_embeddings=not config.freeze_vectors)  # fmt: skip
         network.compile(
@@ -282,7 +288,8 @@ def train(
     callbacks = [reporter, stopper]
     if checkpoint_dir is not None:
         # After the stopper in the list: its epoch-end state is what gets saved.
-        callbacks.append(Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state))
+        checkpoint = Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state, model=model_dir)
+        callbacks.append(checkpoint)
     resuming = f", resuming after epoch {first_epoch}" if resume_state else ""
     stage(
         f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation, "

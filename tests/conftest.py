@@ -47,6 +47,14 @@ def toy_rows(n: int, seed: int = 0, labels: tuple[str, ...] = ("pos", "neg", "me
     return rows
 
 
+def unescape_tsv(field: str) -> str:
+    """A field of lstm-cli's tsv/label output back to the label: undo the escapes of \\\\ \\t \\n \\r."""
+    out, chars = [], iter(field)
+    for c in chars:
+        out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[next(chars)] if c == "\\" else c)
+    return "".join(out)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """Each test runs in its own empty directory with no model set in the environment."""

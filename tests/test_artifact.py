@@ -161,3 +161,35 @@ def test_damaged_model_directory_names_the_file(model_copy, damage):
 def test_missing_model_explains_how_to_get_one(tmp_path):
     message = _predict_error(tmp_path / "nowhere")
     assert "lstm-cli train" in message and "--model" in message
+
+
+def test_mixed_precision_training_exports_a_float32_model(data_dir, tmp_path, monkeypatch):
+    import keras
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from lstm_cli import devices
+
+    def mixed_on_cpu(config, **kwargs):  # what a GPU machine decides for --mixed-precision, here on the CPU
+        return devices.DevicePlan("cpu", 0, "default", False, True)
+
+    monkeypatch.setattr(devices, "decide", mixed_on_cpu)
+    args = ["train", str(data_dir / "train.csv"), "-m", str(tmp_path / "m"), *TINY, "--epochs", "1"]
+    result = runner.invoke(app, [*args, "--mixed-precision"])
+    assert result.exit_code == 0, result.output
+    trained = keras.saving.load_model(tmp_path / "m" / "model.keras")
+    assert trained.get_layer("lstm_1").dtype_policy.name == "mixed_float16"  # training did run in float16
+    assert keras.config.dtype_policy().name == "float32"  # and left the global policy as it found it
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((tmp_path / "m" / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    half = [
+        n.name
+        for n in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+        for value in n.attr.values()
+        if value.type == types_pb2.DT_HALF or types_pb2.DT_HALF in value.list.type
+    ]
+    assert half == []  # the serving network computes in float32
+    predicted = runner.invoke(app, ["predict", "-m", str(tmp_path / "m"), "--format", "json", "good great"])
+    assert predicted.exit_code == 0, predicted.output
+    assert sum(json.loads(predicted.stdout)["probabilities"].values()) == pytest.approx(1, abs=1e-6)

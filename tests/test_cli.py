@@ -234,3 +234,65 @@ def test_predict_usage_errors(trained_model, tmp_path):
     assert both.exit_code == 2 and "not both" in both.stderr
     missing = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", "nope.txt"])
     assert missing.exit_code == 1 and "nope.txt: file not found" in missing.stderr
+
+
+# --- options that had no test ---------------------------------------------------------------------------
+
+
+def test_validation_data_device_cpu_and_mixed_precision_on_a_cpu_machine(data_dir, tmp_path):
+    import keras
+
+    validation = write_csv(tmp_path / "val.csv", toy_rows(21, seed=9))
+    args = ["train", str(data_dir / "train.csv"), *TINY[:-1], "--epochs", "1", "--validation-data", str(validation)]
+    result = runner.invoke(app, [*args, "-m", str(tmp_path / "m"), "--device", "cpu", "--mixed-precision"])
+    assert result.exit_code == 0, result.output
+    training = json.loads((tmp_path / "m" / "metadata.json").read_text())["training"]
+    assert training["rows"] == {"train": 120, "validation": 21}  # all of DATA trains, none is split off
+    assert training["validation"]["path"] == str(validation.resolve()) and training["validation"]["rows"] == 21
+    # --device cpu, and --mixed-precision declined on a CPU: float32, with a warning
+    assert training["device"] == "CPU" and "Training on CPU" in result.stderr
+    assert "Warning: --mixed-precision needs a GPU (float16 is slower on a CPU); training in float32" in result.stderr
+    assert keras.config.dtype_policy().name == "float32"
+
+    unseen = write_csv(tmp_path / "unseen.csv", [*toy_rows(6, seed=9), ("odd words", "surprise")])
+    refused = runner.invoke(app, [*args[:-1], str(unseen), "-m", str(tmp_path / "m2")])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("Error")]
+    assert errors == [f"Error: {unseen}: validation labels not in the training data: 'surprise'"]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "m2").exists()
+
+
+def test_evaluate_writes_the_json_report_to_a_file(trained_model, data_dir, tmp_path):
+    out = tmp_path / "reports" / "metrics[1].json"
+    out.parent.mkdir()
+    result = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout  # the tables still go to stdout
+    written = json.loads(out.read_text(encoding="utf-8"))
+    as_json = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "--json"])
+    assert written == json.loads(as_json.stdout)
+    assert written["rows"]["evaluated"] == 45 and len(written["confusion_matrix"]) == 3
+
+
+def test_evaluate_with_no_row_of_a_known_label_is_an_error(trained_model, tmp_path):
+    path = write_csv(tmp_path / "other.csv", [("good", "x"), ("bad", "y"), ("meh", "x")])
+    result = runner.invoke(app, ["evaluate", str(path), "-m", str(trained_model), "--json"])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no row has a label the model knows (labels here: 'x', 'y'" in lines[0]
+    assert "--label-column" in lines[0]
+
+
+def test_a_model_path_that_is_not_a_model_directory_is_refused_untouched(data_dir, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "file.txt").write_text("keep me too")
+    for target in ("mine", "file.txt"):
+        result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY[:-1], "-m", str(tmp_path / target)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is not an lstm-cli model directory" in lines[0] and "--model" in lines[0]
+        assert "epoch" not in result.stderr and "Read " not in result.stderr  # refused before any work
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "file.txt").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine"]

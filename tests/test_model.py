@@ -136,3 +136,19 @@ def test_vocabulary_keeps_frequent_tokens_and_training_ids_match_the_saved_token
         encoded.values[a:b].tolist() for a, b in zip(encoded.row_splits, encoded.row_splits[1:], strict=False)
     ] == from_layer
     assert from_layer[3] == [OOV_ID]
+
+
+def test_training_without_validation_saves_a_working_model(data_dir, tmp_path):
+    from conftest import TINY
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    model = tmp_path / "m"
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["train", str(data_dir / "train.csv"), "-m", str(model), *TINY, "--validation-split", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    predicted = runner.invoke(app, ["predict", "-m", str(model), "good great", "bad awful"])
+    assert predicted.exit_code == 0 and len(predicted.stdout.splitlines()) == 2

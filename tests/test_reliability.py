@@ -88,6 +88,121 @@ def test_resume_refuses_a_different_run(data_dir, tmp_path):
     assert other.exit_code == 1 and "from a run with other data or options" in other.stderr
 
 
+def test_checkpoint_dir_that_lstm_cli_did_not_make_is_refused_untouched(data_dir, tmp_path):
+    mine = tmp_path / "mynotes"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (tmp_path / "plain.txt").write_text("a file")
+    for given in ("mynotes", ".", "plain.txt"):
+        result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *LONG, "--checkpoint-dir", given])
+        assert result.exit_code == 2, (given, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "--checkpoint-dir" in lines[0], lines
+        assert "Traceback" not in result.stderr and result.stdout == ""
+    assert (mine / "notes.txt").read_text() == "my notes" and (tmp_path / "plain.txt").read_text() == "a file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mynotes", "plain.txt"]  # no model: refused before work
+
+
+def test_checkpoint_dir_and_resume_after_a_failed_save(data_dir, tmp_path, monkeypatch):
+    """Saving fails (here: the exported graph fails the op check predict runs, as a bug in lstm-cli would
+    make it), so nothing is installed; --resume then saves the finished run without training again."""
+    from lstm_cli import graphcheck
+    from lstm_cli.owned import CHECKPOINT_MARKER
+
+    args = ["train", str(data_dir / "train.csv"), *TINY[:-1], "-m", "model", "--checkpoint-dir", "ck"]
+    with monkeypatch.context() as patched:
+        patched.setattr(graphcheck, "ALLOWED_OPS", graphcheck.ALLOWED_OPS - {"Softmax"})
+        failed = runner.invoke(app, args)
+    assert failed.exit_code == 1 and failed.stdout == "", failed.output
+    message = failed.stderr.strip().splitlines()[-1]
+    assert "fails the check predict runs before loading" in message and "Softmax" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no model, no staging left; the checkpoint stays
+    assert {CHECKPOINT_MARKER, "state.json", "latest.weights.h5", "best_weights.npz"} <= {
+        p.name for p in (tmp_path / "ck").iterdir()
+    }
+    state = json.loads((tmp_path / "ck" / "state.json").read_text())
+    with np.load(tmp_path / "ck" / "best_weights.npz") as saved:
+        best = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    resumed = runner.invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert f"resuming after epoch {state['epoch']}" in resumed.stderr
+    assert "epoch 1/" not in resumed.stderr  # nothing is trained again: the finished run is only saved
+    for a, b in zip(best, _weights(tmp_path / "model"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert read_metadata(tmp_path / "model")["training"]["history"] == state["history"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the checkpoint lstm-cli made is removed
+
+
+def test_sigterm_after_the_new_model_is_installed_says_so(trained_model, data_dir, tmp_path, monkeypatch):
+    """The message is decided when the signal arrives. Training is patched out (CLI wiring only): `save`
+    installs another complete model, then SIGTERM arrives while it is finishing up."""
+    import shutil
+    from types import SimpleNamespace
+
+    from lstm_cli import artifact, atomic
+    from lstm_cli import train as core
+
+    shutil.copytree(trained_model, tmp_path / "model")
+    before = read_metadata(tmp_path / "model")["id"]
+
+    def save_then_sigterm(result, target, **kwargs):
+        staging = tmp_path / ".model.tmp-new"
+        shutil.copytree(trained_model, staging)
+        meta = json.loads((staging / "metadata.json").read_text())
+        (staging / "metadata.json").write_text(json.dumps({**meta, "id": "new"}))
+        atomic.install(staging, target)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(core, "train", lambda *args, **kwargs: SimpleNamespace(warnings=[]))
+    monkeypatch.setattr(artifact, "save", save_then_sigterm)
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", "model"])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert result.exit_code == 130, result.output
+    assert result.stderr == "Error: interrupted; the new model was already saved at model and is complete\n"
+    assert read_metadata(tmp_path / "model")["id"] == "new" != before
+    # before the new model is in place, the same interruption says the old one is unchanged
+    monkeypatch.setattr(artifact, "save", lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGTERM))
+    try:
+        result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", "model"])
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert result.exit_code == 130 and "the model at model is unchanged" in result.stderr
+
+
+def test_a_file_vanishing_while_the_model_is_read_is_retried(trained_model, tmp_path, monkeypatch):
+    import shutil
+
+    from lstm_cli import predict
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    real = predict.verify_files
+    calls = []
+
+    def vanish_once(root, metadata, **kwargs):
+        calls.append(root)
+        if len(calls) == 1:  # as if `train` swapped a new model in and removed this one mid-read
+            shutil.copytree(model, tmp_path / "new")
+            shutil.rmtree(model)
+            (tmp_path / "new").rename(model)
+            raise FileNotFoundError(2, "No such file or directory")
+        return real(root, metadata, **kwargs)
+
+    monkeypatch.setattr(predict, "verify_files", vanish_once)
+    loaded = predict.Predictor(model)
+    assert len(calls) == 2 and loaded.labels == ["meh", "neg", "pos"]
+    # without a swap, the same error is one line, not a traceback
+    calls.clear()
+    monkeypatch.setattr(predict, "verify_files", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError(2, "gone")))
+    result = runner.invoke(app, ["predict", "-m", str(model), "good"])
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"Error: {model}: could not read the model (gone)"]
+
+
 def test_sigterm_during_training_keeps_the_previous_model(trained_model, data_dir, tmp_path):
     import shutil
 
@@ -103,21 +218,67 @@ def test_sigterm_during_training_keeps_the_previous_model(trained_model, data_di
     verify_files(tmp_path / "model", meta)
 
 
-def _kill_round(workdir: Path, data: Path, old_id: str, delay: float) -> str:
+def _kill_round(workdir: Path, data: Path, delay: float) -> str:
     """Start a train that replaces `workdir/model`, kill -9 it after `delay` s; say what was left."""
+    old = read_metadata(workdir / "model")["id"]
     proc = _start(["train", str(data), *TINY, "--epochs", "2", "-m", "model"], workdir)
     time.sleep(delay)
     proc.kill()
     proc.communicate()
-    meta = read_metadata(workdir / "model")  # raises if the directory is not a complete model
-    verify_files(workdir / "model", meta)
+    return _outcome(workdir / "model", old)
+
+
+def _outcome(model: Path, old_id: str) -> str:
+    meta = read_metadata(model)  # raises if the directory is not a complete model
+    verify_files(model, meta)
     return "old" if meta["id"] == old_id else "new"
+
+
+# Run in a subprocess: `atomic.install(staging, target)`, killed with SIGKILL inside the swap: between the
+# two renames of the fallback (where renameat2 is missing), or just after renameat2's exchange.
+KILL_IN_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from lstm_cli import atomic
+where, staging, target = sys.argv[1:]
+rename, exchange = os.rename, atomic._exchange
+def rename_then_die(src, dst):
+    rename(src, dst)
+    if ".old-" in os.path.basename(dst):  # the first of the two renames: nothing is at the target now
+        os.kill(os.getpid(), signal.SIGKILL)
+def exchange_then_die(a, b):
+    if exchange(a, b):  # the new directory is at the target, the old one at the staging path
+        os.kill(os.getpid(), signal.SIGKILL)
+    return False
+if where == "fallback":
+    atomic._exchange = lambda a, b: False
+    os.rename = rename_then_die
+else:
+    atomic._exchange = exchange_then_die
+atomic.install(Path(staging), Path(target))
+"""
+
+
+def _kill_inside_swap(model: Path, where: str) -> str:
+    """Swap a copy of `model` with a new id in, kill -9 inside the swap; returns the new id."""
+    import shutil
+
+    # named as a staging directory of a process that no longer exists, as the kill leaves it
+    staging = model.with_name(f".{model.name}.tmp-{2**22 + random.randrange(1000)}-{random.getrandbits(32):08x}")
+    shutil.copytree(model, staging)
+    meta = json.loads((staging / "metadata.json").read_text())
+    meta["id"] = f"new-{random.random()}"
+    (staging / "metadata.json").write_text(json.dumps(meta))
+    args = [sys.executable, "-c", KILL_IN_SWAP, where, str(staging), str(model)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    return meta["id"]
 
 
 def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, data_dir, tmp_path):
     import shutil
 
-    rng = random.Random(int(os.environ.get("KILL_SEED", "0")) or None)
+    rng = random.Random(int(os.environ.get("KILL_SEED", "1")))  # fixed: the same kill times every run
     workers = [tmp_path / "a", tmp_path / "b"]
     for w in workers:
         w.mkdir()
@@ -126,26 +287,79 @@ def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, 
     timed = _start(["train", str(data_dir / "train.csv"), *TINY, "--epochs", "2", "-m", "timed"], tmp_path)
     timed.communicate()
     full_run = time.monotonic() - started
-    old_id = read_metadata(trained_model)["id"]
     outcomes = []
 
     def rounds(workdir: Path) -> None:
-        for _ in range(10):
-            old = read_metadata(workdir / "model")["id"]
+        for _ in range(8):
             # Kill times cover the whole run, from start-up through training to the swap.
-            outcome = _kill_round(workdir, data_dir / "train.csv", old, rng.uniform(0.2, full_run * 1.1))
-            outcomes.append(outcome)
+            outcomes.append(_kill_round(workdir, data_dir / "train.csv", rng.uniform(0.2, full_run * 1.1)))
+        # and two kills placed for sure: during training (after the first checkpoint), and right after the
+        # new model appears (the process is still running: removing the old one, printing the summary)
+        old = read_metadata(workdir / "model")["id"]
+        proc = _start(["train", str(data_dir / "train.csv"), *TINY, "--epochs", "2", "-m", "model"], workdir)
+        _wait_for_epoch(workdir / ".model.checkpoint", 1, proc)
+        proc.kill()
+        proc.communicate()
+        outcomes.append(_outcome(workdir / "model", old))
+        proc = _start(["train", str(data_dir / "train.csv"), *TINY, "--epochs", "2", "-m", "model"], workdir)
+        while read_metadata(workdir / "model")["id"] == old and proc.poll() is None:
+            time.sleep(0.001)
+        proc.kill()
+        proc.communicate()
+        outcomes.append(_outcome(workdir / "model", old))
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(rounds, workers))
-    assert len(outcomes) == 20
-    assert old_id  # every round above checked a complete old or new model
+    assert len(outcomes) == 20 and set(outcomes) == {"old", "new"}, outcomes  # both outcomes happen
     for w in workers:  # leftovers of killed runs are hidden siblings, never the model itself
         assert all(p.name.startswith(".") for p in w.iterdir() if p.name != "model")
-    # and the next train clears the staging directories of dead processes
+
+    # one kill inside the swap itself, just after renameat2 exchanged the directories: the new model
+    new = _kill_inside_swap(workers[0] / "model", "exchange")
+    assert read_metadata(workers[0] / "model")["id"] == new
+    verify_files(workers[0] / "model", read_metadata(workers[0] / "model"))
+    # and the next train clears the directories of dead processes
     result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", str(workers[0] / "model")])
     assert result.exit_code == 0, result.output
-    assert not [p for p in workers[0].iterdir() if ".tmp-" in p.name]
+    assert sorted(p.name for p in workers[0].iterdir()) == ["model"]
+
+
+def test_a_kill_inside_the_fallback_swap_is_repaired_by_the_next_predict_info_or_train(
+    trained_model, data_dir, tmp_path
+):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    old = read_metadata(model)["id"]
+    for command in (["predict", "--format", "json", "good"], ["evaluate", str(data_dir / "test.csv")], ["info"]):
+        _kill_inside_swap(model, "fallback")
+        # killed between the two renames: nothing at the target, the old model under a hidden name
+        assert not model.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".model.old-")]
+        result = runner.invoke(app, [*command, "-m", str(model)])
+        assert result.exit_code == 0, result.output
+        assert _outcome(model, old) == "old"  # put back by the reader
+    _kill_inside_swap(model, "fallback")
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "--epochs", "1", "-m", str(model)])
+    assert result.exit_code == 0, result.output
+    assert _outcome(model, old) == "new"  # the old model was put back, then replaced by the new one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # and the dead staging directory removed
+
+
+def test_the_fallback_swap_replaces_the_model_when_not_interrupted(trained_model, tmp_path, monkeypatch):
+    import shutil
+
+    from lstm_cli import atomic
+
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # as where renameat2 is missing
+    shutil.copytree(trained_model, tmp_path / "model")
+    (tmp_path / "model" / "marker").write_text("old")
+    staging = tmp_path / ".model.tmp-1"
+    staging.mkdir()
+    (staging / "marker").write_text("new")
+    atomic.install(staging, tmp_path / "model")
+    assert (tmp_path / "model" / "marker").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 @pytest.mark.parametrize("engine", ["numpy", "tensorflow"])

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, toy_rows, write_csv
-from hypothesis import HealthCheck, given, settings
+from conftest import TINY, toy_rows, unescape_tsv, write_csv
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -225,18 +225,51 @@ def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, d
         ["--pooling", "max,mean", "--embedding-pooling", "max,mean", "--embedding-dropout", "0.2"],
     ],
 )
-def test_every_exported_variant_uses_only_allowed_ops(data_dir, tmp_path, options):
-    from lstm_cli.graphcheck import ALLOWED_OPS, serving_ops
+def test_every_exported_variant_passes_the_op_check(data_dir, tmp_path, options):
+    from lstm_cli.graphcheck import ALLOWED_OPS, SAVER_OPS, check_saved_model, graph_problems
 
     args = ["train", str(data_dir / "train.csv"), *TINY, "--epochs", "1", "-m", str(tmp_path / "m"), *options]
-    assert runner.invoke(app, args).exit_code == 0
-    ops = serving_ops((tmp_path / "m" / "saved_model.pb").read_bytes(), "serving_default")
-    assert {"MatMul", "StringSplitV2", "Softmax"} <= ops <= ALLOWED_OPS
+    assert runner.invoke(app, args).exit_code == 0  # train runs the check before installing the model
+    ops, problems = graph_problems((tmp_path / "m" / "saved_model.pb").read_bytes(), "serving_default")
+    assert problems == []
+    assert {"MatMul", "StringSplitV2", "Softmax", "LookupTableImportV2", "RestoreV2", "SaveV2"} <= ops
+    assert ops <= ALLOWED_OPS | SAVER_OPS.keys()
     assert ops.isdisjoint({"ReadFile", "WriteFile", "PyFunc", "EagerPyFunc", "PrintV2"})
+    check_saved_model(tmp_path / "m" / "saved_model.pb", "serving_default")
+
+
+def _plant(model: Path, module, tmp_path: Path, **save_kwargs) -> None:
+    """Replace the SavedModel in `model` with `module`'s, and rewrite the hashes as a forger would."""
+    import hashlib
+    import shutil
+
+    import tensorflow as tf
+
+    shutil.rmtree(model / "variables")
+    (model / "saved_model.pb").unlink()
+    tf.saved_model.save(module, str(tmp_path / "planted"), **save_kwargs)
+    for item in (tmp_path / "planted").iterdir():
+        if not (model / item.name).exists():
+            shutil.move(str(item), model / item.name)
+    meta = json.loads((model / "metadata.json").read_text())
+    meta["files"] = {  # a forger can rewrite the hashes too; the op check does not rely on them
+        p.relative_to(model).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in model.rglob("*")
+        if p.is_file() and p.name != "metadata.json"
+    }
+    (model / "metadata.json").write_text(json.dumps(meta))
+
+
+def _refused(model: Path) -> str:
+    # The numpy engine never runs the SavedModel's graph; these checks are for serving it through TensorFlow.
+    result = runner.invoke(app, ["predict", "-m", str(model), "hello", "--engine", "tensorflow"])
+    assert result.exit_code == 1 and result.stdout == "" and "Traceback" not in result.stderr, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to load it" in lines[0]
+    return lines[0]
 
 
 def test_a_planted_file_reading_graph_is_refused(trained_model, tmp_path):
-    import hashlib
     import shutil
 
     import tensorflow as tf
@@ -249,20 +282,152 @@ def test_a_planted_file_reading_graph_is_refused(trained_model, tmp_path):
 
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
-    shutil.rmtree(model / "variables")
-    (model / "saved_model.pb").unlink()
     module = Planted()
-    tf.saved_model.save(module, str(tmp_path / "planted"), signatures={"serving_default": module.serve})
-    for item in (tmp_path / "planted").iterdir():
-        shutil.move(str(item), model / item.name)
-    meta = json.loads((model / "metadata.json").read_text())
-    meta["files"] = {  # a forger can rewrite the hashes too; the op check does not rely on them
-        p.relative_to(model).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in model.rglob("*")
-        if p.is_file() and p.name != "metadata.json"
-    }
-    (model / "metadata.json").write_text(json.dumps(meta))
-    # The numpy engine never runs the SavedModel's graph; this is about serving it through TensorFlow.
-    result = runner.invoke(app, ["predict", "-m", str(model), "hello", "--engine", "tensorflow"])
-    assert result.exit_code == 1 and result.stdout == ""
-    assert "operations lstm-cli never exports (ReadFile, " in result.stderr and "Traceback" not in result.stderr
+    _plant(model, module, tmp_path, signatures={"serving_default": module.serve})
+    assert "operations lstm-cli never exports (ReadFile, " in _refused(model)
+
+
+@pytest.mark.parametrize("where", ["resource initializer", "unused library function"])
+def test_a_file_write_anywhere_in_the_saved_model_is_refused_before_loading(trained_model, tmp_path, where):
+    import shutil
+
+    import tensorflow as tf
+
+    written = tmp_path / "pwned.txt"
+
+    class Writer(tf.saved_model.experimental.TrackableResource):
+        """A resource whose initializer, run by tf.saved_model.load, writes a file."""
+
+        def _create_resource(self):
+            return tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[], shared_name="planted")
+
+        def _initialize(self):
+            tf.io.write_file(str(written), "planted")
+
+    class Planted(tf.Module):
+        def __init__(self):
+            super().__init__()
+            if where == "resource initializer":
+                self.writer = Writer()
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+        def serve(self, text):
+            return {"probabilities": tf.fill([tf.shape(text)[0], 3], 1 / 3)}
+
+        @tf.function(input_signature=[])
+        def unused(self):
+            tf.io.write_file(str(written), "planted")
+            return tf.constant(0)
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    module = Planted()
+    module.unused.get_concrete_function()
+    _plant(model, module, tmp_path, signatures={"serving_default": module.serve})
+    if written.exists():  # saving ran the initializer once; what matters is that loading does not
+        written.unlink()
+    assert "WriteFile" in _refused(model)
+    assert not written.exists()
+
+
+@pytest.mark.parametrize("role", ["save", "restore"])
+def test_checkpoint_io_outside_the_savers_own_functions_is_refused(trained_model, role):
+    from tensorflow.core.framework import node_def_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from lstm_cli.graphcheck import graph_problems
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((trained_model / "saved_model.pb").read_bytes())
+    graph = saved.meta_graphs[0].graph_def
+    # plant the op a saver function uses in a function that loading runs (a resource initializer)
+    initializer = next(f for f in graph.library.function if f.signature.name.startswith("__inference__initializer"))
+    initializer.node_def.append(
+        node_def_pb2.NodeDef(name="planted", op={"save": "SaveV2", "restore": "RestoreV2"}[role])
+    )
+    _, problems = graph_problems(saved.SerializeToString(), "serving_default")
+    assert problems == [f"{'SaveV2' if role == 'save' else 'RestoreV2'} outside the saver's functions"]
+
+
+# --- any label, through every command -----------------------------------------------------------------------
+
+# Smaller than TINY: these tests train one model per label set, and only check how labels travel.
+MICRO = [
+    "--embedding-dim", "4", "--units", "2", "--dense-units", "0", "--max-tokens", "20", "--epochs", "1",
+    "--batch-size", "16", "--validation-split", "0", "--quiet",
+]  # fmt: skip
+
+
+def _every_command(workdir: Path, labels: list[str], data_name: str = "data.csv") -> dict[str, str]:
+    """Train on `labels`, then predict in every format, evaluate and info; returns each command's stdout.
+
+    Asserts what must hold for any label: exit 0, no traceback, one line per input, labels exact in JSON."""
+    rows = [(f"w{i} common {j}", label) for i, label in enumerate(labels) for j in range(3)]
+    data = workdir / data_name
+    with data.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, quoting=csv.QUOTE_ALL)
+        writer.writerows([("text", "label"), *rows, ("", labels[0])])  # the empty text: a skipped-rows warning
+    model = str(workdir / "m")
+    outputs = {}
+    expected = sorted({label.strip() for label in labels})
+    train = runner.invoke(app, ["train", str(data), "-m", model, *MICRO[:-1]])
+    assert train.exit_code == 0 and train.stdout == f"{model}\n", train.output
+    texts = [f"w{i} common" for i in range(len(labels))] + ["", "unknown words"]
+    for fmt, k in (("tsv", "2"), ("label", "2"), ("json", "2")):
+        out = runner.invoke(app, ["predict", "-m", model, "--format", fmt, "--top-k", k, "-"], input="\n".join(texts))
+        assert out.exit_code == 0 and out.stderr == "", out.output
+        lines = out.stdout.split("\n")
+        assert lines[-1] == "" and len(lines) - 1 == len(texts), lines  # exactly one line per input
+        outputs[f"{fmt}{k}"] = out.stdout
+    records = [json.loads(line) for line in outputs["json2"].split("\n")[:-1]]
+    assert all(sorted(r["probabilities"]) == expected and r["label"] in expected for r in records)
+    # tsv and label fields decode (backslash escapes) to exactly the labels JSON gives
+    for tsv, label, record in zip(*(outputs[f].split("\n")[:-1] for f in ("tsv2", "label2")), records, strict=True):
+        top = [t["label"] for t in record["top"]]
+        assert [unescape_tsv(x) for x in tsv.split("\t")[0::2]] == top == [unescape_tsv(x) for x in label.split("\t")]
+        assert len(set(top)) == 2 and top[0] == record["label"]
+    report = workdir / "report.json"
+    evaluated = runner.invoke(app, ["evaluate", str(data), "-m", model, "-o", str(report)])
+    assert evaluated.exit_code == 0 and "Traceback" not in evaluated.output, evaluated.output
+    assert sorted(json.loads(report.read_text(encoding="utf-8"))["per_class"]) == expected
+    outputs["evaluate"], outputs["evaluate_stderr"] = evaluated.stdout, evaluated.stderr
+    info = runner.invoke(app, ["info", "-m", model, "--json"])
+    assert info.exit_code == 0 and json.loads(info.stdout)["labels"] == expected
+    human = runner.invoke(app, ["info", "-m", model])
+    assert human.exit_code == 0, human.output
+    outputs["info"], outputs["train_stderr"] = human.stdout, train.stderr
+    return outputs
+
+
+def test_markup_control_characters_and_tabs_in_labels_and_paths_are_shown_literally(tmp_path):
+    labels = ["[/x]", "[positive]", ":smile:", "multi\nline", "tab\tbed", "back\\slash"]
+    out = _every_command(tmp_path, labels, data_name="data[1].csv")
+    assert "Warning: " in out["train_stderr"] and f"{tmp_path}/data[1].csv: skipped 1 rows" in out["train_stderr"]
+    assert f"Read 18 rows from {tmp_path}/data[1].csv" in out["train_stderr"]
+    for shown in ("[/x]", "[positive]", ":smile:", "multi\\nline", "tab\\tbed", "back\\slash"):
+        assert shown in out["evaluate"] and shown in out["info"] and shown in out["train_stderr"], shown
+    assert "😄" not in out["evaluate"] + out["info"] + out["train_stderr"]
+    assert f"Warning: {tmp_path}/data[1].csv: skipped 1 rows (1 with empty text)" in out["evaluate_stderr"]
+    # the default format: a label's tab, newline and backslash are backslash escapes, as documented
+    first = {line.split("\t")[0] for line in out["tsv2"].split("\n")[:-1]}
+    assert first <= {"[/x]", "[positive]", ":smile:", "multi\\nline", "tab\\tbed", "back\\\\slash"}
+
+
+label_strategy = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+    st.sampled_from(["[/x]", "[b]bold[/b]", ":smile:", "  spaced", "a\tb", "a\nb", "a\rb", "\\", "🙂", "\x1b[31m"]),
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=200, max_size=400),  # very long
+).filter(lambda label: label.strip() != "")
+
+
+# A model per example: few examples, the same ones every run, and no shrinking (each step trains a model).
+@settings(
+    max_examples=2,
+    deadline=None,
+    derandomize=True,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(labels=st.lists(label_strategy, min_size=2, max_size=3, unique_by=str.strip))
+def test_any_labels_go_through_train_predict_evaluate_and_info(tmp_path_factory, labels):
+    _every_command(tmp_path_factory.mktemp("labels"), labels)

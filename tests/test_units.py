@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
+from conftest import unescape_tsv
 
 from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
 from lstm_cli.config import TrainConfig
@@ -110,3 +114,68 @@ def test_auto_batch_size_is_the_largest_power_of_two_leaving_100_steps_an_epoch(
         assert rows / 32 < 100
     else:
         assert rows / 512 >= 100
+
+
+# --- stratified validation split ----------------------------------------------------------------------------
+
+
+def test_stratified_split_holds_out_the_fraction_of_every_class():
+    from lstm_cli.train import stratified_split
+
+    labels = ["a"] * 50 + ["b"] * 30 + ["c"] * 7 + ["d"] * 2 + ["e"]
+    train, validation, warnings = stratified_split(labels, 0.2, seed=3)
+    assert sorted([*train, *validation]) == list(range(len(labels)))  # every row on exactly one side
+    held = {x: sum(labels[i] == x for i in validation) for x in "abcde"}
+    # round(n * fraction), but at least one row and never the whole class
+    assert held == {"a": 10, "b": 6, "c": 1, "d": 1, "e": 0}
+    assert warnings == ["class 'e' has a single row: kept for training, absent from validation"]
+    again, _, _ = stratified_split(labels, 0.2, seed=3)
+    other, _, _ = stratified_split(labels, 0.2, seed=4)
+    np.testing.assert_array_equal(train, again)  # seeded
+    assert not np.array_equal(train, other)
+
+
+# --- output escaping ----------------------------------------------------------------------------------------
+
+NASTY_LABELS = ["multi\nline", "tab\tbed", "back\\slash", "cr\rhere", "\\n literally", "[/x]", "plain"]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_tsv_and_label_lines_are_one_line_per_text_and_unambiguous(k):
+    from lstm_cli.predict import Predictions
+    from lstm_cli.render import prediction_lines
+
+    rng = np.random.default_rng(k)
+    probabilities = rng.dirichlet(np.ones(len(NASTY_LABELS)), size=40).astype(np.float32)
+    batch = Predictions([f"text {i}" for i in range(40)], probabilities)
+    expected = [[NASTY_LABELS[i] for i in row] for row in np.argsort(-probabilities, axis=1, kind="stable")[:, :k]]
+    tsv = "\n".join(prediction_lines(batch, NASTY_LABELS, "tsv", k)) + "\n"
+    labels = "\n".join(prediction_lines(batch, NASTY_LABELS, "label", k)) + "\n"
+    for output, step in ((tsv, 2), (labels, 1)):
+        lines = output.split("\n")[:-1]
+        assert len(lines) == 40
+        decoded = [[unescape_tsv(f) for f in line.split("\t")[::step]] for line in lines]
+        assert decoded == expected
+    records = [json.loads(line) for line in prediction_lines(batch, NASTY_LABELS, "json", k)]
+    assert [r["label"] for r in records] == [row[0] for row in expected]  # JSON: exact, no escapes
+
+
+def test_shown_text_is_literal_and_on_one_line():
+    from rich.console import Console
+
+    from lstm_cli.render import literal, warning
+
+    console = Console(file=io.StringIO(), width=200, emoji=False, highlight=False, color_system=None)
+    for value in ["[/x]", "[bold]b[/bold]", "data[1].csv", ":smile:", "a\nb", "esc\x1b[31m", "\x85"]:
+        console.print(warning(f"{value} here"))
+        console.print(literal(value))
+    lines = console.file.getvalue().splitlines()
+    assert lines == [
+        "Warning: [/x] here", "[/x]",
+        "Warning: [bold]b[/bold] here", "[bold]b[/bold]",
+        "Warning: data[1].csv here", "data[1].csv",
+        "Warning: :smile: here", ":smile:",
+        "Warning: a\\nb here", "a\\nb",
+        "Warning: esc\\x1b[31m here", "esc\\x1b[31m",
+        "Warning: \\x85 here", "\\x85",
+    ]  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,7 @@ import typer
 from lstm_cli import __version__
 from lstm_cli.artifact import MODEL_ENV
 from lstm_cli.config import TrainConfig
-from lstm_cli.errors import LstmCliError
+from lstm_cli.errors import LstmCliError, UsageError
 
 app = typer.Typer(
     name="lstm-cli",
@@ -91,11 +92,19 @@ ClassWeightOpt = Annotated[
 def _console():
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    # No emoji codes either: a label ':smile:' is shown as typed. User text goes in as rich Text (render.literal).
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    from lstm_cli.render import shown
+
+    typer.echo(f"Error: {shown(message)}", err=True)  # one line, whatever paths or labels it quotes
+    return typer.Exit(code)
 
 
 @contextlib.contextmanager
-def _errors(verbose: bool = False, interrupted_hint: str = ""):
+def _errors(verbose: bool = False, interrupted_hint: Callable[[], str] = str):
     """The one place core errors become `Error: ...` and an exit code."""
     if verbose:
         from lstm_cli.tf_setup import set_verbose
@@ -103,12 +112,12 @@ def _errors(verbose: bool = False, interrupted_hint: str = ""):
         set_verbose(True)
     try:
         yield
+    except UsageError as e:
+        raise _fail(str(e), 2) from None
     except LstmCliError as e:
-        typer.echo(f"Error: {e}", err=True)
-        raise typer.Exit(1) from None
+        raise _fail(str(e), 1) from None
     except KeyboardInterrupt:
-        typer.echo(f"Error: interrupted{interrupted_hint}", err=True)
-        raise typer.Exit(130) from None
+        raise _fail(f"interrupted{interrupted_hint()}", 130) from None
 
 
 def _engine_note(predictor, verbose: bool) -> None:
@@ -160,10 +169,11 @@ def explicit(ctx: typer.Context, name: str):
 
 
 def warn(console, warnings: list[str]) -> None:
-    from rich.markup import escape
+    """Each warning on its own line, shown literally (they carry paths, labels and values from the user)."""
+    from lstm_cli.render import warning
 
-    for warning in warnings:
-        console.print(f"[yellow]Warning:[/] {escape(warning)}")
+    for message in warnings:
+        console.print(warning(message))
 
 
 def _version(value: bool) -> None:

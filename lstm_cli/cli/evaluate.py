@@ -59,7 +59,7 @@ def evaluate_cli(
         _engine_note(predictor, verbose)
         report = evaluate_model(predictor, dataset)
         for warning in render.evaluation_warnings(report):
-            console.print(f"[yellow]Warning:[/] {warning}")
+            console.print(render.warning(warning))
         if output is not None:
             output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         if as_json:

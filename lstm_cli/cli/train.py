@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -133,45 +133,63 @@ def train_cli(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     console = _console()
-    say = (lambda *a, **k: None) if quiet else console.print
-
-    def stage(message: str) -> None:  # core messages carry file names: shown literally, not as markup
-        from rich.markup import escape
-
-        say(escape(message))
-
     checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
-    kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
-    hint = f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"
+    before = _model_id(model)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
-    with _errors(verbose, interrupted_hint=hint):
+    with _errors(verbose, interrupted_hint=lambda: _interrupted(model, before)):
+        from lstm_cli import render
+        from lstm_cli.artifact import check_writable, save
+        from lstm_cli.owned import check_checkpoint_dir, remove_checkpoint_dir
+
+        # Paths first: a model or checkpoint path lstm-cli would not replace is refused before any work.
+        check_writable(model)
+        check_checkpoint_dir(checkpoints, model=model)
+
+        def say(message: str) -> None:
+            if not quiet:
+                console.print(render.literal(message))
+
         from lstm_cli.data import read_labeled
 
         read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
                 "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
         dataset = read_labeled(data, **read)
         validation = read_labeled(validation_data, **read) if validation_data else None
-        from lstm_cli import render
-        from lstm_cli.artifact import check_writable, save
-
-        check_writable(model)
         from lstm_cli.train import train as train_model
 
-        width = vectors_warnings(vectors, explicit(ctx, "embedding_dim"))
-        warn(console, [*width, *render.skipped_warnings(dataset, validation)])
+        warn(console, [*vectors_warnings(vectors, explicit(ctx, "embedding_dim")),
+                       *render.skipped_warnings(dataset, validation)])  # fmt: skip
         say(f"Read {len(dataset):,} rows from {data}")
         result = train_model(
             config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
-            on_epoch=None if quiet else lambda report: say(render.epoch_line(report)),
-            on_stage=stage,
+            on_epoch=lambda report: say(render.epoch_line(report)),
+            on_stage=say,
             checkpoint_dir=checkpoints,
             resume=resume,
+            model_dir=model,
         )  # fmt: skip
         warn(console, result.warnings)
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
                      skipped=dict(dataset.skipped))  # fmt: skip
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        remove_checkpoint_dir(checkpoints)
         if not quiet:
             console.print(render.train_summary(result, model))
     typer.echo(str(model))
+
+
+def _model_id(model: Path) -> str | None:
+    """The id in the model's metadata.json, or None if there is no readable model (no TensorFlow needed)."""
+    try:
+        return json.loads((model / "metadata.json").read_text(encoding="utf-8")).get("id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _interrupted(model: Path, before: str | None) -> str:
+    """What an interruption left, judged when it happens: the new model may already be in place."""
+    now = _model_id(model)
+    if now is not None and now != before:
+        return f"; the new model was already saved at {model} and is complete"
+    kept = f"the model at {model} is unchanged" if before is not None else f"no model was saved at {model}"
+    return f"; {kept}. Continue from the last finished epoch by repeating the command with --resume"

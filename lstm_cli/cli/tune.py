@@ -105,13 +105,13 @@ def tune_cli(
     say = (lambda *a, **k: None) if quiet else console.print
 
     def stage(message: str) -> None:  # core messages carry file names: shown literally, not as markup
-        from rich.markup import escape
+        from lstm_cli.render import literal
 
-        say(escape(message))
+        say(literal(message))
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the search as Ctrl-C does
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
-    with _errors(verbose, interrupted_hint=f" before the first trial finished; {kept}"):
+    with _errors(verbose, interrupted_hint=lambda: f" before the first trial finished; {kept}"):
         from lstm_cli.data import read_labeled
 
         read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
