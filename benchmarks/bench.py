@@ -1,10 +1,13 @@
 """How fast lstm-cli is, measured on this machine in one process tree, beside the seeds' Keras recipe.
 
 Reports training useful (non-padding) tokens/s and rows/s, epoch time, test accuracy, the same on long
-documents, streaming predict lines/s and tokens/s, cold one-off predict, `--help`, peak RSS, and the
-machine's matmul GFLOP/s with the fraction of it training reaches. Short measurements are medians.
+documents, streaming predict lines/s and tokens/s and cold one-off predict through the numpy engine (the
+default) and through TensorFlow (`--engine tensorflow`, the only path before the engine) in the same run,
+cold explain, `--help`, peak RSS, and the machine's matmul GFLOP/s with the fraction of it training
+reaches. Short measurements are medians. `--model DIR` serves an already trained model and skips the
+training rows.
 
-    python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3]
+    python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3] [--model DIR]
 
 DATA must hold train.csv and test.csv with text,label columns. Nothing here asserts a speed."""
 
@@ -34,14 +37,18 @@ def tokens(text: str, max_length: int = 200) -> int:
     return min(max_length, len(_PUNCTUATION.sub("", text.lower()).split()))
 
 
+LAST_CPU_S = [0.0]  # user + system CPU seconds of the last child run() waited for
+
+
 def run(args: list[str], *, stdin: Path | None = None) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MiB, stdout) of one child process."""
+    """(seconds, peak RSS in MiB, stdout) of one child process; its CPU time goes to LAST_CPU_S."""
     with open(stdin or os.devnull, "rb") as source, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(args, stdin=source, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)  # reaps the child and gives its own rusage
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
+        LAST_CPU_S[0] = usage.ru_utime + usage.ru_stime
         out.seek(0)
         err.seek(0)
         if proc.returncode:
@@ -120,6 +127,50 @@ def train_figures(data: Path, model: Path, extra: list[str], flops_per_token: fl
     }
 
 
+def stream_figures(model: Path, engine: str, lines: list[str], stream: Path, one: Path, repeats: int) -> dict:
+    """Cold one-off and streaming predict through one engine (`--engine`), as separate processes."""
+    predict = [*LSTM_CLI, "predict", "-m", str(model), "--engine", engine]
+    cold, cold_cpu = [], []
+    for _ in range(repeats):
+        cold.append(run([*predict, "-"], stdin=one)[0])
+        cold_cpu.append(LAST_CPU_S[0])  # CPU time: what a busy machine does not inflate much
+    cold = statistics.median(cold)
+    full, cpu = [], []
+    for _ in range(repeats):
+        full.append(run([*predict, "-"], stdin=stream))
+        cpu.append(LAST_CPU_S[0])
+    stream_s = statistics.median(s for s, _, _ in full) - cold
+    return {
+        "cold_one_line_s": cold,
+        "cold_one_line_cpu_s": statistics.median(cold_cpu),
+        "cold_argument_s": median_run([*predict, lines[0]], repeats),
+        "stream_lines": len(lines),
+        "stream_s_after_load": stream_s,
+        "lines_per_s": len(lines) / stream_s,
+        "tokens_per_s": sum(tokens(t) for t in lines) / stream_s,
+        "cpu_s": statistics.median(cpu),
+        "peak_rss_mib": max(rss for _, rss, _ in full),
+        "output_lines_ok": all(len(out.splitlines()) == len(lines) for _, _, out in full),
+    }
+
+
+def predict_figures(r: dict, args, model: Path, train_csv: Path, tmp: Path) -> None:
+    """predict through the numpy engine (the default) and through TensorFlow (before: the only path),
+    explain, and --help; all in this run, on the same model and lines."""
+    texts = [t for t, _ in read_rows(train_csv)]
+    lines = (texts * (args.stream_lines // len(texts) + 1))[: args.stream_lines]
+    stream = tmp / "stream.txt"
+    stream.write_text("\n".join(t.replace("\n", " ") for t in lines) + "\n", encoding="utf-8")
+    one = tmp / "one.txt"
+    one.write_text(lines[0] + "\n", encoding="utf-8")
+    r["predict_tensorflow"] = stream_figures(model, "tensorflow", lines, stream, one, args.repeats)
+    r["predict"] = stream_figures(model, "numpy", lines, stream, one, args.repeats)
+    r["predict"]["speedup_lines_per_s"] = r["predict"]["lines_per_s"] / r["predict_tensorflow"]["lines_per_s"]
+    explain = [*LSTM_CLI, "explain", "-m", str(model), lines[0]]
+    r["explain_cold_s"] = median_run(explain, args.repeats)
+    r["explain_ig_cold_s"] = median_run([*explain, "--method", "integrated-gradients"], args.repeats)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="directory with train.csv and test.csv")
@@ -127,6 +178,7 @@ def main() -> None:
     parser.add_argument("--stream-lines", type=int, default=100_000)
     parser.add_argument("--recipe-steps", type=int, default=150)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--model", type=Path, help="serve this trained model; skips the training and recipe rows")
     args = parser.parse_args()
     train_csv, test_csv = args.data / "train.csv", args.data / "test.csv"
     r = {"data": str(args.data), "cpus": os.cpu_count()}
@@ -140,8 +192,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        r["train"] = train_figures(train_csv, tmp / "model", [], flops_per_token)
-        _, _, out = run([*LSTM_CLI, "evaluate", str(test_csv), "-m", str(tmp / "model"), "--json"])
+        model = args.model or tmp / "model"
+        if args.model:  # only the serving rows: predict, explain, --help
+            predict_figures(r, args, model, train_csv, tmp)
+            print(json.dumps(r, indent=2) if args.json else table(r))
+            return
+        r["train"] = train_figures(train_csv, model, [], flops_per_token)
+        _, _, out = run([*LSTM_CLI, "evaluate", str(test_csv), "-m", str(model), "--json"])
         r["test_accuracy"] = json.loads(out)["accuracy"]
         r["test_macro_f1"] = json.loads(out)["macro_f1"]
 
@@ -151,26 +208,7 @@ def main() -> None:
         )
         r["long"]["documents"] = docs
 
-        texts = [t for t, _ in read_rows(train_csv)]
-        lines = (texts * (args.stream_lines // len(texts) + 1))[: args.stream_lines]
-        stream = tmp / "stream.txt"
-        stream.write_text("\n".join(t.replace("\n", " ") for t in lines) + "\n", encoding="utf-8")
-        one = tmp / "one.txt"
-        one.write_text(lines[0] + "\n", encoding="utf-8")
-        predict = [*LSTM_CLI, "predict", "-m", str(tmp / "model"), "-"]
-        cold = statistics.median(run(predict, stdin=one)[0] for _ in range(args.repeats))
-        full = [run(predict, stdin=stream) for _ in range(args.repeats)]
-        stream_s = statistics.median(s for s, _, _ in full) - cold
-        r["predict"] = {
-            "cold_one_line_s": cold,
-            "cold_argument_s": median_run([*LSTM_CLI, "predict", "-m", str(tmp / "model"), lines[0]], args.repeats),
-            "stream_lines": len(lines),
-            "stream_s_after_load": stream_s,
-            "lines_per_s": len(lines) / stream_s,
-            "tokens_per_s": sum(tokens(t) for t in lines) / stream_s,
-            "peak_rss_mib": max(rss for _, rss, _ in full),
-            "output_lines_ok": all(len(out.splitlines()) == len(lines) for _, _, out in full),
-        }
+        predict_figures(r, args, model, train_csv, tmp)
     _, _, out = run([sys.executable, str(HERE / "keras_recipe.py"), str(train_csv), "--steps", str(args.recipe_steps)])
     r["keras_recipe"] = json.loads(out.strip().splitlines()[-1])
     r["fraction_of_matmul_peak"] = r["train"]["gflops"] / r["matmul_gflops"]
@@ -180,26 +218,41 @@ def main() -> None:
 
 
 def table(r: dict) -> str:
-    t, lg, p, k = r["train"], r["long"], r["predict"], r["keras_recipe"]
-    rows = [
-        ("machine: fp32 matmul (numpy, 2048^2)", f"{r['matmul_gflops']:.0f} GFLOP/s on {r['cpus']} CPUs"),
-        ("train: useful tokens/s (epochs 2+)", f"{t['tokens_per_s']:,.0f}  ({r['speedup_vs_recipe']:.1f}x recipe)"),
-        ("train: rows/s (epochs 2+)", f"{t['rows_per_s']:,.0f}"),
-        ("train: epoch time, first epoch", f"{t['epoch_s']:.1f} s, {t['first_epoch_s']:.1f} s (with tracing)"),
-        ("train: wall time (load, fit, save)", f"{t['wall_s']:.1f} s, {t['epochs_run']} epochs, batch {t['batch_size']}"),  # noqa: E501
-        ("train: fraction of matmul peak", f"{r['fraction_of_matmul_peak']:.1%} ({t['gflops']:.1f} GFLOP/s)"),
-        ("train: peak RSS", f"{t['peak_rss_mib']:,.0f} MiB"),
-        ("test accuracy / macro-F1", f"{r['test_accuracy']:.4f} / {r['test_macro_f1']:.4f}"),
-        ("long docs: useful tokens/s", f"{lg['tokens_per_s']:,.0f}  ({r['long_speedup_vs_recipe']:.1f}x the recipe; "
-                                       f"{lg['documents']:,} docs, {lg['mean_tokens']:.0f} tokens avg)"),
-        ("predict: streaming lines/s (after load)", f"{p['lines_per_s']:,.0f}  ({p['stream_lines']:,} lines)"),
-        ("predict: streaming tokens/s", f"{p['tokens_per_s']:,.0f}"),
-        ("predict: cold one-off (stdin / argument)", f"{p['cold_one_line_s']:.2f} s / {p['cold_argument_s']:.2f} s "
-                                                    f"(TensorFlow import alone {r['tf_import_s']:.2f} s)"),
-        ("predict: peak RSS", f"{p['peak_rss_mib']:,.0f} MiB"),
+    p, pt = r["predict"], r["predict_tensorflow"]
+    rows = [("machine: fp32 matmul (numpy, 2048^2)", f"{r['matmul_gflops']:.0f} GFLOP/s on {r['cpus']} CPUs")]
+    if "train" in r:
+        t, lg, k = r["train"], r["long"], r["keras_recipe"]
+        rows += [
+            ("train: useful tokens/s (epochs 2+)", f"{t['tokens_per_s']:,.0f}  ({r['speedup_vs_recipe']:.1f}x recipe)"),
+            ("train: rows/s (epochs 2+)", f"{t['rows_per_s']:,.0f}"),
+            ("train: epoch time, first epoch", f"{t['epoch_s']:.1f} s, {t['first_epoch_s']:.1f} s (with tracing)"),
+            ("train: wall time (load, fit, save)", f"{t['wall_s']:.1f} s, {t['epochs_run']} epochs, batch {t['batch_size']}"),  # noqa: E501
+            ("train: fraction of matmul peak", f"{r['fraction_of_matmul_peak']:.1%} ({t['gflops']:.1f} GFLOP/s)"),
+            ("train: peak RSS", f"{t['peak_rss_mib']:,.0f} MiB"),
+            ("test accuracy / macro-F1", f"{r['test_accuracy']:.4f} / {r['test_macro_f1']:.4f}"),
+            ("long docs: useful tokens/s", f"{lg['tokens_per_s']:,.0f}  ({r['long_speedup_vs_recipe']:.1f}x the recipe; "  # noqa: E501
+                                           f"{lg['documents']:,} docs, {lg['mean_tokens']:.0f} tokens avg)"),
+        ]  # fmt: skip
+    rows += [
+        ("predict: streaming lines/s (after load)", f"{p['lines_per_s']:,.0f}  (TensorFlow {pt['lines_per_s']:,.0f}: "
+                                                    f"{p['speedup_lines_per_s']:.1f}x; {p['stream_lines']:,} lines)"),
+        ("predict: streaming tokens/s", f"{p['tokens_per_s']:,.0f}  (TensorFlow {pt['tokens_per_s']:,.0f})"),
+        ("predict: CPU seconds for the stream", f"{p['cpu_s']:.1f} s  (TensorFlow {pt['cpu_s']:.1f} s)"),
+        ("predict: cold one-off (stdin / argument)", f"{p['cold_one_line_s']:.2f} s / {p['cold_argument_s']:.2f} s  "
+                                                    f"(TensorFlow {pt['cold_one_line_s']:.2f} s / "
+                                                    f"{pt['cold_argument_s']:.2f} s; its import alone "
+                                                    f"{r['tf_import_s']:.2f} s)"),
+        ("predict: cold one-off, CPU time", f"{p['cold_one_line_cpu_s']:.2f} s  (TensorFlow "
+                                           f"{pt['cold_one_line_cpu_s']:.2f} s)"),
+        ("predict: peak RSS", f"{p['peak_rss_mib']:,.0f} MiB  (TensorFlow {pt['peak_rss_mib']:,.0f} MiB)"),
+        ("explain: cold one-off (occlusion / IG)", f"{r['explain_cold_s']:.2f} s / {r['explain_ig_cold_s']:.2f} s"),
         ("--help", f"{r['help_s']:.3f} s"),
-        ("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)"),
     ]  # fmt: skip
+    if "train" in r:
+        k = r["keras_recipe"]
+        rows.append(
+            ("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)")
+        )
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 

@@ -23,6 +23,9 @@ FORMAT_VERSION = 1
 METADATA = "metadata.json"
 VOCABULARY = "vocabulary.json"
 KERAS_FILE = "model.keras"
+ENGINE_FILE = "engine.json"  # the network as plain JSON, for the numpy engine (lstm_cli.engine)
+ENGINE_WEIGHTS = "engine.npz"  # its weights, float32 arrays by name (read with allow_pickle=False)
+ENGINE_FILES = (ENGINE_FILE, ENGINE_WEIGHTS, VOCABULARY)  # what the numpy engine reads
 SAVED_MODEL = "saved_model.pb"
 SIGNATURE = "serving_default"
 SERVING_FILES = (SAVED_MODEL, "variables/", "assets/")  # what predict reads
@@ -199,6 +202,34 @@ def _write_archive(network, vectorizer, max_length: int, names, directory: Path)
     archive.write_out(str(directory), verbose=False)
 
 
+def _write_engine_files(result, directory: Path) -> None:
+    import numpy as np
+
+    from lstm_cli.engine.export import describe
+
+    description, weights = describe(result.network, vocabulary_file=VOCABULARY, max_length=result.config.max_length)
+    description["weights_file"] = ENGINE_WEIGHTS
+    (directory / ENGINE_FILE).write_text(json.dumps(description, indent=1, ensure_ascii=False), encoding="utf-8")
+    with (directory / ENGINE_WEIGHTS).open("wb") as f:
+        np.savez(f, **weights)
+
+
+def read_verified(model_dir: Path, metadata: dict[str, Any], name: str) -> bytes:
+    """The contents of file `name`, checked against its sha256 in the metadata as read (no time-of-check gap)."""
+    digest = metadata.get("files", {}).get(name)
+    if not isinstance(digest, str):
+        raise ArtifactError(f'{model_dir / METADATA}: "files" does not list {name}; the model directory is incomplete')
+    try:
+        data = (model_dir / name).read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{model_dir / name}: cannot read ({e.strerror}); train the model again") from None
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise ArtifactError(
+            f"{model_dir / name}: contents do not match metadata.json (truncated or modified); train it again"
+        )
+    return data
+
+
 def is_model_dir(path: Path) -> bool:
     return (path / METADATA).is_file() or (path.is_dir() and not any(path.iterdir()))
 
@@ -264,8 +295,10 @@ def save(
         _export_saved_model(result, staging)
         result.network.save(staging / KERAS_FILE)
         (staging / VOCABULARY).write_text(json.dumps(result.vocabulary, ensure_ascii=False), encoding="utf-8")
+        _write_engine_files(result, staging)
         metadata = build_metadata(result, data_fingerprint=data_fingerprint, validation=validation, skipped=skipped)
         metadata.update(extra or {})
+        metadata["engine"] = {"description": ENGINE_FILE, "weights": ENGINE_WEIGHTS, "vocabulary": VOCABULARY}
         metadata["files"] = _artifact_files(staging)
         (staging / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         fsync_tree(staging)

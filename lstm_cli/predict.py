@@ -1,7 +1,11 @@
-"""Serving a model directory: probabilities for batches of texts, and evaluation against known labels."""
+"""Serving a model directory: probabilities for batches of texts, and evaluation against known labels.
+
+Predictions come from the numpy engine (lstm_cli.engine) when it can run the model, else from the SavedModel;
+the fast path never imports TensorFlow."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -13,9 +17,20 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.artifact import SAVED_MODEL, SERVING_FILES, SIGNATURE, read_metadata, verify_files
+from lstm_cli.artifact import (
+    ENGINE_FILE,
+    ENGINE_FILES,
+    SAVED_MODEL,
+    SERVING_FILES,
+    SIGNATURE,
+    VOCABULARY,
+    read_metadata,
+    read_verified,
+    verify_files,
+)
 from lstm_cli.atomic import swap_in_progress
 from lstm_cli.data import LabeledData, batched, clean_text
+from lstm_cli.engine import Engine, Tokenizer, Unsupported
 from lstm_cli.errors import ArtifactError, DataError
 from lstm_cli.graphcheck import check_saved_model
 from lstm_cli.metrics import classification_report
@@ -26,13 +41,28 @@ MODEL_BATCH = 256  # texts per call of the serving function
 _ATTEMPTS = 5
 
 
-def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
-    """Metadata and SavedModel, all read from one directory even if `train` swaps it meanwhile.
+ENGINES = ("auto", "numpy", "tensorflow")
+
+
+@dataclass
+class Backend:
+    """What serves a model: the numpy engine, or the SavedModel through TensorFlow (and why)."""
+
+    name: str  # "numpy" or "tensorflow"
+    run: Any  # valid-Unicode texts -> probabilities
+    fallback: str | None = None  # why TensorFlow serves when the numpy engine was wanted
+    outdated: bool = False  # the model directory predates the engine files
+    tokenizer: Tokenizer | None = None
+
+
+def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
+    """Metadata and a backend, all read from one directory even if `train` swaps it meanwhile.
 
     Files are opened through a descriptor of the directory (/proc/self/fd/N), which keeps naming the
     directory that was opened when another takes its place."""
-    tf = import_tensorflow()
     read_metadata(model_dir)  # clear errors for a missing or foreign directory
+    if engine == "tensorflow":
+        import_tensorflow()  # seconds, the first time: not while the directory is held open
     try:
         fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
     except OSError as e:  # swapped away since read_metadata looked
@@ -41,21 +71,74 @@ def _load(model_dir: Path) -> tuple[dict[str, Any], Any]:
         root = Path(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else model_dir
         try:
             metadata = read_metadata(root)
-            verify_files(root, metadata, only=SERVING_FILES)
-            check_saved_model(root / SAVED_MODEL, SIGNATURE)
-            try:
-                loaded = tf.saved_model.load(str(root))
-                loaded.signatures[SIGNATURE]
-            except Exception as e:  # TensorFlow raises many types for a damaged SavedModel
-                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ArtifactError(f"{root}: the SavedModel cannot be loaded ({first_line})") from None
+            backend = None if engine == "tensorflow" else _numpy_backend(root, metadata, model_dir)
+            if backend is None or backend.name != "numpy":
+                if engine == "numpy":
+                    raise ArtifactError(f"{model_dir}: {backend.fallback}; use --engine tensorflow (or auto)")
+                tensorflow = _tensorflow_backend(root, metadata)
+                if backend is not None:
+                    tensorflow.fallback, tensorflow.outdated = backend.fallback, backend.outdated
+                backend = tensorflow
         except OSError as e:  # a file vanished: `train` retired this directory while we read it
             raise ArtifactError(f"{model_dir}: could not read the model ({e.strerror or e})") from None
         except ArtifactError as e:
             raise ArtifactError(str(e).replace(str(root), str(model_dir))) from None
     finally:
         os.close(fd)
-    return metadata, loaded
+    return metadata, backend
+
+
+def _numpy_backend(root: Path, metadata: dict[str, Any], model_dir: Path) -> Backend:
+    """The numpy engine for this model; or, when it cannot serve it, a Backend naming why."""
+    if ENGINE_FILE not in metadata.get("files", {}):
+        reason = (
+            f"{model_dir} was saved by an older lstm-cli, without the files of the fast numpy engine; "
+            "train it again to get predictions without the TensorFlow start-up"
+        )
+        return Backend("tensorflow", None, fallback=reason, outdated=True)
+    parts = [read_verified(root, metadata, name) for name in ENGINE_FILES]
+    try:
+        engine = Engine.from_bytes(*parts)
+    except Unsupported as e:
+        return Backend("tensorflow", None, fallback=f"the numpy engine cannot run this model ({e})")
+    except (ValueError, KeyError, TypeError) as e:  # JSON or .npz that parses but is not what we wrote
+        raise ArtifactError(f"{root / ENGINE_FILE}: not a readable engine description ({e}); train it again") from None
+    return Backend("numpy", engine.probabilities, tokenizer=engine.tokenizer)
+
+
+def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
+    tf = import_tensorflow()
+    verify_files(root, metadata, only=SERVING_FILES)
+    check_saved_model(root / SAVED_MODEL, SIGNATURE)
+    try:
+        loaded = tf.saved_model.load(str(root))
+        serve = loaded.signatures[SIGNATURE]
+    except Exception as e:  # TensorFlow raises many types for a damaged SavedModel
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{root}: the SavedModel cannot be loaded ({first_line})") from None
+    pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)))
+
+    def run(texts: list[str]) -> np.ndarray:
+        result = np.zeros((len(texts), len(metadata["labels"])), dtype=np.float32)
+        # Texts of similar length are run together, so a batch pads little; masking makes the order
+        # irrelevant to the results, and they are put back in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        chunks = [order[start : start + MODEL_BATCH] for start in range(0, len(texts), MODEL_BATCH)]
+
+        def run_chunk(rows: list[int]) -> None:
+            encoded = [texts[i].encode("utf-8") for i in rows]
+            result[rows] = serve(text=tf.constant(encoded, dtype=tf.string))["probabilities"].numpy()
+
+        # The recurrent loop is a chain of small ops that keeps about one core busy; two calls at
+        # once (TensorFlow releases the GIL) use the second.
+        if len(chunks) > 1:
+            list(pool.map(run_chunk, chunks))
+        elif chunks:
+            run_chunk(chunks[0])
+        return result
+
+    run.loaded = loaded  # keeps the SavedModel's resources alive as long as the function
+    return Backend("tensorflow", run)
 
 
 def _inode(path: Path) -> int | None:
@@ -82,14 +165,19 @@ class Predictions:
 
 
 class Predictor:
-    """A loaded SavedModel and its metadata. Only the serving graph is loaded, not the Keras network."""
+    """A model directory ready to serve: the numpy engine when it can run the model (the default), else the
+    SavedModel through TensorFlow (only its serving graph, not the Keras network).
 
-    def __init__(self, model_dir: Path):
+    `engine`: "auto" (numpy, falling back to TensorFlow), "numpy" (or fail) or "tensorflow"."""
+
+    def __init__(self, model_dir: Path, *, engine: str = "auto"):
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.path = model_dir
         for attempt in range(_ATTEMPTS):
             before = _inode(model_dir)
             try:
-                self.metadata, self._loaded = _load(model_dir)
+                self.metadata, self.backend = _load(model_dir, engine)
                 break
             except ArtifactError:
                 # Retry only if `train` swapped the directory while we read it; a damaged model fails at once.
@@ -97,10 +185,19 @@ class Predictor:
                 if attempt == _ATTEMPTS - 1 or not swapped:
                     raise
                 time.sleep(0.05)
-        self._serve = self._loaded.signatures[SIGNATURE]
         self.labels: list[str] = self.metadata["labels"]
-        self._tf = import_tensorflow()
-        self._pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)))
+
+    @property
+    def engine(self) -> str:
+        return self.backend.name
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer in Python (exactly the SavedModel's), whichever engine serves it."""
+        if self.backend.tokenizer is None:
+            vocabulary = json.loads(read_verified(self.path, self.metadata, VOCABULARY))
+            self.backend.tokenizer = Tokenizer(vocabulary, max_length=self.metadata["config"]["max_length"])
+        return self.backend.tokenizer
 
     def probabilities(self, texts: list[str]) -> np.ndarray:
         """One row of label probabilities per text, in input order."""
@@ -108,24 +205,9 @@ class Predictor:
 
     def _probabilities(self, texts: list[str]) -> np.ndarray:
         """As `probabilities`, for texts that are valid Unicode already."""
-        result = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        # Texts of similar length are run together, so a batch pads little; masking makes the order
-        # irrelevant to the results, and they are put back in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        chunks = [order[start : start + MODEL_BATCH] for start in range(0, len(texts), MODEL_BATCH)]
-
-        def run(rows: list[int]) -> None:
-            encoded = [texts[i].encode("utf-8") for i in rows]
-            outputs = self._serve(text=self._tf.constant(encoded, dtype=self._tf.string))
-            result[rows] = outputs["probabilities"].numpy()
-
-        # The recurrent loop is a chain of small ops that keeps about one core busy; two calls at
-        # once (TensorFlow releases the GIL) use the second.
-        if len(chunks) > 1:
-            list(self._pool.map(run, chunks))
-        elif chunks:
-            run(chunks[0])
-        return result
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return self.backend.run(texts)
 
     def predict(self, texts: Iterable[str], *, batch_size: int = PREDICT_BATCH) -> Iterator[Predictions]:
         """Batches of predictions, in input order; streams, so memory stays flat for any input length."""

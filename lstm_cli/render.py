@@ -220,8 +220,40 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
                      f"{training.get('device')} in {training.get('seconds')}s"),
         ("metrics", _metrics_text(metadata.get("metrics", {}))),
         *_extra_info(metadata),
+        ("engine", "numpy (engine.json, engine.npz) or TensorFlow" if metadata.get("engine")
+                   else "TensorFlow only (saved before the numpy engine; train again for the fast path)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
     ]  # fmt: skip
     for key, value in rows:
         table.add_row(Text(key, style="bold"), literal(value))
     Console(highlight=False, emoji=False).print(table)
+
+
+def explanation_line(explanation) -> str:
+    """One line per explained text: label, probability, then every token the model saw with its score."""
+    tokens = "  ".join(f"{t.token} {t.score:+.4f}" for t in explanation.tokens)
+    extra = []
+    if explanation.unseen_tokens:
+        extra.append(f"{explanation.unseen_tokens:,} tokens past --max-length not read")
+    if explanation.completeness_gap is not None:
+        extra.append(f"completeness gap {explanation.completeness_gap:.2g}")
+    note = f"  ({'; '.join(extra)})" if extra else ""
+    return f"{tsv_field(explanation.label)}\t{explanation.probability:.4f}\t{tsv_field(tokens)}{note}"
+
+
+def explanation_text(explanation) -> Text:
+    """The original text with each token coloured by its score (green: pushed towards the label, red: away;
+    stronger colour, larger share of the largest score), then the plain line. For a terminal."""
+    largest = max((abs(t.score) for t in explanation.tokens), default=0) or 1
+    pieces, position = [], 0
+    for t in explanation.tokens:
+        strength = int(80 + 175 * abs(t.score) / largest)
+        colour = f"rgb(0,{strength},0)" if t.score >= 0 else f"rgb({strength},0,0)"
+        pieces += [literal(explanation.text[position : t.start]), literal(explanation.text[t.start : t.end],
+                   f"bold white on {colour}")]  # fmt: skip
+        position = t.end
+    pieces.append(literal(explanation.text[position:]))
+    header = Text.assemble(
+        literal(explanation.label, "bold"), f" {explanation.probability:.4f} ({explanation.method}): "
+    )
+    return Text.assemble(header, *pieces, "\n", literal(explanation_line(explanation).replace("\t", "  ")))

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the command line sets it (lstm_cli/cli/__init__.py)
 
 # Small enough to train in a few seconds on 2 CPU cores, big enough to learn the toy task.
 TINY = [

@@ -55,6 +55,7 @@ def test_saved_model_cli_shows_the_string_signature(trained_model):
 def test_metadata_is_plain_json_describing_everything(trained_model):
     files = sorted(p.name for p in trained_model.iterdir())
     assert {"saved_model.pb", "variables", "metadata.json", "vocabulary.json", "model.keras"} <= set(files)
+    assert {"engine.json", "engine.npz"} <= set(files)
     assert not list(trained_model.rglob("*.pkl")) and not list(trained_model.rglob("*.pickle"))
     meta = json.loads((trained_model / "metadata.json").read_text())
     assert meta["format"] == "lstm-cli-model" and meta["format_version"] == 1
@@ -62,6 +63,12 @@ def test_metadata_is_plain_json_describing_everything(trained_model):
     vocabulary = json.loads((trained_model / "vocabulary.json").read_text())
     assert vocabulary[:2] == ["", "[UNK]"] and len(vocabulary) == meta["vectorizer"]["vocabulary_size"]
     assert "created_at" in meta and meta["training"]["validation"] == {"split": 0.1, "seed": 1337}
+    assert {"engine.json", "engine.npz", "vocabulary.json"} <= set(meta["files"])  # hashed like every file
+    engine = json.loads((trained_model / "engine.json").read_text())
+    assert engine["tokenizer"]["max_length"] == meta["config"]["max_length"]
+    with np.load(trained_model / "engine.npz", allow_pickle=False) as weights:
+        named = {key for node in engine["network"]["nodes"] for key in node["weights"]}
+        assert named == set(weights.files) and all(weights[k].dtype == np.float32 for k in weights.files)
 
 
 def _weights(model_dir: Path) -> list[np.ndarray]:
@@ -102,8 +109,8 @@ def model_copy(trained_model, tmp_path) -> Path:
     return copy
 
 
-def _predict_error(model_dir: Path) -> str:
-    result = runner.invoke(app, ["predict", "-m", str(model_dir), "hello"])
+def _predict_error(model_dir: Path, *options: str) -> str:
+    result = runner.invoke(app, ["predict", "-m", str(model_dir), "hello", *options])
     assert result.exit_code == 1, result.output
     assert result.stdout == "" and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -119,15 +126,30 @@ def test_newer_format_version_asks_to_upgrade(model_copy):
     assert "upgrade" in _predict_error(model_copy)
 
 
-@pytest.mark.parametrize("damage", ["truncate-variables", "delete-saved-model", "tamper-metadata", "delete-metadata"])
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate-variables", "delete-saved-model", "truncate-engine-weights", "tamper-engine", "delete-vocabulary",
+     "tamper-metadata", "delete-metadata"],
+)  # fmt: skip
 def test_damaged_model_directory_names_the_file(model_copy, damage):
     if damage == "truncate-variables":
         target = next((model_copy / "variables").glob("variables.data*"))
         target.write_bytes(target.read_bytes()[:10])
-        assert target.name in _predict_error(model_copy)
+        assert target.name in _predict_error(model_copy, "--engine", "tensorflow")
     elif damage == "delete-saved-model":
         (model_copy / "saved_model.pb").unlink()
-        assert "saved_model.pb" in _predict_error(model_copy)
+        assert "saved_model.pb" in _predict_error(model_copy, "--engine", "tensorflow")
+    elif damage == "truncate-engine-weights":
+        (model_copy / "engine.npz").write_bytes((model_copy / "engine.npz").read_bytes()[:100])
+        assert "engine.npz" in _predict_error(model_copy)
+    elif damage == "tamper-engine":
+        description = json.loads((model_copy / "engine.json").read_text())
+        description["network"]["nodes"][1]["type"] = "Lambda"
+        (model_copy / "engine.json").write_text(json.dumps(description))
+        assert "engine.json" in _predict_error(model_copy)
+    elif damage == "delete-vocabulary":
+        (model_copy / "vocabulary.json").unlink()
+        assert "vocabulary.json" in _predict_error(model_copy)
     elif damage == "tamper-metadata":
         (model_copy / "metadata.json").write_text("{not json")
         assert "metadata.json" in _predict_error(model_copy)

@@ -4,19 +4,26 @@ Each command parses options, imports the core lazily, calls it and renders the r
 errors answer without importing TensorFlow. Importing the command modules registers them on `app`, in the
 order `--help` lists them."""
 
-from lstm_cli.cli._util import app
+import os
+
+# Before numpy is first imported: BLAS on one thread per caller, since the numpy engine runs batches on
+# threads of its own (lstm_cli.engine.THREADS). A user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from lstm_cli.cli._util import app  # noqa: E402
 
 # The import order is the order --help lists the commands in.
 # isort: off
-from lstm_cli.cli.train import train_cli
+from lstm_cli.cli.train import train_cli  # noqa: E402
 from lstm_cli.cli.tune import tune_cli
 from lstm_cli.cli.predict import predict_cli
 from lstm_cli.cli.evaluate import evaluate_cli
+from lstm_cli.cli.explain import explain_cli
 from lstm_cli.cli.info import info_cli
 
 # isort: on
 
-__all__ = ["app", "evaluate_cli", "info_cli", "main", "predict_cli", "train_cli", "tune_cli"]
+__all__ = ["app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "train_cli", "tune_cli"]
 
 
 def main() -> None:

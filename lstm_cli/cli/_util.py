@@ -44,12 +44,25 @@ class OutputFormat(StrEnum):
     label = "label"
 
 
+class EngineChoice(StrEnum):
+    auto = "auto"
+    numpy = "numpy"
+    tensorflow = "tensorflow"
+
+
 DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Labeled CSV/TSV with a header row ('-' for stdin).")]
 ModelOpt = Annotated[
     Path,
     typer.Option("--model", "-m", envvar=MODEL_ENV, help="Model directory.", show_envvar=True),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Let TensorFlow's own log messages through.")]
+EngineOpt = Annotated[
+    EngineChoice,
+    typer.Option(
+        help="numpy: lstm-cli's own engine (starts in milliseconds, same probabilities); tensorflow: the SavedModel; "
+        "auto: numpy when it can run the model, else TensorFlow."
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
 TextColumnOpt = Annotated[str, typer.Option(help="Column holding the texts.")]
 LabelColumnOpt = Annotated[str, typer.Option(help="Column holding the labels.")]
@@ -105,6 +118,16 @@ def _errors(verbose: bool = False, interrupted_hint: Callable[[], str] = str):
         raise _fail(str(e), 1) from None
     except KeyboardInterrupt:
         raise _fail(f"interrupted{interrupted_hint()}", 130) from None
+
+
+def _engine_note(predictor, verbose: bool) -> None:
+    """Say on stderr when TensorFlow serves instead of the numpy engine: always for a model directory that
+    predates the engine files (retraining fixes it), otherwise with --verbose."""
+    backend = predictor.backend
+    if backend.fallback and (backend.outdated or verbose):
+        typer.echo(f"Note: {backend.fallback}; predicting with TensorFlow.", err=True)
+    elif verbose:
+        typer.echo(f"Note: predicting with the {backend.name} engine.", err=True)
 
 
 def _interrupt(signum, frame) -> None:

@@ -13,12 +13,15 @@ from lstm_cli.cli._util import (
     DataArg,
     DelimiterOpt,
     EncodingOpt,
+    EngineChoice,
+    EngineOpt,
     LabelColumnOpt,
     ModelOpt,
     SkipBadOpt,
     TextColumnOpt,
     VerboseOpt,
     _console,
+    _engine_note,
     _errors,
     app,
 )
@@ -35,6 +38,7 @@ def evaluate_cli(
     skip_bad_rows: SkipBadOpt = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of tables.")] = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")] = None,
+    engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
     """Measure a model on labeled data: accuracy, macro-F1, per-class P/R/F1, confusion matrix.
@@ -51,7 +55,9 @@ def evaluate_cli(
         from lstm_cli.predict import Predictor
         from lstm_cli.predict import evaluate as evaluate_model
 
-        report = evaluate_model(Predictor(model), dataset)
+        predictor = Predictor(model, engine=engine.value)
+        _engine_note(predictor, verbose)
+        report = evaluate_model(predictor, dataset)
         for warning in render.evaluation_warnings(report):
             console.print(render.warning(warning))
         if output is not None:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
-from lstm_cli.cli._util import ModelOpt, OutputFormat, VerboseOpt, _errors, app
+from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, OutputFormat, VerboseOpt, _engine_note, _errors, app
 from lstm_cli.errors import LstmCliError
 
 
@@ -47,6 +47,7 @@ def predict_cli(
     batch_size: Annotated[
         int, typer.Option(min=1, help="Lines read and written at a time (1: answer each line as it arrives).")
     ] = 4096,
+    engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
     """Label texts: one output line per input, in input order, on stdout.
@@ -58,7 +59,8 @@ def predict_cli(
         from lstm_cli.predict import Predictor
         from lstm_cli.render import prediction_lines
 
-        predictor = Predictor(model)
+        predictor = Predictor(model, engine=engine.value)
+        _engine_note(predictor, verbose)
         k = min(top_k, len(predictor.labels))
         out = sys.stdout.buffer  # UTF-8 whatever the locale
         for batch in predictor.predict(source, batch_size=batch_size):

@@ -1,0 +1,222 @@
+"""One numpy function per Keras layer type the engine runs, at inference (dropout is the identity).
+
+Shapes: x is [batch, time, features] or [batch, features]; a mask is bool [batch, time], True for real
+tokens. Everything is float32 and vectorised over the batch: the only Python loop is over time steps
+inside the recurrent layers, each step a whole-batch matmul. Each function takes the layer's Keras config,
+its weights in Keras order (`layer.weights`), its inputs, and the mask Keras would pass it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+Config = dict[str, Any]
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * np.tanh(0.5 * x) + 0.5  # = 1 / (1 + e^-x), without overflow for large -x
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0),
+    "tanh": np.tanh,
+    "sigmoid": sigmoid,
+    "softmax": softmax,
+}
+
+
+class TokenVectors(np.ndarray):
+    """An Embedding's output [batch, time, dim] that remembers its token ids and table, so a layer reading it
+    can project each distinct token once (`project`) instead of once per occurrence."""
+
+    token_ids: np.ndarray | None = None
+    table: np.ndarray | None = None
+
+
+def embedding(config: Config, weights: list[np.ndarray], ids: np.ndarray, mask=None) -> np.ndarray:
+    (table,) = weights
+    vectors = table[ids].view(TokenVectors)
+    vectors.token_ids, vectors.table = ids, table
+    return vectors
+
+
+def project(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, cache: Cache | None) -> Callable:
+    """x @ kernel + bias for x [batch, time, dim], as a function of the time step t -> [batch, out].
+
+    For token vectors, the projection of a token is the same wherever it occurs, so each token id is
+    projected once and kept in `cache` (one row per vocabulary entry, filled as tokens are first seen), and
+    step t gathers its rows: streaming many texts then costs little more than the recurrent matmuls.
+    Otherwise all steps are projected in one 2-D BLAS matmul, stored time-major (each step contiguous)."""
+    if isinstance(x, TokenVectors) and x.token_ids is not None and cache is not None:
+        with cache.lock:
+            if cache.rows is None:
+                cache.rows = np.zeros((len(x.table), kernel.shape[1]), np.float32)  # pages stay untouched until used
+                cache.done = np.zeros(len(x.table), bool)
+            distinct = np.unique(x.token_ids)
+            new = distinct[~cache.done[distinct]]
+            if len(new):
+                cache.rows[new] = x.table[new] @ kernel + (0 if bias is None else bias)
+                cache.done[new] = True
+        rows, ids = cache.rows, np.ascontiguousarray(x.token_ids.T)
+        return lambda t: rows[ids[t]]
+    batch, steps, dim = x.shape
+    xw = (np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(steps * batch, dim) @ kernel).reshape(steps, batch, -1)
+    if bias is not None:
+        xw += bias
+    return lambda t: xw[t]
+
+
+class Cache:
+    """Per-layer scratch kept by the Network between calls: projected token rows (see `project`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: np.ndarray | None = None
+        self.done: np.ndarray | None = None
+        self.children: dict[str, Cache] = {}
+
+    def child(self, name: str) -> Cache:
+        with self.lock:
+            return self.children.setdefault(name, Cache())
+
+
+def not_equal(config: Config, weights: list[np.ndarray], a: np.ndarray, b, mask=None) -> np.ndarray:
+    return np.not_equal(a, b)  # Keras builds the padding mask with this op: ids != 0
+
+
+def dense(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+    y = x @ weights[0]
+    if config["use_bias"]:
+        y = y + weights[1]
+    return ACTIVATIONS[config["activation"]](y)
+
+
+def identity(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+    return x  # Dropout, SpatialDropout1D: nothing happens at inference
+
+
+def lstm(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cache: Cache | None = None) -> np.ndarray:
+    """Keras LSTM (kernel columns in gate order i, f, C~, o)."""
+    recurrent_kernel = weights[1]
+    activation = ACTIVATIONS[config["activation"]]
+    gate = ACTIVATIONS[config["recurrent_activation"]]
+    units = recurrent_kernel.shape[0]
+
+    def step(xw_t: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = h @ recurrent_kernel
+        z += xw_t
+        f = gate(z[:, units : 2 * units])  # forget gate: how much of the old cell to keep
+        i = gate(z[:, :units])  # input gate: how much of the candidate to write
+        c_candidate = activation(z[:, 2 * units : 3 * units])  # C~
+        o = gate(z[:, 3 * units :])  # output gate
+        c = f * c + i * c_candidate
+        h = o * activation(c)
+        return h, c
+
+    zeros = np.zeros((x.shape[0], units), np.float32)
+    return _recurrence(config, weights, x, mask, cache, step, (zeros, zeros))
+
+
+def gru(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cache: Cache | None = None) -> np.ndarray:
+    """Keras GRU with reset_after=True (its default and the cuDNN form): the reset gate multiplies
+    the recurrent projection h @ U_h + b_h after the matmul, and each of input and recurrent side has a bias."""
+    recurrent_kernel = weights[1]
+    activation = ACTIVATIONS[config["activation"]]
+    gate = ACTIVATIONS[config["recurrent_activation"]]
+    units = recurrent_kernel.shape[0]
+    recurrent_bias = weights[2][1] if config["use_bias"] else np.zeros(3 * units, np.float32)
+
+    def step(xw_t: np.ndarray, h: np.ndarray) -> tuple[np.ndarray]:
+        hu = h @ recurrent_kernel
+        hu += recurrent_bias
+        z = gate(xw_t[:, :units] + hu[:, :units])  # update gate: how much of the old state to keep
+        r = gate(xw_t[:, units : 2 * units] + hu[:, units : 2 * units])  # reset gate
+        h_candidate = activation(xw_t[:, 2 * units :] + r * hu[:, 2 * units :])
+        h = z * h + (1 - z) * h_candidate
+        return (h,)
+
+    return _recurrence(config, weights, x, mask, cache, step, (np.zeros((x.shape[0], units), np.float32),))
+
+
+def _recurrence(config: Config, weights, x, mask, cache, step, state: tuple[np.ndarray, ...]) -> np.ndarray:
+    """Run `step` over time as Keras's RNN layer does: a masked step keeps the state unchanged, and
+    outputs zeros (zero_output_for_mask) or the last output there; go_backwards reads time reversed."""
+    kernel = weights[0]
+    bias = weights[2] if config["use_bias"] else None
+    if bias is not None and bias.ndim == 2:  # GRU reset_after: [input bias, recurrent bias]
+        bias = bias[0]
+    # The input projections are computed outside the loop; only h @ U is left inside it.
+    xw = project(x, kernel, bias, cache)
+    if mask is None:
+        mask = np.ones(x.shape[:2], dtype=bool)
+    steps = x.shape[1]
+    order = range(steps - 1, -1, -1) if config["go_backwards"] else range(steps)
+    outputs = []
+    for t in order:
+        new = step(xw(t), *state)
+        if mask[:, t].all():  # no text has ended yet (the usual case: batches are sorted by length)
+            state = new
+            outputs.append(new[0])
+            continue
+        keep = mask[:, t, None]
+        state = tuple(np.where(keep, n, s) for n, s in zip(new, state, strict=True))
+        outputs.append(np.where(keep, new[0], np.float32(0)) if config["zero_output_for_mask"] else state[0])
+    return np.stack(outputs, axis=1) if config["return_sequences"] else outputs[-1]
+
+
+def bidirectional(
+    config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None, cache: Cache | None = None
+) -> np.ndarray:
+    """The wrapped layer forwards, its twin backwards, outputs aligned in time and merged."""
+    forward_config, backward_config = config["layer"], config["backward_layer"]
+    half = len(weights) // 2
+    run_forward = RECURRENT[forward_config["class_name"]]
+    run_backward = RECURRENT[backward_config["class_name"]]
+    caches = (cache.child("forward"), cache.child("backward")) if cache is not None else (None, None)
+    forward = run_forward(_rnn_config(forward_config, config), weights[:half], x, mask, caches[0])
+    backward = run_backward(_rnn_config(backward_config, config), weights[half:], x, mask, caches[1])
+    if forward_config["config"]["return_sequences"]:
+        backward = backward[:, ::-1]  # back to input order
+    merge = config["merge_mode"]
+    if merge == "concat":
+        return np.concatenate([forward, backward], axis=-1)
+    if merge == "sum":
+        return forward + backward
+    if merge == "ave":
+        return (forward + backward) / 2
+    return forward * backward  # "mul"
+
+
+def _rnn_config(layer: Config, wrapper: Config) -> Config:
+    # Bidirectional forces zero_output_for_mask = return_sequences on both directions.
+    inner = dict(layer["config"])
+    inner["zero_output_for_mask"] = inner["return_sequences"]
+    return inner
+
+
+def time_pooling(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+    """lstm_cli.model.TimePooling: max or mean over the time steps the mask keeps ([batch, time, d] -> [batch, d])."""
+    if mask is None:
+        mask = np.ones(x.shape[:2], dtype=bool)
+    keep = mask[:, :, None]
+    if config["mode"] == "max":
+        return np.where(keep, x, np.float32(-1e9)).max(axis=1)
+    weight = keep.astype(np.float32)
+    return (x * weight).sum(axis=1) / np.maximum(weight.sum(axis=1), np.float32(1))
+
+
+def concatenate(config: Config, weights: list[np.ndarray], *inputs: np.ndarray, mask=None) -> np.ndarray:
+    tensors = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], list) else inputs
+    return np.concatenate(tensors, axis=config["axis"])
+
+
+RECURRENT = {"LSTM": lstm, "GRU": gru}

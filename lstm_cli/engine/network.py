@@ -1,0 +1,139 @@
+"""A small interpreter for the network description that `engine.export` writes at save time.
+
+The description is plain JSON: the Keras functional graph as a list of nodes (layer type, its Keras
+config, the nodes that feed it, the names of its weight arrays). Running it dispatches on the type name
+to one numpy function in `layers`; nothing in a model directory is ever executed as code. A type or
+setting this module does not know raises `Unsupported`, and lstm-cli serves that model with TensorFlow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lstm_cli.engine import layers
+
+FORMAT = "lstm-cli-engine"
+FORMAT_VERSION = 1
+
+# Keras class name -> numpy function (None: the graph's input)
+LAYERS = {
+    "InputLayer": None,
+    "Embedding": layers.embedding,
+    "NotEqual": layers.not_equal,
+    "LSTM": layers.lstm,
+    "GRU": layers.gru,
+    "Bidirectional": layers.bidirectional,
+    "Dense": layers.dense,
+    "Dropout": layers.identity,
+    "SpatialDropout1D": layers.identity,
+    "Concatenate": layers.concatenate,
+    "lstm_cli>TimePooling": layers.time_pooling,
+}
+
+CACHED = ("LSTM", "GRU", "Bidirectional")  # layers that keep projected token rows between calls
+
+
+class Unsupported(Exception):
+    """The description uses something the numpy engine cannot run exactly as Keras does."""
+
+
+def _policy(config: dict[str, Any]) -> str | None:
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict):
+        return dtype.get("config", {}).get("name")
+    return dtype
+
+
+def _check_recurrent(name: str, kind: str, config: dict[str, Any]) -> None:
+    if kind not in layers.RECURRENT:
+        raise Unsupported(f"layer {name!r} wraps a {kind}, which the numpy engine does not run")
+    for key in ("activation", "recurrent_activation"):
+        if config.get(key) not in layers.ACTIVATIONS:
+            raise Unsupported(f"layer {name!r}: {key} {config.get(key)!r} is not supported")
+    if config.get("return_state") or config.get("stateful"):
+        raise Unsupported(f"layer {name!r}: return_state/stateful recurrent layers are not supported")
+    if kind == "GRU" and not config.get("reset_after", True):
+        raise Unsupported(f"layer {name!r}: GRU with reset_after=False is not supported")
+
+
+def check_node(node: dict[str, Any]) -> None:
+    """Raise `Unsupported` unless this node runs in numpy exactly as in Keras."""
+    name, kind, config = node["name"], node["type"], node["config"]
+    if kind not in LAYERS:
+        raise Unsupported(f"layer {name!r} is a {kind}, which the numpy engine does not run")
+    if kind not in ("InputLayer", "NotEqual") and _policy(config) not in (None, "float32"):
+        raise Unsupported(f"layer {name!r} computes in {_policy(config)}; the numpy engine computes in float32")
+    if config.get("lora_rank") or config.get("quantization_config"):
+        raise Unsupported(f"layer {name!r} is LoRA-adapted or quantized")
+    if kind == "lstm_cli>TimePooling" and config.get("mode") not in ("max", "mean"):
+        raise Unsupported(f"layer {name!r}: pooling mode {config.get('mode')!r} is not supported")
+    if kind == "Dense" and config.get("activation") not in layers.ACTIVATIONS:
+        raise Unsupported(f"layer {name!r}: activation {config.get('activation')!r} is not supported")
+    if kind in layers.RECURRENT:
+        _check_recurrent(name, kind, config)
+    if kind == "Bidirectional":
+        if config.get("merge_mode") not in ("concat", "sum", "ave", "mul"):
+            raise Unsupported(f"layer {name!r}: merge_mode {config.get('merge_mode')!r} is not supported")
+        for inner in (config["layer"], config["backward_layer"]):
+            _check_recurrent(name, inner["class_name"], inner["config"])
+    for ref in _refs([node["args"], node["kwargs"]]):
+        if ref["index"] != 0:
+            raise Unsupported(f"layer {name!r} reads output {ref['index']} of {ref['tensor']!r}")
+    if set(node["kwargs"]) - {"mask", "training"}:
+        raise Unsupported(f"layer {name!r} is called with {sorted(node['kwargs'])}")
+
+
+def _refs(value) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        return [value] if "tensor" in value else [r for v in value.values() for r in _refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in _refs(v)]
+    return []
+
+
+class Network:
+    """The classifier over right-padded token ids: ids [batch, time] int -> probabilities [batch, labels]."""
+
+    def __init__(self, description: dict[str, Any], weights: Mapping[str, np.ndarray]):
+        if description.get("format") != FORMAT or description.get("format_version") != FORMAT_VERSION:
+            raise Unsupported(
+                f"engine description format {description.get('format')!r} v{description.get('format_version')}"
+            )
+        self.nodes = description["network"]["nodes"]
+        self.inputs = description["network"]["inputs"]
+        self.outputs = description["network"]["outputs"]
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            raise Unsupported("the network must have one input and one output")
+        for node in self.nodes:
+            check_node(node)
+        self.weights = {}
+        for node in self.nodes:
+            arrays = [weights[key] for key in node["weights"]]
+            if any(a.dtype != np.float32 for a in arrays):
+                raise Unsupported(f"layer {node['name']!r} has weights that are not float32")
+            self.weights[node["name"]] = arrays
+        self.caches = {node["name"]: layers.Cache() for node in self.nodes if node["type"] in CACHED}
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        values: dict[str, Any] = {self.inputs[0]: ids}
+
+        def resolve(value):
+            if isinstance(value, dict) and "tensor" in value:
+                return values[value["tensor"]]
+            if isinstance(value, list):
+                return [resolve(v) for v in value]
+            return value
+
+        # exp overflow in a saturated softmax/sigmoid is harmless (gives 0 or 1); don't warn about it.
+        with np.errstate(over="ignore", under="ignore"):
+            for node in self.nodes:
+                run = LAYERS[node["type"]]
+                if run is None:
+                    continue
+                args = resolve(node["args"])
+                mask = resolve(node["kwargs"].get("mask"))
+                extra = {"cache": self.caches[node["name"]]} if node["name"] in self.caches else {}
+                values[node["name"]] = run(node["config"], self.weights[node["name"]], *args, mask=mask, **extra)
+        return values[self.outputs[0]]

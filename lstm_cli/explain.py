@@ -1,0 +1,117 @@
+"""Why a model predicts what it does: how much each token pushed the probability of a label.
+
+Occlusion runs on whatever serves predictions (the numpy engine by default): each token the model saw is
+removed in turn, and its score is the probability it then loses. Integrated gradients (Sundararajan et al.,
+2017) goes through TensorFlow: the gradient of the probability with respect to each token's embedding,
+averaged along the straight path from an all-zero embedding (same padding mask) to the real one. Its scores
+add up to p(text) - p(baseline) up to the integration error, which is reported as the completeness gap."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstm_cli.artifact import KERAS_FILE, verify_files
+from lstm_cli.engine.tokenizer import OOV_ID, Token
+from lstm_cli.predict import Predictor
+
+IG_STEPS = 256  # midpoint Riemann sum over the path, one batch; the gap shrinks as 1/steps²
+
+
+@dataclass
+class TokenScore:
+    token: str  # as the model saw it
+    start: int  # character offsets in the original text
+    end: int
+    score: float  # + pushed towards the label, - away from it
+
+
+@dataclass
+class Explanation:
+    text: str
+    label: str  # the label explained
+    probability: float  # its probability for the text
+    predicted: str  # the most probable label
+    method: str
+    tokens: list[TokenScore]
+    unseen_tokens: int  # tokens past --max-length, which the model never read
+    completeness_gap: float | None = None  # integrated gradients: |sum(scores) - (p(text) - p(baseline))|
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _label_index(labels: list[str], label: str | None, probabilities: np.ndarray) -> int:
+    return int(probabilities.argmax()) if label is None else labels.index(label)
+
+
+def _seen(predictor: Predictor, text: str) -> tuple[list[Token], int]:
+    tokenizer = predictor.tokenizer
+    tokens = tokenizer.tokens(text)
+    unseen = len(tokenizer.words(text)) - len(tokens) if len(tokens) == tokenizer.max_length else 0
+    return tokens, unseen
+
+
+def occlusion(predictor: Predictor, text: str, *, label: str | None = None) -> Explanation:
+    """Each token's score: p(label | text) - p(label | text without that token)."""
+    tokens, unseen = _seen(predictor, text)
+    # The seen tokens joined by spaces tokenize to exactly the same ids (a token has no whitespace,
+    # punctuation or capitals left), so these texts are the model's input with one token removed each.
+    words = [t.text for t in tokens]
+    variants = [" ".join(words)] + [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
+    probabilities = predictor.probabilities(variants)
+    k = _label_index(predictor.labels, label, probabilities[0])
+    scores = probabilities[0, k] - probabilities[1:, k]
+    return Explanation(
+        text=text,
+        label=predictor.labels[k],
+        probability=float(probabilities[0, k]),
+        predicted=predictor.labels[int(probabilities[0].argmax())],
+        method="occlusion",
+        tokens=[TokenScore(t.text, t.start, t.end, float(s)) for t, s in zip(tokens, scores, strict=True)],
+        unseen_tokens=unseen,
+    )
+
+
+class IntegratedGradients:
+    """The Keras network from model.keras, split after its Embedding so embeddings can be fed in."""
+
+    def __init__(self, predictor: Predictor, *, steps: int = IG_STEPS):
+        from lstm_cli.model import keras, tf  # also registers lstm-cli's own layers for loading
+
+        self.tf, self.predictor, self.steps = tf, predictor, steps
+        verify_files(predictor.path, predictor.metadata, only=(KERAS_FILE,))
+        # safe_mode: a model file can describe layers but never carry code to run.
+        network = keras.saving.load_model(Path(predictor.path) / KERAS_FILE, compile=False, safe_mode=True)
+        embedding = next(layer for layer in network.layers if isinstance(layer, keras.layers.Embedding))
+        self.table = np.asarray(embedding.embeddings)
+        self.tail = keras.Model([network.inputs[0], embedding.output], network.outputs[0])
+
+    def explain(self, text: str, *, label: str | None = None) -> Explanation:
+        tf, labels = self.tf, self.predictor.labels
+        tokens, unseen = _seen(self.predictor, text)
+        ids = np.array([[t.id for t in tokens] or [OOV_ID]], dtype=np.int32)
+        x = self.table[ids]  # [1, time, embedding]
+        probabilities = self.tail([tf.constant(ids), tf.constant(x)], training=False).numpy()[0]
+        k = _label_index(labels, label, probabilities)
+        alphas = ((np.arange(self.steps) + 0.5) / self.steps).astype(np.float32)
+        path = tf.constant(alphas[:, None, None] * x)  # every step of the path in one batch
+        with tf.GradientTape() as tape:
+            tape.watch(path)
+            p = self.tail([tf.constant(np.repeat(ids, self.steps, axis=0)), path], training=False)[:, k]
+        gradients = tape.gradient(p, path).numpy()
+        scores = (gradients.mean(axis=0) * x[0]).sum(axis=-1)  # [time]
+        baseline = self.tail([tf.constant(ids), tf.zeros_like(x)], training=False).numpy()[0, k]
+        return Explanation(
+            text=text,
+            label=labels[k],
+            probability=float(probabilities[k]),
+            predicted=labels[int(probabilities.argmax())],
+            method="integrated-gradients",
+            tokens=[TokenScore(t.text, t.start, t.end, float(s)) for t, s in zip(tokens, scores, strict=False)],
+            unseen_tokens=unseen,
+            completeness_gap=float(abs(scores.sum() - (probabilities[k] - baseline))),
+        )

@@ -1,0 +1,341 @@
+"""The numpy engine against TensorFlow: token ids equal TextVectorization's, probabilities equal the
+SavedModel's within 1e-5 for every layer option lstm-cli trains, and the engine runs without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lstm_cli.config import TrainConfig
+from lstm_cli.data import clean_text
+from lstm_cli.engine import Engine, Unsupported
+
+PARITY = 1e-5  # max abs difference allowed between engine and SavedModel probabilities
+
+VOCABULARY = ["", "[UNK]", "good", "bad", "the", "café", "ÉtÉ", "été", "a\u00a0good", "🙂", "שלום", "okayish",
+              "x\x1cy", "naïve", "e\u0301", "don’t", "«quoted»", "ab", "tab", "日本語", "movie"]  # fmt: skip
+
+# Pieces that stress each tokenizer rule: ASCII-only lowercasing, ASCII-only punctuation, ASCII-only
+# whitespace, truncation, empty texts; plus controls, lone surrogates, RTL, emoji and combining marks.
+PIECES = [*VOCABULARY[2:], "GOOD", "Café ÉTÉ", "CAFÉ", "BAD!!", "g-o-o-d", "(the)", "[UNK]", "'", "--", "...",
+          " ", "  ", "\t", "\n", "\r\n", "\v", "\f", "\u00a0", "\u2003", "\u3000", "\x1c", "\x1f", "\x85", "\u2028",
+          "\x00", "\x1b[31m", "\u202e", "\u200f", "مرحبا", "👩‍👩‍👧", "\u0301", "\ud800", "\udcff", "İ", "ß", "Σ", "Ǆ",
+          "ﬁ", "К", "«", "»", "—", "’", "\\", "_", "^", "`", "|", "~"]  # fmt: skip
+
+fuzz_text = st.lists(st.one_of(st.sampled_from(PIECES), st.characters()), max_size=40).map("".join)
+
+# Every layer option lstm-cli trains, in combinations (overrides of TINY_DIMS).
+VARIANTS = {
+    "lstm": {},
+    "gru-stacked-no-dense": {"cell": "gru", "layers": 2, "dense_units": 0},
+    "lstm-bidirectional-stacked": {"bidirectional": True, "layers": 2},
+    "gru-bidirectional": {"cell": "gru", "bidirectional": True},
+    "lstm-max-mean-pool-swem": {"pooling": ("max", "mean"), "embedding_pooling": ("max", "mean")},
+    "gru-bidirectional-max-pool-spatial-dropout": {
+        "cell": "gru", "bidirectional": True, "pooling": ("max",), "embedding_dropout": 0.3,
+    },
+    "lstm-bidirectional-stacked-mean-pool-swem-max-no-dense": {
+        "bidirectional": True, "layers": 2, "pooling": ("mean",), "embedding_pooling": ("max",), "dense_units": 0,
+    },
+}  # fmt: skip
+TINY_DIMS = {"max_tokens": len(VOCABULARY), "max_length": 12, "embedding_dim": 5, "units": 4, "dense_units": 6}
+
+
+def tensorflow_token_ids(vectorizer, texts: list[str], max_length: int) -> list[list[int]]:
+    from lstm_cli.model import tf, token_ids
+
+    ragged = token_ids(vectorizer, tf.constant([t.encode("utf-8") for t in texts], dtype=tf.string), max_length)
+    return ragged.to_list()
+
+
+@pytest.fixture(scope="module")
+def vectorizer():
+    from lstm_cli.model import make_vectorizer
+
+    return make_vectorizer(len(VOCABULARY), VOCABULARY)
+
+
+def export_model(config: TrainConfig, directory: Path, *, seed: int = 0) -> Path:
+    """A SavedModel and engine files for an untrained network with large random weights (so gates saturate
+    and probabilities spread), written by the same code as `lstm-cli train`."""
+    from lstm_cli.artifact import _export_saved_model, _write_engine_files
+    from lstm_cli.model import build_network, make_vectorizer
+
+    labels = ["a", "b", "c"]
+    network = build_network(config, vocabulary_size=len(VOCABULARY), num_classes=len(labels))
+    rng = np.random.default_rng(seed)
+    network.set_weights([rng.normal(0, 0.8, w.shape).astype(np.float32) for w in network.get_weights()])
+    vectorizer = make_vectorizer(len(VOCABULARY), VOCABULARY)
+    vectorizer(["build"])  # export needs a built layer
+    result = SimpleNamespace(
+        config=config, network=network, vectorizer=vectorizer, vocabulary=VOCABULARY, labels=labels
+    )
+    directory.mkdir(parents=True)
+    _export_saved_model(result, directory)
+    _write_engine_files(result, directory)
+    (directory / "vocabulary.json").write_text(json.dumps(VOCABULARY, ensure_ascii=False), encoding="utf-8")
+    return directory
+
+
+def load_engine(directory: Path) -> Engine:
+    return Engine.from_bytes(*((directory / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")))
+
+
+class Pair:
+    """The same model as a SavedModel and as an engine."""
+
+    def __init__(self, directory: Path):
+        from lstm_cli.tf_setup import import_tensorflow
+
+        self.tf = import_tensorflow()
+        self.serve = self.tf.saved_model.load(str(directory)).signatures["serving_default"]
+        self.engine = load_engine(directory)
+
+    def difference(self, texts: list[str]) -> float:
+        cleaned = [clean_text(t) for t in texts]
+        expected = self.serve(text=self.tf.constant([t.encode("utf-8") for t in cleaned]))["probabilities"].numpy()
+        got = self.engine.probabilities(cleaned)
+        assert got.shape == expected.shape
+        return float(np.abs(got - expected).max())
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def pair(request, tmp_path_factory) -> Pair:
+    config = TrainConfig(**{**TINY_DIMS, **VARIANTS[request.param]})
+    return Pair(export_model(config, tmp_path_factory.mktemp("engine") / request.param))
+
+
+# --- tokenizer ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("Café ÉTÉ", ["café", "ÉtÉ"]),  # A-Z lowercased, É kept
+        ("a\u00a0good a\u2003b a\u3000b x\x1cy", ["a\u00a0good", "a\u2003b", "a\u3000b", "x\x1cy"]),  # no split
+        ("GOOD!!! (bad) «quoted» don’t", ["good", "bad", "«quoted»", "don’t"]),  # ASCII punctuation only
+        (" \t\n\v\f\r ", []),
+        ("g-o-o-d -- ...", ["good"]),
+    ],
+)
+def test_tokenizer_rules_match_textvectorization(vectorizer, text, tokens):
+    from lstm_cli.engine import Tokenizer
+
+    tokenizer = Tokenizer(VOCABULARY, max_length=50)
+    assert tokenizer.words(text) == tokens
+    assert tokenizer.ids(text) == tensorflow_token_ids(vectorizer, [text], 50)[0]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(fuzz_text, min_size=1, max_size=20), max_length=st.integers(1, 15))
+def test_token_ids_equal_textvectorization_on_fuzzed_text(vectorizer, texts, max_length):
+    from lstm_cli.engine import Tokenizer
+
+    cleaned = [clean_text(t) for t in texts]
+    tokenizer = Tokenizer(VOCABULARY, max_length=max_length)
+    assert [tokenizer.ids(t) for t in cleaned] == tensorflow_token_ids(vectorizer, cleaned, max_length)
+
+
+def test_token_ids_of_a_ten_megabyte_text(vectorizer):
+    from lstm_cli.engine import Tokenizer
+
+    text = ("Café ÉTÉ good,bad\u00a0the 🙂 " * 400_000)[: 10 * 2**20]
+    tokenizer = Tokenizer(VOCABULARY, max_length=200)
+    assert tokenizer.ids(text) == tensorflow_token_ids(vectorizer, [text], 200)[0]
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=fuzz_text)
+def test_token_positions_point_into_the_original_text(text):
+    from lstm_cli.engine import Tokenizer
+
+    text = clean_text(text)
+    tokenizer = Tokenizer(VOCABULARY, max_length=10)
+    tokens = tokenizer.tokens(text)
+    assert [t.id for t in tokens] == (tokenizer.ids(text) if tokens else [])
+    for token in tokens:
+        assert tokenizer.words(text[token.start : token.end]) == [token.text]
+
+
+# --- network parity ----------------------------------------------------------------------------------------
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(fuzz_text, min_size=1, max_size=40))
+def test_engine_equals_saved_model_on_fuzzed_text(pair, texts):
+    assert pair.difference(texts) <= PARITY
+
+
+def test_engine_equals_saved_model_on_named_cases(pair):
+    texts = ["", " ", "good", "GOOD!!!", "Café ÉTÉ", "a\u00a0good", "🙂 שלום 日本語", "the " * 40, "x\x1cy e\u0301",
+             "\ud800 lone surrogate", "[UNK] [unk]", "good bad " * 6]  # fmt: skip
+    assert pair.difference(texts) <= PARITY
+    # The same text alone or in a batch of other lengths: padding never changes a probability.
+    alone = pair.engine.probabilities(["good bad the"])
+    batched = pair.engine.probabilities(["good bad the", "the " * 12, "x"])[:1]
+    np.testing.assert_allclose(alone, batched, atol=1e-6)
+
+
+def test_engine_equals_saved_model_on_a_ten_megabyte_text(pair):
+    assert pair.difference([("good café 🙂 " * 1_000_000)[: 10 * 2**20], "bad"]) <= PARITY
+
+
+def test_engine_equals_saved_model_of_a_trained_model(trained_model):
+    texts = ["good great", "awful movie", "okay", "", "the the the", "fair but broken service"]
+    assert Pair(trained_model).difference(texts) <= PARITY
+
+
+# --- safety and independence ------------------------------------------------------------------------------
+
+
+def test_engine_package_runs_with_tensorflow_blocked(trained_model):
+    script = textwrap.dedent(f"""
+        import sys
+        for name in ("tensorflow", "keras", "tf_keras", "jax", "torch"):
+            sys.modules[name] = None  # any import of these now raises ImportError
+        from pathlib import Path
+        from lstm_cli.engine import Engine
+        import lstm_cli.engine.export
+        m = Path({str(trained_model)!r})
+        engine = Engine.from_bytes(*((m / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")))
+        print(engine.probabilities(["good great", "awful"]).shape)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(2, 3)"
+
+
+def test_weights_are_read_without_pickle(trained_model):
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, planted=np.array([{"a": 1}], dtype=object))
+    parts = [(trained_model / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")]
+    with pytest.raises(ValueError, match="allow_pickle"):
+        Engine.from_bytes(parts[0], buffer.getvalue(), parts[2])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda n: n.update(type="Conv1D"), "is a Conv1D"),
+        (lambda n: n["config"].update(activation="gelu"), "activation 'gelu'"),
+        (lambda n: n["config"].update(dtype="mixed_float16"), "mixed_float16"),
+    ],
+)
+def test_unknown_layers_and_settings_are_refused(trained_model, change, message):
+    description = json.loads((trained_model / "engine.json").read_text(encoding="utf-8"))
+    dense = next(n for n in description["network"]["nodes"] if n["type"] == "Dense")
+    change(dense)
+    parts = [(trained_model / n).read_bytes() for n in ("engine.npz", "vocabulary.json")]
+    with pytest.raises(Unsupported, match=message):
+        Engine.from_bytes(json.dumps(description).encode(), *parts)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def _old_model(trained_model: Path, tmp_path: Path) -> Path:
+    """A copy of the model as lstm-cli wrote it before the engine existed."""
+    import shutil
+
+    old = tmp_path / "old-model"
+    shutil.copytree(trained_model, old)
+    meta = json.loads((old / "metadata.json").read_text(encoding="utf-8"))
+    for name in ("engine.json", "engine.npz"):
+        (old / name).unlink()
+        del meta["files"][name]
+    del meta["engine"]
+    (old / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    return old
+
+
+def test_predict_uses_the_engine_and_agrees_with_tensorflow(trained_model):
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    runner = CliRunner()
+    texts = ["good great lovely", "", "bad awful", "Café ÉTÉ 🙂", "okay plain " * 50]
+    outputs = {}
+    for engine in ("numpy", "tensorflow", "auto"):
+        result = runner.invoke(app, ["predict", "-m", str(trained_model), "--format", "json", "--engine", engine,
+                                     "--verbose", *texts])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert f"predicting with the {'numpy' if engine == 'auto' else engine} engine" in result.stderr
+        outputs[engine] = [json.loads(line) for line in result.stdout.splitlines()]
+    for fast, slow in zip(outputs["numpy"], outputs["tensorflow"], strict=True):
+        assert fast["label"] == slow["label"]
+        for label, p in fast["probabilities"].items():
+            assert abs(p - slow["probabilities"][label]) <= PARITY
+    assert outputs["auto"] == outputs["numpy"]
+
+
+def test_an_older_model_directory_still_predicts_through_tensorflow_and_says_how_to_speed_up(trained_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    old = _old_model(trained_model, tmp_path)
+    runner = CliRunner()
+    new = runner.invoke(app, ["predict", "-m", str(trained_model), "good great"])
+    result = runner.invoke(app, ["predict", "-m", str(old), "good great"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == new.stdout
+    assert result.stderr.count("older lstm-cli") == 1 and "train it again" in result.stderr
+    refused = runner.invoke(app, ["predict", "-m", str(old), "--engine", "numpy", "good"])
+    assert refused.exit_code == 1 and refused.stdout == ""
+    assert "--engine tensorflow" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_a_layer_the_engine_cannot_run_falls_back_to_tensorflow_quietly(trained_model, tmp_path):
+    """Simulates a model from a newer lstm-cli: engine.json names a layer this engine does not know."""
+    import hashlib
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+
+    model = tmp_path / "newer"
+    shutil.copytree(trained_model, model)
+    description = json.loads((model / "engine.json").read_text(encoding="utf-8"))
+    next(n for n in description["network"]["nodes"] if n["type"] == "Dropout")["type"] = "AlphaDropout"
+    (model / "engine.json").write_text(json.dumps(description), encoding="utf-8")
+    meta = json.loads((model / "metadata.json").read_text(encoding="utf-8"))
+    meta["files"]["engine.json"] = hashlib.sha256((model / "engine.json").read_bytes()).hexdigest()
+    (model / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    runner = CliRunner()
+    quiet = runner.invoke(app, ["predict", "-m", str(model), "good great"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and quiet.stdout.startswith("pos\t")
+    verbose = runner.invoke(app, ["predict", "-m", str(model), "good great", "--verbose"])
+    assert "AlphaDropout" in verbose.stderr and "predicting with TensorFlow" in verbose.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "evaluate"])
+def test_the_fast_path_never_imports_tensorflow(trained_model, data_dir, command):
+    args = [command, "-m", str(trained_model)]
+    args += [str(data_dir / "test.csv"), "--json"] if command == "evaluate" else ["good great", "awful"]
+    script = textwrap.dedent(f"""
+        import sys
+        from lstm_cli.cli import app
+        try:
+            app({args!r})
+        except SystemExit as e:
+            assert not e.code, e.code
+        print("IMPORTED", sorted(m for m in ("tensorflow", "keras") if m in sys.modules), file=sys.stderr)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "IMPORTED []" in out.stderr
+    assert out.stdout.strip()
