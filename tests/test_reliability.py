@@ -173,32 +173,35 @@ def test_sigterm_after_the_new_model_is_installed_says_so(trained_model, data_di
     assert result.exit_code == 130 and "the model at model is unchanged" in result.stderr
 
 
-def test_a_file_vanishing_while_the_model_is_read_is_retried(trained_model, tmp_path, monkeypatch):
+# Each engine reads the model through its own checked reader: the numpy engine's files through
+# read_verified, the SavedModel's through verify_files.
+@pytest.mark.parametrize(("engine", "reader"), [("auto", "read_verified"), ("tensorflow", "verify_files")])
+def test_a_file_vanishing_while_the_model_is_read_is_retried(trained_model, tmp_path, monkeypatch, engine, reader):
     import shutil
 
     from lstm_cli import predict
 
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
-    real = predict.verify_files
+    real = getattr(predict, reader)
     calls = []
 
-    def vanish_once(root, metadata, **kwargs):
+    def vanish_once(root, metadata, *args, **kwargs):
         calls.append(root)
         if len(calls) == 1:  # as if `train` swapped a new model in and removed this one mid-read
             shutil.copytree(model, tmp_path / "new")
             shutil.rmtree(model)
             (tmp_path / "new").rename(model)
             raise FileNotFoundError(2, "No such file or directory")
-        return real(root, metadata, **kwargs)
+        return real(root, metadata, *args, **kwargs)
 
-    monkeypatch.setattr(predict, "verify_files", vanish_once)
-    loaded = predict.Predictor(model)
-    assert len(calls) == 2 and loaded.labels == ["meh", "neg", "pos"]
+    monkeypatch.setattr(predict, reader, vanish_once)
+    loaded = predict.Predictor(model, engine=engine)
+    assert len(calls) >= 2 and loaded.labels == ["meh", "neg", "pos"]
     # without a swap, the same error is one line, not a traceback
     calls.clear()
-    monkeypatch.setattr(predict, "verify_files", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError(2, "gone")))
-    result = runner.invoke(app, ["predict", "-m", str(model), "good"])
+    monkeypatch.setattr(predict, reader, lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError(2, "gone")))
+    result = runner.invoke(app, ["predict", "-m", str(model), "--engine", engine, "good"])
     assert result.exit_code == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [f"Error: {model}: could not read the model (gone)"]
 
