@@ -1,13 +1,16 @@
 """Per-epoch training checkpoints, so an interrupted `train --resume` ends where an uninterrupted run would.
 
-A checkpoint holds the weights with optimizer state, early-stopping state, the history so far, and a
-fingerprint of the run (configuration and data); resuming a different run is refused. Dropout noise
-and batch order depend only on (seed, epoch), so a resumed epoch replays exactly. The directory carries
-lstm-cli's checkpoint marker, and only a directory with that marker is ever replaced (lstm_cli.owned)."""
+A checkpoint holds the network's and the optimizer's variables, the best epoch's weights, early stopping's
+state, the history so far, and a fingerprint of the run (configuration and data); resuming a different run
+is refused. Dropout noise and batch order depend only on (seed, epoch), so a resumed epoch replays exactly.
+Arrays are .npz files read with allow_pickle=False. The directory carries lstm-cli's checkpoint marker, and
+only a directory with that marker is ever replaced (lstm_cli.owned); it is replaced whole and atomically,
+carrying along what lives beside the state (the token cache, `CARRIED`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,12 +19,12 @@ import numpy as np
 
 from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
 from lstm_cli.errors import LstmCliError
-from lstm_cli.model import keras
 from lstm_cli.owned import check_checkpoint_dir, write_checkpoint_marker
 
 STATE = "state.json"
-WEIGHTS = "latest.weights.h5"
+LATEST = "latest.npz"  # network variables, then optimizer variables
 BEST = "best_weights.npz"
+CARRIED = ("cache",)  # built once per run, moved into each new checkpoint rather than rewritten
 
 
 def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
@@ -42,85 +45,83 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def reseed(model, seed: int, epoch: int) -> None:
+def reseed(network, seed: int, epoch: int) -> None:
     """Put every dropout seed generator in a state that depends only on (seed, epoch)."""
-    states = [v for v in model.variables if "seed_generator_state" in v.path]
+    states = [v for v in network.variables if "seed_generator_state" in v.path]
     for i, variable in enumerate(states):
         value = (seed * 1_000_003 + (epoch + 1) * 7_919 + i * 104_729) % (2**31 - 1)
         variable.assign(np.array([value, 0], dtype=variable.dtype))
 
 
-class Checkpoint(keras.callbacks.Callback):
-    """Writes the run's state at the end of every epoch (atomically); restores it on train begin."""
+def _arrays(path: Path) -> list[np.ndarray]:
+    with np.load(path, allow_pickle=False) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
-    def __init__(
-        self,
-        directory: Path,
-        run: dict[str, Any],
-        seed: int,
-        stopper,
-        reporter,
-        resume_state=None,
-        *,
-        model: Path | None = None,
-    ):
-        super().__init__()
-        self.directory, self.run, self.seed, self.model_dir = directory, run, seed, model
-        self.stopper, self.reporter, self.resume_state = stopper, reporter, resume_state
 
-    def on_train_begin(self, logs=None):
-        state = self.resume_state
-        if state is None:
-            return
-        self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.directory / WEIGHTS)
-        early = state["early_stopping"]
-        self.stopper.wait, self.stopper.best = early["wait"], early["best"]
-        self.stopper.best_epoch = early["best_epoch"]
-        if (self.directory / BEST).is_file():
-            with np.load(self.directory / BEST, allow_pickle=False) as saved:
-                self.stopper.best_weights = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-        self.reporter.history[:] = state["history"]
-        self.reporter.seconds[:] = state["epoch_seconds"]
+def restore(directory: Path, network, optimizer) -> list[np.ndarray] | None:
+    """Load the network's and optimizer's variables saved by `save`; returns the best weights (or None)."""
+    variables = [*network.variables, *optimizer.variables]
+    saved = _arrays(directory / LATEST)
+    if len(saved) != len(variables):
+        raise LstmCliError(f"{directory}: the checkpoint does not fit this network; run without --resume")
+    for variable, value in zip(variables, saved, strict=True):
+        variable.assign(value)
+    return _arrays(directory / BEST) if (directory / BEST).is_file() else None
 
-    def restore_finished(self, model) -> None:
-        """Load a run whose training had ended: its best weights, as early stopping would have left them."""
-        self.set_model(model)
-        self.on_train_begin()
-        if self.stopper.best_weights is not None:
-            model.set_weights(self.stopper.best_weights)
 
-    def on_epoch_begin(self, epoch, logs=None):
-        reseed(self.model, self.seed, epoch)
-
-    def on_epoch_end(self, epoch, logs=None):
-        remove_stale_staging(self.directory)
-        check_checkpoint_dir(self.directory, model=self.model_dir)  # still ours (or absent) before replacing it
-        staging = staging_path(self.directory)
-        try:
-            staging.mkdir(parents=True)
-            write_checkpoint_marker(staging)
-            self.model.save_weights(staging / WEIGHTS)
-            if self.stopper.best_weights is not None:
-                np.savez(staging / BEST, *self.stopper.best_weights)
-            state = {
-                "run": self.run,
-                "epoch": epoch + 1,  # epochs finished
-                "stopped": bool(self.model.stop_training),  # early stopping ended the run here
-                "history": self.reporter.history,
-                "epoch_seconds": self.reporter.seconds,
-                "early_stopping": {
-                    "wait": self.stopper.wait,
-                    "best": float(self.stopper.best),
-                    "best_epoch": self.stopper.best_epoch,
-                },
-            }
-            (staging / STATE).write_text(json.dumps(state), encoding="utf-8")
-            install(staging, self.directory)
-        except OSError as e:
-            raise LstmCliError(
-                f"{self.directory}: could not write the training checkpoint ({e.strerror or e}); "
-                "free some space or choose another place with --checkpoint-dir"
-            ) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+def save(
+    directory: Path,
+    *,
+    run: dict[str, Any],
+    epoch: int,
+    stopped: bool,
+    history: list[dict[str, float]],
+    epoch_seconds: list[float],
+    early_stopping: dict[str, Any],
+    network,
+    optimizer,
+    best_weights: list[np.ndarray] | None,
+    model_dir: Path | None = None,
+) -> None:
+    """Replace the checkpoint with the state after `epoch` epochs, in one step."""
+    remove_stale_staging(directory)
+    check_checkpoint_dir(directory, model=model_dir)  # still ours (or absent) before replacing it
+    staging = staging_path(directory)
+    carried = []
+    try:
+        staging.mkdir(parents=True)
+        write_checkpoint_marker(staging)
+        np.savez(staging / LATEST, *[np.asarray(v) for v in [*network.variables, *optimizer.variables]])
+        if best_weights is not None:
+            np.savez(staging / BEST, *best_weights)
+        state = {
+            "run": run,
+            "epoch": epoch,  # epochs finished
+            "stopped": stopped,  # training ended here (early stopping, or asked to stop)
+            "history": history,
+            "epoch_seconds": epoch_seconds,
+            "early_stopping": {
+                "wait": early_stopping["wait"],
+                "best": float(early_stopping["value"]),
+                "best_epoch": early_stopping["epoch"],
+            },
+        }
+        (staging / STATE).write_text(json.dumps(state), encoding="utf-8")
+        for name in CARRIED:
+            if (directory / name).exists():
+                os.rename(directory / name, staging / name)
+                carried.append(name)
+        install(staging, directory)
+        carried = []
+    except OSError as e:
+        raise LstmCliError(
+            f"{directory}: could not write the training checkpoint ({e.strerror or e}); "
+            "free some space or choose another place with --checkpoint-dir"
+        ) from None
+    finally:
+        for name in carried:  # the swap failed: what was carried goes back
+            try:
+                os.rename(staging / name, directory / name)
+            except OSError:
+                pass
+        shutil.rmtree(staging, ignore_errors=True)

@@ -40,6 +40,8 @@ class TrainConfig:
     clip_norm: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     l2: float = 0.0  # L2 penalty on the Dense and recurrent kernels
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
+    steps_per_epoch: int | None = None  # an "epoch" of this many steps (validation, checkpoint); None: one pass
+    max_steps: int | None = None  # optimizer steps in all, at most; None: epochs * steps per epoch
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
     seed: int = 1337
     # Imbalance and pretrained vectors
@@ -97,6 +99,8 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("clip_norm", 0.0, None, False),
     ("l2", 0.0, None, False),
     ("patience", 0, None, False),
+    ("steps_per_epoch", 1, None, False),
+    ("max_steps", 1, None, False),
     ("validation_split", 0.0, 1.0, True),
     ("seed", 0, 2**32 - 1, False),
 )
@@ -107,7 +111,7 @@ def config_problems(config: TrainConfig) -> list[str]:
     problems = []
     for name, low, high, high_open in _RANGES:
         value = getattr(config, name)
-        if value is None and name == "batch_size":
+        if value is None and name in ("batch_size", "steps_per_epoch", "max_steps"):
             continue  # automatic
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -1,21 +1,28 @@
-"""Training: vocabulary, bucketed batches, `model.fit` with early stopping, reported through callbacks."""
+"""Training, top to bottom: devices, data, network, then one explicit loop of `tf.function` steps.
+
+The loop is lstm-cli's own (Keras' `model.fit` fails under MultiWorkerMirroredStrategy, keras#20585): every
+step runs under `strategy.run`, so one loop serves one CPU, one GPU, several GPUs and several machines.
+What happens when is all in `train()`: the seed, the order of the batches (a function of (seed, pass)),
+the dropout seeds (a function of (seed, epoch)), each step, validation, early stopping, the checkpoint and
+the report. That is also what makes `--resume` end bit-identical to an uninterrupted run on a CPU."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
+import math
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from lstm_cli.batching import EncodedTexts, batch_count, epoch_batches
-from lstm_cli.checkpoint import Checkpoint, read_state
+from lstm_cli import checkpoint as ckpt
+from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
 from lstm_cli.config import TrainConfig, class_weights
 from lstm_cli.data import LabeledData
 from lstm_cli.devices import DevicePlan, plan_devices
@@ -25,7 +32,7 @@ from lstm_cli.owned import check_checkpoint_dir
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
 
 ENCODE_BATCH = 4096
-STEPS_PER_EXECUTION = 4
+LOG_EVERY = 50  # steps between the training-loss points written to TensorBoard
 
 
 @dataclass
@@ -34,6 +41,17 @@ class EpochReport:
     epochs: int
     metrics: dict[str, float]  # loss, accuracy, val_loss, val_accuracy
     seconds: float
+    steps: int = 0  # optimizer steps so far, all epochs
+
+
+@dataclass
+class StepReport:
+    epoch: int  # 1-based
+    step: int  # steps done in this epoch
+    steps: int  # steps this epoch will take
+    rows: int  # training rows seen this epoch
+    loss: float  # running mean of this epoch's training loss
+    seconds: float  # since the epoch began
 
 
 @dataclass
@@ -55,6 +73,41 @@ class TrainResult:
     warnings: list[str] = field(default_factory=list)
     class_weights: dict[str, float] | None = None  # per label, when --class-weight was given
     vectors: dict[str, Any] | None = None  # file, sha256, dimension, coverage, frozen; when --vectors was given
+    steps: int = 0  # optimizer steps taken
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the model (False on the other workers of a cluster)."""
+        return self.device.is_chief
+
+
+class Batch(NamedTuple):
+    ids: np.ndarray  # int32 [rows, longest], right-padded with PAD_ID
+    labels: np.ndarray  # int32 [rows]
+    weights: np.ndarray  # float32 [rows]: 1 for a real row, 0 for a filler
+    global_rows: int  # real rows in the whole global batch, every part together
+
+
+class _MemorySource:
+    """Encoded rows in memory, served as the token cache serves them (global batches cut into parts)."""
+
+    def __init__(self, encoded: EncodedTexts, labels: np.ndarray):
+        self.encoded, self.labels = encoded, labels
+        self.rows = len(encoded)
+
+    def batch_count(self, batch_size: int, *, shuffled: bool) -> int:
+        return batch_count(self.rows, batch_size, shuffled=shuffled)
+
+    def batches(self, batch_size, *, seed, epoch, start=0, part=0, parts=1) -> Iterator[Batch]:
+        rng = None if seed is None else np.random.default_rng([seed, epoch])
+        for indices in batch_indices(self.encoded.lengths, batch_size, rng)[start:]:
+            mine = indices[part::parts]
+            weights = np.ones(len(mine), np.float32)
+            ids = self.encoded.padded(mine) if len(mine) else np.full((0, 1), OOV_ID, np.int32)
+            if len(mine) == 0:  # fewer rows than parts: a filler row that weighs nothing
+                ids, weights = np.full((1, 1), OOV_ID, np.int32), np.zeros(1, np.float32)
+                mine = indices[:1]
+            yield Batch(ids, self.labels[mine], weights, len(indices))
 
 
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -110,50 +163,6 @@ def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[s
     )
 
 
-def _encode(vectorizer, texts: list[str], labels: list[str], index: dict[str, int], max_length: int):
-    return encode_texts(vectorizer, texts, max_length), np.array([index[x] for x in labels], dtype=np.int32)
-
-
-def _dataset(encoded: EncodedTexts, targets: np.ndarray, batch_size: int, seed: int | None, first_epoch: int):
-    epochs = itertools.count(first_epoch)
-
-    def batches():
-        # A new generator per pass: each epoch gets its own (seed, epoch) shuffle.
-        yield from epoch_batches(encoded, targets, batch_size, seed=seed, epoch=next(epochs))
-
-    signature = (tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None], tf.int32))
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    # A known length lets Keras count steps (and not warn that the generator "ran out of data").
-    count = batch_count(len(encoded), batch_size, shuffled=seed is not None)
-    return dataset.apply(tf.data.experimental.assert_cardinality(count)).prefetch(2)
-
-
-class _Reporter(keras.callbacks.Callback):
-    def __init__(self, epochs: int, on_epoch: Callable[[EpochReport], None] | None, stop=None):
-        super().__init__()
-        self.epochs, self.on_epoch, self.history, self.seconds = epochs, on_epoch, [], []
-        self.stop = stop
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = {k: float(v) for k, v in (logs or {}).items() if k in _REPORTED}
-        self.history.append(metrics)
-        self.seconds.append(round(time.perf_counter() - self.started, 3))
-        if self.on_epoch:
-            self.on_epoch(EpochReport(epoch + 1, self.epochs, metrics, self.seconds[-1]))
-        if self.stop is not None and self.stop():
-            self.model.stop_training = True  # early stopping still restores the best epoch's weights
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.stop is not None and self.stop():
-            self.model.stop_training = True  # Keras ends the epoch here; it is still validated
-
-
-_REPORTED = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
 def _split(config: TrainConfig, data: LabeledData, validation: LabeledData | None, labels: list[str]):
     """(train texts, train labels, validation texts, validation labels, warnings)."""
     texts, label_list, warnings = data.texts, data.labels, []
@@ -177,7 +186,7 @@ def _split(config: TrainConfig, data: LabeledData, validation: LabeledData | Non
     return train_texts, train_labels, val_texts, val_labels, warnings
 
 
-def _class_weights(config: TrainConfig, labels: list[str], train_labels: list[str], path: str):
+def _class_weights(config: TrainConfig, labels: list[str], train_counts: Counter, path: str):
     """{label: weight} for --class-weight (None without it); a label the data lacks is an error."""
     if config.class_weight is None:
         return None
@@ -188,19 +197,124 @@ def _class_weights(config: TrainConfig, labels: list[str], train_labels: list[st
                 f"--class-weight names labels not in {path}: {', '.join(map(repr, unknown[:5]))}; "
                 f"the labels are {', '.join(map(repr, labels[:20]))}"
             )
-    return dict(zip(labels, class_weights(config.class_weight, labels, Counter(train_labels)), strict=True))
+    return dict(zip(labels, class_weights(config.class_weight, labels, train_counts), strict=True))
 
 
-def _pretrained(config: TrainConfig, vectors: WordVectors | None, vocabulary: list[str], train_enc):
+def _pretrained(config: TrainConfig, vectors: WordVectors | None, vocabulary: list[str], counts: np.ndarray):
     """(embedding matrix, vectors metadata) for --vectors, or (None, None)."""
     if config.vectors is None:
         return None, None
     vectors = vectors or read_vectors(Path(config.vectors), set(vocabulary[2:]))
-    counts = np.bincount(train_enc.values, minlength=len(vocabulary))
     matrix, coverage = embedding_matrix(vectors, vocabulary, counts, seed=config.seed)
     described = {**vectors.describe(), "coverage": coverage.to_dict(), "summary": coverage.describe(),
                  "frozen": config.freeze_vectors, "malformed_lines": vectors.malformed}  # fmt: skip
     return matrix, described
+
+
+def _batch_stream(strategy, source, batch_size: int, seed: int, first_step: int):
+    """Every replica's part of the global batches, from global step `first_step` on, pass after pass.
+
+    Each input pipeline (one per worker) serves its own replicas' parts; the parts of one global batch
+    are cut from the same seeded order on every worker, so the cluster takes the steps a single process
+    would with the same global batch."""
+    per_pass = source.batch_count(batch_size, shuffled=True)
+    signature = (
+        tf.TensorSpec([None, None], tf.int32),
+        tf.TensorSpec([None], tf.int32),
+        tf.TensorSpec([None], tf.float32),
+        tf.TensorSpec([], tf.float32),
+    )
+
+    def pipeline(context: tf.distribute.InputContext):
+        parts = context.num_replicas_in_sync
+        local = parts // context.num_input_pipelines
+        first_part = context.input_pipeline_id * local
+
+        def generate():
+            passes, start = divmod(first_step, per_pass)
+            while True:  # the loop takes what it needs
+                streams = [
+                    source.batches(batch_size, seed=seed, epoch=passes, start=start, part=first_part + r, parts=parts)
+                    for r in range(local)
+                ]
+                for pieces in zip(*streams, strict=True):
+                    for piece in pieces:  # replicas take consecutive elements
+                        yield piece.ids, piece.labels, piece.weights, np.float32(piece.global_rows)
+                passes, start = passes + 1, 0
+
+        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+
+    return iter(strategy.distribute_datasets_from_function(pipeline))
+
+
+def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip_norm: float):
+    """One optimizer step on the next global batch: (loss, correct rows, tokens, rows), summed over replicas.
+
+    Each replica's loss is its rows' weighted cross-entropy divided by the rows of the whole global batch,
+    so the gradients the optimizer sums across replicas are those of the global batch's mean loss."""
+    replicas = strategy.num_replicas_in_sync
+    weights_by_label = tf.constant(row_weights, tf.float32)
+    # Clipping must see the global gradient: Keras clips each replica's part before summing them.
+    clip_after_sum = clip_norm > 0 and replicas > 1
+
+    def replica_step(ids, labels, weights, global_rows):
+        with tf.GradientTape() as tape:
+            probabilities = network(ids, training=True)
+            per_row = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            weighted = per_row * weights * tf.gather(weights_by_label, labels)
+            loss = tf.reduce_sum(weighted) / global_rows
+            if network.losses:  # L2 penalties: counted once across the replicas
+                loss += tf.add_n(network.losses) / replicas
+            scaled = optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, network.trainable_variables)
+        if clip_after_sum:
+            context = tf.distribute.get_replica_context()
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+            gradients, _ = tf.clip_by_global_norm(gradients, clip_norm * _loss_scale(optimizer))
+            gradients = [g / replicas for g in gradients]  # the optimizer sums the replicas' copies again
+        optimizer.apply(gradients, network.trainable_variables)
+        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        correct = tf.reduce_sum(weights * tf.cast(tf.equal(predicted, labels), tf.float32))
+        tokens = tf.reduce_sum(tf.cast(ids != PAD_ID, tf.float32) * weights[:, None])
+        return loss, correct, tokens, tf.reduce_sum(weights)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(iterator):
+        results = strategy.run(replica_step, args=next(iterator))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, r, axis=None) for r in results]
+
+    return train_step
+
+
+def _loss_scale(optimizer):
+    return optimizer.dynamic_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else 1.0
+
+
+def _make_evaluate(network, source, batch_size: int):
+    """Mean cross-entropy and accuracy of the network on every row of `source` (unweighted).
+
+    Every worker evaluates the whole validation set on its own copy of the (identical) weights, so all
+    take the same early-stopping decision without talking to each other."""
+    probabilities_of = tf.function(lambda ids: network(ids, training=False), reduce_retracing=True)
+
+    def evaluate() -> dict[str, float]:
+        loss, correct, rows = 0.0, 0, 0
+        for batch in source.batches(batch_size, seed=None, epoch=0):
+            probabilities = probabilities_of(tf.constant(batch.ids)).numpy()
+            picked = probabilities[np.arange(len(batch.labels)), batch.labels].astype(np.float64)
+            loss += float(-np.log(np.clip(picked, 1e-7, 1.0)).sum())  # clipped as Keras' cross-entropy is
+            correct += int((probabilities.argmax(axis=1) == batch.labels).sum())
+            rows += len(batch.labels)
+        return {"val_loss": loss / rows, "val_accuracy": correct / rows}
+
+    return evaluate
+
+
+def _summaries(directory: Path | None, plan: DevicePlan):
+    """TensorBoard's writer for --tensorboard (the chief's only), or None."""
+    if directory is None or not plan.is_chief:
+        return None
+    return tf.summary.create_file_writer(str(directory))
 
 
 def train(
@@ -212,11 +326,13 @@ def train(
     mixed_precision: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    on_step: Callable[[StepReport], None] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     vectors: WordVectors | None = None,
     stop: Callable[[], bool] | None = None,
     model_dir: Path | None = None,
+    tensorboard: Path | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
@@ -224,93 +340,144 @@ def train(
     `vectors`: the file of `config.vectors` already read (for words including the vocabulary's), to read it
     once for many runs. `stop()` is asked after every step; True ends training after validating the epoch so
     far (the best epoch's weights are kept). `model_dir` is where the model will be saved (the checkpoint
-    directory may not be or contain it). Keras' global dtype policy is left as it was, whatever the plan's
-    precision."""
+    directory may not be or contain it). `tensorboard`: a directory for TensorBoard's event files. Keras'
+    global dtype policy is left as it was, whatever the plan's precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     if checkpoint_dir is not None:
         check_checkpoint_dir(checkpoint_dir, model=model_dir)
+
+    # 1. Where to train: CPU, GPU(s), or one worker of a cluster (TF_CONFIG).
     plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
+    strategy = plan.strategy_object
+
+    # 2. The data: labels, the validation split, the vocabulary, every row encoded once.
     labels = sorted(set(data.labels))
     if len(labels) < 2:
         raise DataError(
             f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
         )
     train_texts, train_labels, val_texts, val_labels, warnings = _split(config, data, validation, labels)
-    keras.utils.set_random_seed(config.seed)
-
     stage("Building the vocabulary")
     vectorizer, vocabulary, train_enc = build_vocabulary(train_texts, config)
     index = {label: i for i, label in enumerate(labels)}
-    train_y = np.array([index[x] for x in train_labels], dtype=np.int32)
-    config = config.resolved(len(train_texts))
-    weights = _class_weights(config, labels, train_labels, data.path)
-    embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, train_enc)
+    train_source = _MemorySource(train_enc, np.array([index[x] for x in train_labels], dtype=np.int32))
+    val_source = None
+    if val_texts:
+        val_enc = encode_texts(vectorizer, val_texts, config.max_length)
+        val_source = _MemorySource(val_enc, np.array([index[x] for x in val_labels], dtype=np.int32))
+    token_counts = np.bincount(train_enc.values, minlength=len(vocabulary))
+    config = config.resolved(train_source.rows)
+    weights = _class_weights(config, labels, Counter(train_labels), data.path)
+    embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, token_counts)
     if vectors_meta is not None:
         config = dataclasses.replace(config, embedding_dim=vectors_meta["dimension"])  # the file's width wins
         stage(f"Vectors from {vectors_meta['file']}, {vectors_meta['dimension']} dimensions: {vectors_meta['summary']}")
         if vectors_meta["malformed_lines"]:
             skipped = vectors_meta["malformed_lines"]
             warnings.append(f"{config.vectors}: skipped {skipped:,} malformed line{'s' if skipped > 1 else ''}")
+
+    # 3. What one epoch is: a pass over the data, or --steps-per-epoch steps; --max-steps caps the whole run.
+    steps_per_pass = train_source.batch_count(config.batch_size, shuffled=True)
+    steps_per_epoch = config.steps_per_epoch or steps_per_pass
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or math.inf)
+    epochs = math.ceil(total_steps / steps_per_epoch)
+
+    # 4. The run's identity (a checkpoint of another run is refused) and where it left off.
     run = {
         "config": config.to_dict(),
         "data": data.sha256,
         "validation": validation.sha256 if validation is not None else None,
         "labels": labels,
         "vectors": vectors_meta["sha256"] if vectors_meta else None,
+        "workers": plan.cluster.workers if plan.cluster else 1,
     }
     run = json.loads(json.dumps(run))  # as the checkpoint stores it: tuples (pooling) come back as lists
-    resume_state = read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
-    first_epoch = resume_state["epoch"] if resume_state else 0
+    state = ckpt.read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
 
-    with plan.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
+    # 5. The network and its optimizer, made under the strategy (variables mirrored on every replica).
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
                                 embeddings=embeddings, trainable_embeddings=not config.freeze_vectors)  # fmt: skip
-        network.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate, global_clipnorm=config.clip_norm or None),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            # No XLA: batches vary in length, and XLA compiles once per shape (measured: 141 s of
-            # compiling in the first SST-2 epoch, no faster afterwards).
-            jit_compile=False,
-            # Several steps per call of the training function: less Python between steps (+4% at batch 512).
-            steps_per_execution=STEPS_PER_EXECUTION,
-        )
-    train_ds = _dataset(train_enc, train_y, config.batch_size, config.seed, first_epoch)
-    val_ds = None
-    if val_texts:
-        val_enc, val_y = _encode(vectorizer, val_texts, val_labels, index, config.max_length)
-        val_ds = _dataset(val_enc, val_y, config.batch_size, None, 0).cache()
+        clip_in_optimizer = config.clip_norm > 0 and strategy.num_replicas_in_sync == 1
+        optimizer = keras.optimizers.Adam(config.learning_rate,
+                                          global_clipnorm=config.clip_norm if clip_in_optimizer else None)
+        if plan.mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(network.trainable_variables)
+    row_weights = np.array([weights[label] for label in labels] if weights else [1.0] * len(labels))
+    train_step = _make_train_step(strategy, network, optimizer, row_weights, 0.0 if clip_in_optimizer else config.clip_norm)
+    evaluate = _make_evaluate(network, val_source, config.batch_size) if val_source is not None else None
+    monitor = "val_loss" if evaluate is not None else "loss"
 
-    monitor = "val_loss" if val_ds is not None else "loss"
-    reporter = _Reporter(config.epochs, on_epoch, stop)
-    stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=config.patience, restore_best_weights=True)
-    callbacks = [reporter, stopper]
-    if checkpoint_dir is not None:
-        # After the stopper in the list: its epoch-end state is what gets saved.
-        checkpoint = Checkpoint(checkpoint_dir, run, config.seed, stopper, reporter, resume_state, model=model_dir)
-        callbacks.append(checkpoint)
-    resuming = f", resuming after epoch {first_epoch}" if resume_state else ""
+    history: list[dict[str, float]] = []
+    epoch_seconds: list[float] = []
+    best = {"value": math.inf, "epoch": 0, "weights": None, "wait": 0}  # early stopping's memory
+    first_epoch, stopped = 0, False
+    if state is not None:
+        best["weights"] = ckpt.restore(checkpoint_dir, network, optimizer)
+        history, epoch_seconds = state["history"], state["epoch_seconds"]
+        best.update(value=state["early_stopping"]["best"], epoch=state["early_stopping"]["best_epoch"],
+                    wait=state["early_stopping"]["wait"])  # fmt: skip
+        first_epoch, stopped = state["epoch"], state["stopped"]
+    resuming = f", resuming after epoch {first_epoch}" if state else ""
     stage(
-        f"Training on {plan.describe()}: {len(train_texts):,} rows, {len(val_texts):,} for validation, "
-        f"batch {config.batch_size}, learning rate {config.learning_rate:g}{resuming}"
+        f"Training on {plan.describe()}: {train_source.rows:,} rows, {val_source.rows if val_source else 0:,} "
+        f"for validation, batch {config.batch_size}, {steps_per_epoch:,} steps an epoch, "
+        f"learning rate {config.learning_rate:g}{resuming}"
     )
-    if resume_state and (first_epoch >= config.epochs or resume_state.get("stopped")):
-        callbacks[-1].restore_finished(network)  # training had ended; only saving was cut short
-    else:
-        network.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            initial_epoch=first_epoch,
-            callbacks=callbacks,
-            # Index-keyed, applied to the training loss only: val_loss stays comparable across settings.
-            class_weight={i: weights[label] for i, label in enumerate(labels)} if weights else None,
-            verbose=0,
-        )
+    writer = _summaries(tensorboard, plan)
+    batches = _batch_stream(strategy, train_source, config.batch_size, config.seed, first_epoch * steps_per_epoch)
 
-    history = reporter.history
-    best = int(np.argmin([h[monitor] for h in history]))
+    # 6. The loop: steps, then validation, early stopping, a checkpoint and a report, epoch after epoch.
+    step = first_epoch * steps_per_epoch
+    for epoch in range(first_epoch, epochs):
+        if stopped:
+            break
+        epoch_started = time.perf_counter()
+        ckpt.reseed(network, config.seed, epoch)  # dropout noise depends on (seed, epoch) only
+        steps = min(steps_per_epoch, total_steps - step)
+        loss_sum, correct, rows, tokens = 0.0, 0.0, 0, 0.0
+        for i in range(steps):
+            loss, right, real_tokens, real_rows = (float(x) for x in train_step(batches))
+            step += 1
+            loss_sum, correct, tokens, rows = loss_sum + loss, correct + right, tokens + real_tokens, rows + int(real_rows)
+            if on_step is not None:
+                on_step(StepReport(epoch + 1, i + 1, steps, rows, loss_sum / (i + 1), time.perf_counter() - epoch_started))
+            if writer is not None and step % LOG_EVERY == 0:
+                with writer.as_default(step=step):
+                    tf.summary.scalar("batch/loss", loss)
+            if stop is not None and stop():
+                stopped = True  # this epoch is still validated; the best epoch's weights are kept
+                break
+        metrics = {"loss": loss_sum / max(i + 1, 1) if steps else math.nan, "accuracy": correct / max(rows, 1)}
+        if evaluate is not None:
+            metrics.update(evaluate())
+        seconds = round(time.perf_counter() - epoch_started, 3)
+        history.append(metrics)
+        epoch_seconds.append(seconds)
+
+        # Early stopping on val_loss (loss without validation data); the best epoch's weights are kept.
+        if metrics[monitor] < best["value"]:
+            best.update(value=metrics[monitor], epoch=epoch, weights=network.get_weights(), wait=0)
+        else:
+            best["wait"] += 1
+            stopped = stopped or best["wait"] > config.patience
+        if checkpoint_dir is not None:
+            ckpt.save(checkpoint_dir, run=run, epoch=epoch + 1, stopped=stopped, history=history,
+                      epoch_seconds=epoch_seconds, early_stopping={k: best[k] for k in ("value", "epoch", "wait")},
+                      network=network, optimizer=optimizer, best_weights=best["weights"], model_dir=model_dir)  # fmt: skip
+        if writer is not None:
+            _write_epoch(writer, step, metrics, optimizer, tokens, rows, seconds)
+        if on_epoch:
+            on_epoch(EpochReport(epoch + 1, epochs, metrics, seconds, step))
+    if best["weights"] is not None:
+        network.set_weights(best["weights"])
+    if writer is not None:
+        writer.close()
+
+    best_index = int(np.argmin([h[monitor] for h in history]))
     return TrainResult(
         network=network,
         vectorizer=vectorizer,
@@ -318,15 +485,26 @@ def train(
         labels=labels,
         config=config,
         history=history,
-        epoch_seconds=reporter.seconds,
-        best_epoch=best + 1,
-        best_metrics=history[best],
-        train_rows=len(train_texts),
-        validation_rows=len(val_texts),
+        epoch_seconds=epoch_seconds,
+        best_epoch=best_index + 1,
+        best_metrics=history[best_index],
+        train_rows=train_source.rows,
+        validation_rows=val_source.rows if val_source else 0,
         seconds=time.perf_counter() - started,
         device=plan,
         parameters=int(network.count_params()),
         warnings=warnings + plan.warnings,
         class_weights=weights,
         vectors=vectors_meta,
+        steps=step,
     )
+
+
+def _write_epoch(writer, step: int, metrics: dict[str, float], optimizer, tokens: float, rows: int, seconds: float):
+    with writer.as_default(step=step):
+        for name, value in metrics.items():
+            tf.summary.scalar(f"epoch/{name}", value)
+        tf.summary.scalar("epoch/learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
+        tf.summary.scalar("epoch/tokens_per_second", tokens / max(seconds, 1e-9))
+        tf.summary.scalar("epoch/rows_per_second", rows / max(seconds, 1e-9))
+    writer.flush()

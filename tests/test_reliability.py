@@ -124,7 +124,7 @@ def test_checkpoint_dir_and_resume_after_a_failed_save(data_dir, tmp_path, monke
     message = failed.stderr.strip().splitlines()[-1]
     assert "fails the check predict runs before loading" in message and "Softmax" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no model, no staging left; the checkpoint stays
-    assert {CHECKPOINT_MARKER, "state.json", "latest.weights.h5", "best_weights.npz"} <= {
+    assert {CHECKPOINT_MARKER, "state.json", "latest.npz", "best_weights.npz"} <= {
         p.name for p in (tmp_path / "ck").iterdir()
     }
     state = json.loads((tmp_path / "ck" / "state.json").read_text())
