@@ -145,5 +145,13 @@ def plan_devices(config: TrainConfig, *, requested: str = "auto", mixed_precisio
         plan._strategy = tf.distribute.MirroredStrategy()
     elif plan.strategy == "multi-worker":
         # Blocks until every task of TF_CONFIG has started (the caller bounds the wait).
-        plan._strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        try:
+            plan._strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        except tf.errors.OpError as e:
+            from lstm_cli.errors import LstmCliError
+
+            raise LstmCliError(
+                f"{cluster.task}: could not join the cluster of TF_CONFIG ({type(e).__name__}: "
+                f"{str(e).strip()[:160]}); check that this task's address in TF_CONFIG is free and its own"
+            ) from None
     return plan

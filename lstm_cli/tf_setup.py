@@ -26,7 +26,7 @@ def _quiet_environment() -> None:
         # C++ logging (oneDNN notices, CPU feature banners, XLA) is read from the environment at import.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # a lost peer is reported in one line of our own
 
 
 @contextlib.contextmanager

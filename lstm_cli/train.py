@@ -25,8 +25,9 @@ from lstm_cli import checkpoint as ckpt
 from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
 from lstm_cli.config import TrainConfig, class_weights
 from lstm_cli.data import LabeledData
-from lstm_cli.devices import DevicePlan, plan_devices
-from lstm_cli.errors import DataError
+from lstm_cli import watchdog
+from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
+from lstm_cli.errors import DataError, LstmCliError, UsageError
 from lstm_cli.model import OOV_ID, PAD_ID, build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
 from lstm_cli.owned import check_checkpoint_dir
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
@@ -333,6 +334,7 @@ def train(
     stop: Callable[[], bool] | None = None,
     model_dir: Path | None = None,
     tensorboard: Path | None = None,
+    worker_timeout: float = 300.0,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
@@ -340,15 +342,25 @@ def train(
     `vectors`: the file of `config.vectors` already read (for words including the vocabulary's), to read it
     once for many runs. `stop()` is asked after every step; True ends training after validating the epoch so
     far (the best epoch's weights are kept). `model_dir` is where the model will be saved (the checkpoint
-    directory may not be or contain it). `tensorboard`: a directory for TensorBoard's event files. Keras'
-    global dtype policy is left as it was, whatever the plan's precision."""
+    directory may not be or contain it). `tensorboard`: a directory for TensorBoard's event files.
+    `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
+    before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under). Keras' global dtype policy is left as it was, whatever the plan's
+    precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     if checkpoint_dir is not None:
         check_checkpoint_dir(checkpoint_dir, model=model_dir)
 
-    # 1. Where to train: CPU, GPU(s), or one worker of a cluster (TF_CONFIG).
-    plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
+    # 1. Where to train: CPU, GPU(s), or one worker of a cluster (TF_CONFIG), whose waits are bounded.
+    try:
+        cluster = read_cluster()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    guard = watchdog.for_this_process(worker_timeout) if cluster is not None else watchdog.Unbounded()
+    if cluster is not None:
+        stage(f"Waiting for the {cluster.workers - 1} other worker(s) of TF_CONFIG (this is {cluster.task})")
+    with guard.waiting(f"{cluster.task if cluster else ''}: no word from the other workers of TF_CONFIG"):
+        plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
     strategy = plan.strategy_object
 
     # 2. The data: labels, the validation split, the vocabulary, every row encoded once.
@@ -440,14 +452,14 @@ def train(
         steps = min(steps_per_epoch, total_steps - step)
         loss_sum, correct, rows, tokens = 0.0, 0.0, 0, 0.0
         for i in range(steps):
-            loss, right, real_tokens, real_rows = (float(x) for x in train_step(batches))
+            with guard.waiting(f"{cluster.task if cluster else ''}: step {step + 1} waited for the other workers"):
+                loss, right, real_tokens, real_rows = _run_step(train_step, batches, cluster, step)
             step += 1
             loss_sum, correct, tokens, rows = loss_sum + loss, correct + right, tokens + real_tokens, rows + int(real_rows)
             if on_step is not None:
                 on_step(StepReport(epoch + 1, i + 1, steps, rows, loss_sum / (i + 1), time.perf_counter() - epoch_started))
             if writer is not None and step % LOG_EVERY == 0:
-                with writer.as_default(step=step):
-                    tf.summary.scalar("batch/loss", loss)
+                _scalars(writer, step, {"batch/loss": loss})
             if stop is not None and stop():
                 stopped = True  # this epoch is still validated; the best epoch's weights are kept
                 break
@@ -500,11 +512,32 @@ def train(
     )
 
 
+def _run_step(train_step, batches, cluster, step: int) -> list[float]:
+    if cluster is None:
+        return [float(x) for x in train_step(batches)]
+    try:
+        return [float(x) for x in train_step(batches)]
+    except tf.errors.OpError as e:  # a peer that died: the collective fails (or hangs: see the watchdog)
+        raise LstmCliError(
+            f"{cluster.task}: lost the other workers at step {step + 1} ({type(e).__name__}); restart every worker with "
+            "--resume to continue from the last finished epoch"
+        ) from None
+
+
 def _write_epoch(writer, step: int, metrics: dict[str, float], optimizer, tokens: float, rows: int, seconds: float):
+    rates = {
+        "epoch/learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+        "epoch/tokens_per_second": tokens / max(seconds, 1e-9),
+        "epoch/rows_per_second": rows / max(seconds, 1e-9),
+    }
+    _scalars(writer, step, {**{f"epoch/{name}": value for name, value in metrics.items()}, **rates})
+
+
+def _scalars(writer, step: int, values: dict[str, float]) -> None:
+    """TensorBoard scalars through TensorFlow's own summary ops: `tf.summary.scalar` lives in the
+    tensorboard package, which lstm-cli does not need; this writes the same records (plugin "scalars")."""
+    metadata = tf.compat.v1.SummaryMetadata(plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
     with writer.as_default(step=step):
-        for name, value in metrics.items():
-            tf.summary.scalar(f"epoch/{name}", value)
-        tf.summary.scalar("epoch/learning_rate", float(keras.ops.convert_to_numpy(optimizer.learning_rate)))
-        tf.summary.scalar("epoch/tokens_per_second", tokens / max(seconds, 1e-9))
-        tf.summary.scalar("epoch/rows_per_second", rows / max(seconds, 1e-9))
+        for tag, value in values.items():
+            tf.summary.write(tag, tf.constant(value, tf.float32), metadata=metadata.SerializeToString())
     writer.flush()

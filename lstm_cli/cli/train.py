@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -99,6 +101,12 @@ def train_cli(
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
     ] = DEFAULTS.patience,
+    steps_per_epoch: Annotated[
+        int | None,
+        typer.Option(help="Make an epoch this many steps (validation, checkpoint, early stopping every N steps) "
+                     "[default: one pass over DATA]."),
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps in all.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and data give the same model on CPU.")] = (
         DEFAULTS.seed
     ),
@@ -112,6 +120,12 @@ def train_cli(
         typer.Option(help="Where per-epoch checkpoints go [default: .MODEL.checkpoint beside the model]."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    tensorboard: Annotated[
+        Path | None, typer.Option(help="Write loss, accuracy, learning rate and throughput for TensorBoard here.")
+    ] = None,
+    worker_timeout: Annotated[
+        float, typer.Option(min=1, help="With TF_CONFIG: seconds to wait for the other workers before giving up.")
+    ] = 300.0,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -128,12 +142,24 @@ def train_cli(
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
             dense_units=dense_units, dense_dropout=dense_dropout,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, clip_norm=clip_norm, l2=l2,
-            patience=patience, validation_split=validation_split, seed=seed, **extra,
+            patience=patience, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
+            validation_split=validation_split, seed=seed, **extra,
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    cluster = _cluster()
+    if cluster is not None:
+        from lstm_cli import watchdog
+
+        if not watchdog.supervised():  # a worker runs under a supervisor that bounds its waits on the others
+            hint = ("check that every task in TF_CONFIG runs the same command and is reachable, "
+                    "or raise --worker-timeout")  # fmt: skip
+            raise typer.Exit(watchdog.supervise(sys.argv[1:], hint=hint))
     console = _console()
     checkpoints = checkpoint_dir or model.parent / f".{model.name}.checkpoint"
+    if cluster is not None and not cluster.is_chief:
+        # Only the chief writes the model; each other worker keeps its own checkpoint (and token cache).
+        checkpoints = checkpoints.with_name(f"{checkpoints.name}.{cluster.task.replace('/', '-')}")
     before = _model_id(model)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
     with _errors(verbose, interrupted_hint=lambda: _interrupted(model, before)):
@@ -142,7 +168,8 @@ def train_cli(
         from lstm_cli.owned import check_checkpoint_dir, remove_checkpoint_dir
 
         # Paths first: a model or checkpoint path lstm-cli would not replace is refused before any work.
-        check_writable(model)
+        if cluster is None or cluster.is_chief:
+            check_writable(model)
         check_checkpoint_dir(checkpoints, model=model)
 
         def say(message: str) -> None:
@@ -160,15 +187,23 @@ def train_cli(
         warn(console, [*vectors_warnings(vectors, explicit(ctx, "embedding_dim")),
                        *render.skipped_warnings(dataset, validation)])  # fmt: skip
         say(f"Read {len(dataset):,} rows from {data}")
-        result = train_model(
-            config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
-            on_epoch=lambda report: say(render.epoch_line(report)),
-            on_stage=say,
-            checkpoint_dir=checkpoints,
-            resume=resume,
-            model_dir=model,
-        )  # fmt: skip
+        with _progress(console, enabled=not quiet and console.is_terminal) as on_step:
+            result = train_model(
+                config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
+                on_epoch=lambda report: say(render.epoch_line(report)),
+                on_stage=say,
+                on_step=on_step,
+                checkpoint_dir=checkpoints,
+                resume=resume,
+                model_dir=model,
+                tensorboard=tensorboard,
+                worker_timeout=worker_timeout,
+            )  # fmt: skip
         warn(console, result.warnings)
+        if not result.is_chief:
+            remove_checkpoint_dir(checkpoints)
+            say(f"{cluster.task}: training finished; the chief saves the model")
+            return
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
                      skipped=dict(dataset.skipped))  # fmt: skip
@@ -176,6 +211,39 @@ def train_cli(
         if not quiet:
             console.print(render.train_summary(result, model))
     typer.echo(str(model))
+
+
+def _cluster():
+    """This process's place in a TF_CONFIG cluster (None without one); a broken TF_CONFIG is misuse."""
+    from lstm_cli.devices import read_cluster
+
+    try:
+        return read_cluster()
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="TF_CONFIG") from None
+
+
+@contextlib.contextmanager
+def _progress(console, *, enabled: bool):
+    """A progress bar for the steps of each epoch on a terminal (step, rows/s, running loss, time left);
+    yields the on_step callback, or None when stderr is not a terminal (the epoch lines say it all)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[speed]:,.0f} rows/s  loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("steps", total=None, epoch=0, speed=0.0, loss=0.0)
+
+        def on_step(report) -> None:
+            if report.step == 1:
+                bar.reset(task, total=report.steps)
+            speed = report.rows / report.seconds if report.seconds > 0 else 0.0
+            bar.update(task, completed=report.step, epoch=report.epoch, speed=speed, loss=report.loss)
+
+        yield on_step
 
 
 def _model_id(model: Path) -> str | None:
