@@ -28,8 +28,8 @@ MANIFEST = "cache.json"
 FORMAT = "lstm-cli-token-cache"
 FORMAT_VERSION = 1
 # Rows are encoded into chunks of at most this many rows / token ids (4 bytes each) before going to disk.
-CHUNK_ROWS = 1 << 16
-CHUNK_TOKENS = 1 << 22
+CHUNK_ROWS = 1 << 14
+CHUNK_TOKENS = 1 << 18
 # Names build() writes, and so may remove when it rebuilds.
 _OURS = re.compile(r"(shard-\d{5,}\.(ids|rows)|incoming\.(ids|rows)|cache\.json\.tmp)")
 
