@@ -21,8 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
+from lstm_cli.batching import Batch, EncodedTexts, batch_count, batch_indices, worker_batch
 from lstm_cli.engine.tokenizer import OOV_ID
+
+__all__ = ["Batch", "TokenCache"]
 
 MANIFEST = "cache.json"
 FORMAT = "lstm-cli-token-cache"
@@ -32,13 +34,6 @@ CHUNK_ROWS = 1 << 14
 CHUNK_TOKENS = 1 << 18
 # Names build() writes, and so may remove when it rebuilds.
 _OURS = re.compile(r"(shard-\d{5,}\.(ids|rows)|incoming\.(ids|rows)|cache\.json\.tmp)")
-
-
-class Batch(NamedTuple):
-    ids: np.ndarray  # int32 [b, L], right-padded with 0; L is the longest row of this part (at least 1)
-    labels: np.ndarray  # int32 [b]
-    weights: np.ndarray  # float32 [b]: 1 for real rows, 0 for filler rows
-    global_rows: int  # real rows in the whole global batch, all parts together (the loss divides by it)
 
 
 class _Chunk(NamedTuple):
@@ -156,7 +151,7 @@ class TokenCache:
             encoded, labels = self._read(shard)
             rng = np.random.default_rng([seed, epoch, int(k)]) if shuffled else None
             for indices in batch_indices(encoded.lengths, batch_size, rng)[skip:]:
-                yield _slice(encoded, labels, indices, part, parts)
+                yield worker_batch(encoded, labels, indices, part=part, parts=parts)
             skip = 0
 
     def _read(self, shard: dict) -> tuple[EncodedTexts, np.ndarray]:
@@ -167,20 +162,6 @@ class TokenCache:
         np.cumsum(lengths, out=splits[1:])
         ids = np.fromfile(ids_path, dtype="<i4").astype(np.int32, copy=False)
         return EncodedTexts(ids, splits), rows[:, 1].astype(np.int32)
-
-
-def _slice(encoded: EncodedTexts, labels: np.ndarray, indices: np.ndarray, part: int, parts: int) -> Batch:
-    mine = indices[part::parts]
-    size = -(-len(indices) // parts)
-    ids = encoded.padded(mine)
-    fill = size - len(mine)
-    if fill:
-        filler = np.zeros((fill, ids.shape[1]), dtype=np.int32)
-        filler[:, 0] = OOV_ID
-        ids = np.concatenate([ids, filler])
-    weights = np.zeros(size, dtype=np.float32)
-    weights[: len(mine)] = 1
-    return Batch(ids, np.concatenate([labels[mine], np.zeros(fill, np.int32)]), weights, len(indices))
 
 
 def _paths(directory: Path, name: str) -> tuple[Path, Path]:

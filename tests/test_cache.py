@@ -215,3 +215,12 @@ def test_peak_memory_stays_flat_as_the_file_grows(tmp_path, small, large, bound)
     """Reading all of the larger file would cost at least its size in bytes, and as much again as str."""
     growth = peak_rss_mb(tmp_path, large) - peak_rss_mb(tmp_path, small)
     assert growth < bound, f"peak RSS grew by {growth:.1f} MB from {small} MB to {large} MB of CSV"
+
+
+def test_the_data_layer_does_not_import_tensorflow():
+    code = (
+        "import sys, lstm_cli.data, lstm_cli.corpus, lstm_cli.cache, lstm_cli.batching; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
