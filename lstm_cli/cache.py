@@ -43,6 +43,8 @@ class _Chunk(NamedTuple):
 
 
 class TokenCache:
+    """A complete cache directory (see the module docstring); make one with build() or find one with open()."""
+
     def __init__(self, directory: Path, manifest: dict):
         self.directory = Path(directory)
         self.manifest = manifest
