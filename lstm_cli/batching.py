@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
+
+from lstm_cli.engine.tokenizer import OOV_ID
 
 # Batches are formed inside pools of this many batches: sorted by length within a pool (little
 # padding), random across pools and epochs (SGD still sees shuffled data).
@@ -42,6 +45,33 @@ class EncodedTexts:
         cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         out[rows, cols] = self.values[np.repeat(starts, lengths) + cols]
         return out
+
+
+class Batch(NamedTuple):
+    ids: np.ndarray  # int32 [b, L], right-padded with 0; L is the longest row of this part (at least 1)
+    labels: np.ndarray  # int32 [b]
+    weights: np.ndarray  # float32 [b]: 1 for real rows, 0 for filler rows
+    global_rows: int  # real rows in the whole global batch, all parts together (the loss divides by it)
+
+
+def worker_batch(
+    encoded: EncodedTexts, labels: np.ndarray, indices: np.ndarray, *, part: int = 0, parts: int = 1
+) -> Batch:
+    """Part `part` of `parts` of the global batch `indices`: its rows part::parts (similar lengths in every
+    part, since a batch is sorted by length), topped up to ceil(batch / parts) rows with filler rows
+    ([OOV_ID], weight 0, never all padding), so that every worker gets a batch of the same size."""
+    mine = indices[part::parts]
+    size = -(-len(indices) // parts)
+    fill = size - len(mine)
+    ids = encoded.padded(mine)
+    if fill:
+        filler = np.zeros((fill, ids.shape[1]), dtype=np.int32)
+        filler[:, 0] = OOV_ID
+        ids = np.concatenate([ids, filler])
+    weights = np.zeros(size, dtype=np.float32)
+    weights[: len(mine)] = 1
+    targets = np.concatenate([labels[mine], np.zeros(fill, dtype=labels.dtype)]).astype(np.int32)
+    return Batch(ids, targets, weights, len(indices))
 
 
 def batch_indices(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:

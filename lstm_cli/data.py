@@ -8,11 +8,14 @@ import codecs
 import csv
 import hashlib
 import io
+import os
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,56 +43,291 @@ class LabeledData:
         return {"path": self.path, "rows": len(self), "sha256": self.sha256}
 
 
-def _read_bytes(path: Path | str) -> tuple[bytes, str]:
-    if str(path) == "-":
-        return sys.stdin.buffer.read(), "<stdin>"
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: file not found")
-    if p.is_dir():
-        raise DataError(f"{p}: is a directory, expected a CSV or TSV file")
-    try:
-        return p.read_bytes(), str(p)
-    except OSError as e:
-        raise DataError(f"{p}: cannot read: {e.strerror}") from None
+# Bytes read per step while streaming: decoding, line splitting and hashing work on this much at a time,
+# so memory does not grow with the file (only with its longest row).
+_CHUNK_BYTES = 1 << 20
+# Bytes kept from before the current chunk to place a decoding error: more than any decoder buffers.
+_TAIL_BYTES = 16
+# stdin is copied here once so that it can be read again; past this size the copy goes to a temp file.
+_SPOOL_BYTES = 32 << 20
 
 
-def _decode(raw: bytes, name: str, encoding: str) -> str:
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise DataError(f"unknown encoding {encoding!r} given to --encoding") from None
-    if codecs.lookup(encoding).name == "utf-8":
-        encoding = "utf-8-sig"  # accept files with or without a byte-order mark
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        raise DataError(
-            f"{name}:{line}:{column}: byte 0x{raw[e.start]:02x} at byte offset {e.start} is not valid "
-            f"{e.encoding}; if the file uses another encoding, pass it with --encoding (e.g. --encoding latin-1)"
-        ) from None
+def stream_labeled(
+    path: Path | str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+    skip_bad_rows: bool = False,
+) -> LabeledStream:
+    """The (text, label) rows of a labeled CSV/TSV, read again from the file on every iteration.
+
+    The header is checked (and the delimiter chosen) here, so a wrong column fails before any long pass."""
+    return LabeledStream(
+        path,
+        text_column=text_column,
+        label_column=label_column,
+        delimiter=delimiter,
+        encoding=encoding,
+        skip_bad_rows=skip_bad_rows,
+    )
+
+
+class LabeledStream:
+    """Re-iterable (text, label) pairs of a labeled file, in bounded memory: one chunk and one row at a time.
+
+    After a complete pass, `rows`, `skipped` and `sha256` (of the raw bytes) describe the file; a later pass
+    that sees different bytes raises DataError. stdin ('-') cannot be read twice, so it is copied once
+    into a spooled temporary file (memory up to 32 MiB, disk beyond) that lives as long as this object."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        text_column: str,
+        label_column: str,
+        delimiter: str | None,
+        encoding: str,
+        skip_bad_rows: bool,
+    ):
+        self._columns = (text_column, label_column)
+        self._skip_bad_rows = skip_bad_rows
+        self._spool: tempfile.SpooledTemporaryFile | None = None
+        if str(path) == "-":
+            self._name = "<stdin>"
+            self._spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+            shutil.copyfileobj(sys.stdin.buffer, self._spool, _CHUNK_BYTES)
+        else:
+            p = Path(path)
+            if not p.exists():
+                raise DataError(f"{p}: file not found")
+            if p.is_dir():
+                raise DataError(f"{p}: is a directory, expected a CSV or TSV file")
+            self._name = str(p)
+        self.path = self._name if self._spool is not None else str(Path(self._name).resolve())
+        try:
+            info = codecs.lookup(encoding)
+        except LookupError:
+            raise DataError(f"unknown encoding {encoding!r} given to --encoding") from None
+        # UTF-8 files may start with a byte-order mark; it is skipped by hand (not with utf-8-sig) so that
+        # decoding errors keep their true byte offsets.
+        self._strip_bom = info.name == "utf-8"
+        self._encoding = info.name
+        self._given_delimiter = delimiter
+        self.sha256: str | None = None
+        self.rows: int | None = None
+        self.skipped: Counter[str] = Counter()
+        with self._open() as raw:
+            self.delimiter, _, _ = self._start(raw, hashlib.sha256())
+
+    def fingerprint(self) -> dict[str, object]:
+        """As LabeledData.fingerprint; valid after a complete pass."""
+        return {"path": self.path, "rows": self.rows, "sha256": self.sha256}
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        digest = hashlib.sha256()
+        skipped: Counter[str] = Counter()
+        rows = 0
+        name, delimiter = self._name, self.delimiter
+        with self._open() as raw:
+            _, header, lines = self._start(raw, digest)
+            text_index, label_index = header.index(self._columns[0]), header.index(self._columns[1])
+            reader = csv.reader(lines, delimiter=delimiter, strict=True)
+            next(reader)  # the header, parsed in _start
+            line = reader.line_num + 1
+            while True:
+                start = line
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as e:
+                    line = reader.line_num + 1
+                    if self._skip_bad_rows:
+                        skipped["malformed row"] += 1
+                        continue
+                    raise DataError(
+                        f"{name}:{start}: malformed CSV ({e}); fix the quoting or pass --skip-bad-rows"
+                    ) from None
+                line = reader.line_num + 1
+                if not row:
+                    continue  # blank line
+                if len(row) != len(header):
+                    if self._skip_bad_rows:
+                        skipped["malformed row"] += 1
+                        continue
+                    raise DataError(
+                        f"{name}:{start}: expected {len(header)} fields, found {len(row)}; quote fields that "
+                        f"contain {_printable(delimiter)}, or pass --skip-bad-rows to skip such rows"
+                    )
+                label = row[label_index].strip()
+                if not row[text_index].strip():
+                    skipped["empty text"] += 1
+                elif not label:
+                    skipped["empty label"] += 1
+                else:
+                    rows += 1
+                    yield row[text_index], label
+        if not rows:
+            what = "has a header but no data rows" if not skipped else "has no usable rows"
+            detail = f" ({describe_skipped(skipped)})" if skipped else ""
+            raise DataError(f"{name}: {what}{detail}")
+        sha256 = digest.hexdigest()
+        if self.sha256 is not None and sha256 != self.sha256:
+            raise DataError(f"{name}: the file changed while it was being read (its bytes differ from the last pass)")
+        self.sha256, self.rows, self.skipped = sha256, rows, skipped
+
+    def _open(self) -> BinaryIO:
+        if self._spool is not None:
+            self._spool.seek(0)
+            return _Unclosed(self._spool)
+        try:
+            return open(self._name, "rb")  # closed by the caller's `with`
+        except OSError as e:
+            raise DataError(f"{self._name}: cannot read: {e.strerror}") from None
+
+    def _start(self, raw: BinaryIO, digest) -> tuple[str, list[str], Iterator[str]]:
+        """(delimiter, header, lines from the first one) for a file opened at its start."""
+        size = _size(raw)
+        # No per-field limit (csv's default is 128 KiB): a field can never be longer than the file.
+        csv.field_size_limit(max(csv.field_size_limit(), min(size + 1, 2**31 - 1)))
+        lines = _split_lines(self._decoded(raw, digest))
+        replay = _Replay(lines)
+        text_column, label_column = self._columns
+        delimiter, header = _choose_delimiter(replay, self._name, self._given_delimiter, [*self._columns])
+        for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
+            if column not in header:
+                if all(not line.strip() for line in chain(replay.buffer, lines)):
+                    raise DataError(
+                        f"{self._name}: file is empty; expected a header with columns "
+                        f"{text_column!r} and {label_column!r}"
+                    )
+                raise _missing_column_error(self._name, header, column, flag)
+        return delimiter, header, chain(replay.buffer, lines)
+
+    def _decoded(self, raw: BinaryIO, digest) -> Iterator[str]:
+        """The file's text, one chunk at a time, hashing the bytes as they go by."""
+        decoder = codecs.getincrementaldecoder(self._encoding)()
+        offset = 0  # bytes read before `chunk`
+        # Bytes [counted, offset) are kept as `tail`; `newlines` and `last_newline` describe [0, counted).
+        counted, newlines, last_newline, tail = 0, 0, -1, b""
+        while True:
+            chunk = raw.read(_CHUNK_BYTES if offset else max(_CHUNK_BYTES, 3))  # a whole BOM, if any
+            digest.update(chunk)
+            skip = 3 if offset == 0 and self._strip_bom and chunk.startswith(codecs.BOM_UTF8) else 0
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(chunk[skip:] if skip else chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                window = tail + chunk
+                at = offset + skip - pending + e.start - counted  # position in `window`
+                before = window.rfind(b"\n", 0, at)
+                line = newlines + window.count(b"\n", 0, at) + 1
+                column = at - before if before >= 0 else counted + at - last_newline
+                raise DataError(
+                    f"{self._name}:{line}:{column}: byte 0x{window[at]:02x} at byte offset {counted + at} is not "
+                    f"valid {e.encoding}; if the file uses another encoding, pass it with --encoding "
+                    f"(e.g. --encoding latin-1)"
+                ) from None
+            if text:
+                yield text
+            if not chunk:
+                return
+            window = tail + chunk
+            cut = max(0, len(window) - _TAIL_BYTES)
+            newlines += window.count(b"\n", 0, cut)
+            found = window.rfind(b"\n", 0, cut)
+            if found >= 0:
+                last_newline = counted + found
+            counted, tail = counted + cut, window[cut:]
+            offset += len(chunk)
+
+
+class _Unclosed(io.BufferedIOBase):
+    """A view of the stdin spool whose close() leaves the spool open for the next pass."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._inner.read(size)
+
+    def fileno(self) -> int:
+        raise io.UnsupportedOperation("fileno")
+
+    def size(self) -> int:
+        position = self._inner.tell()
+        end = self._inner.seek(0, io.SEEK_END)
+        self._inner.seek(position)
+        return end
+
+
+def _size(raw) -> int:
+    if isinstance(raw, _Unclosed):
+        return raw.size()
+    return os.fstat(raw.fileno()).st_size
+
+
+class _Replay:
+    """Lines pulled from `source` so far, readable again from the first (to try each delimiter on the header)."""
+
+    def __init__(self, source: Iterator[str]):
+        self.source = source
+        self.buffer: list[str] = []
+
+    def lines(self) -> Iterator[str]:
+        i = 0
+        while True:
+            if i == len(self.buffer):
+                line = next(self.source, None)
+                if line is None:
+                    return
+                self.buffer.append(line)
+            yield self.buffer[i]
+            i += 1
+
+
+def _split_lines(pieces: Iterable[str]) -> Iterator[str]:
+    """Lines as io.StringIO(text, newline="") splits them ('\\n', '\\r\\n' or a lone '\\r' ends one and is
+    kept), from text that arrives in pieces cut anywhere."""
+    parts: list[str] = []
+    for text in pieces:
+        if "\n" not in text and "\r" not in text:
+            parts.append(text)
+            continue
+        if parts:
+            text = "".join(parts) + text
+        held = text.endswith("\r")  # may be the first half of a '\r\n' cut in two
+        lines = io.StringIO(text[:-1] if held else text, newline="").readlines()
+        parts = []
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            parts.append(lines.pop())
+        yield from lines
+        if held:
+            parts.append("\r")
+    if parts:
+        yield from io.StringIO("".join(parts), newline="").readlines()
 
 
 def _default_delimiter(name: str) -> str:
     return "\t" if name.lower().endswith((".tsv", ".tab")) else ","
 
 
-def _header(text: str, delimiter: str) -> list[str]:
-    first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
+def _header(replay: _Replay, delimiter: str) -> list[str]:
+    first = next(csv.reader(replay.lines(), delimiter=delimiter), [])
     return [column.strip() for column in first]
 
 
-def _choose_delimiter(text: str, name: str, delimiter: str | None, required: list[str]) -> tuple[str, list[str]]:
+def _choose_delimiter(replay: _Replay, name: str, delimiter: str | None, required: list[str]) -> tuple[str, list[str]]:
     if delimiter is not None:
-        return delimiter, _header(text, delimiter)
+        return delimiter, _header(replay, delimiter)
     default = _default_delimiter(name)
-    header = _header(text, default)
+    header = _header(replay, default)
     if all(column in header for column in required):
         return default, header
     for candidate in _CANDIDATE_DELIMITERS:
-        other = _header(text, candidate)
+        other = _header(replay, candidate)
         if candidate != default and all(column in other for column in required):
             return candidate, other
     return default, header
@@ -112,60 +350,23 @@ def read_labeled(
     encoding: str = "utf-8",
     skip_bad_rows: bool = False,
 ) -> LabeledData:
-    """Read a labeled CSV/TSV with a header row. Labels are stripped strings; texts are kept as written."""
-    raw, name = _read_bytes(path)
-    digest = hashlib.sha256(raw).hexdigest()
-    text = _decode(raw, name, encoding)
-    if not text.strip():
-        raise DataError(f"{name}: file is empty; expected a header with columns {text_column!r} and {label_column!r}")
-    delimiter, header = _choose_delimiter(text, name, delimiter, [text_column, label_column])
-    for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
-        if column not in header:
-            raise _missing_column_error(name, header, column, flag)
-    text_index, label_index = header.index(text_column), header.index(label_column)
+    """Read a labeled CSV/TSV with a header row. Labels are stripped strings; texts are kept as written.
 
-    data = LabeledData([], [], str(Path(name).resolve()) if name != "<stdin>" else name, digest, delimiter)
-    # No per-field limit (csv's default is 128 KiB): a field can never be larger than the file in memory.
-    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    next(reader)  # the header, parsed above
-    line = reader.line_num + 1
-    while True:
-        start = line
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            line = reader.line_num + 1
-            if skip_bad_rows:
-                data.skipped["malformed row"] += 1
-                continue
-            raise DataError(f"{name}:{start}: malformed CSV ({e}); fix the quoting or pass --skip-bad-rows") from None
-        line = reader.line_num + 1
-        if not row:
-            continue  # blank line
-        if len(row) != len(header):
-            if skip_bad_rows:
-                data.skipped["malformed row"] += 1
-                continue
-            raise DataError(
-                f"{name}:{start}: expected {len(header)} fields, found {len(row)}; quote fields that "
-                f"contain {_printable(delimiter)}, or pass --skip-bad-rows to skip such rows"
-            )
-        label = row[label_index].strip()
-        if not row[text_index].strip():
-            data.skipped["empty text"] += 1
-        elif not label:
-            data.skipped["empty label"] += 1
-        else:
-            data.texts.append(row[text_index])
-            data.labels.append(label)
-    if not data.texts:
-        what = "has a header but no data rows" if not data.skipped else "has no usable rows"
-        detail = f" ({describe_skipped(data.skipped)})" if data.skipped else ""
-        raise DataError(f"{name}: {what}{detail}")
-    return data
+    One pass of stream_labeled, kept in memory."""
+    stream = stream_labeled(
+        path,
+        text_column=text_column,
+        label_column=label_column,
+        delimiter=delimiter,
+        encoding=encoding,
+        skip_bad_rows=skip_bad_rows,
+    )
+    texts, labels = [], []
+    for text, label in stream:
+        texts.append(text)
+        labels.append(label)
+    assert stream.sha256 is not None  # a complete pass sets it
+    return LabeledData(texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped)
 
 
 def _printable(delimiter: str) -> str:
