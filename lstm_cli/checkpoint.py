@@ -27,6 +27,16 @@ BEST = "best_weights.npz"
 CARRIED = ("cache",)  # built once per run, moved into each new checkpoint rather than rewritten
 
 
+def prepare(directory: Path) -> None:
+    """Make the checkpoint directory (with its marker) if there is none, for the token cache to live in."""
+    recover(directory)
+    if not directory.exists():
+        staging = staging_path(directory)
+        staging.mkdir(parents=True)
+        write_checkpoint_marker(staging)
+        os.rename(staging, directory)
+
+
 def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
     """The saved state of `run`, or an error saying why it cannot be resumed."""
     recover(directory)

@@ -39,6 +39,10 @@ class LabeledData:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """(text, label) pairs, as a LabeledStream yields them."""
+        return zip(self.texts, self.labels, strict=True)
+
     def fingerprint(self) -> dict[str, object]:
         return {"path": self.path, "rows": len(self), "sha256": self.sha256}
 

@@ -8,6 +8,7 @@ the report. That is also what makes `--resume` end bit-identical to an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -17,14 +18,17 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from lstm_cli import checkpoint as ckpt
-from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
+from lstm_cli.batching import EncodedTexts
+from lstm_cli.cache import TokenCache
 from lstm_cli.config import TrainConfig, class_weights
-from lstm_cli.data import LabeledData
+from lstm_cli.corpus import ValidationSplit, scan
+from lstm_cli.data import LabeledData, LabeledStream
+from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli import watchdog
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
 from lstm_cli.errors import DataError, LstmCliError, UsageError
@@ -82,35 +86,6 @@ class TrainResult:
         return self.device.is_chief
 
 
-class Batch(NamedTuple):
-    ids: np.ndarray  # int32 [rows, longest], right-padded with PAD_ID
-    labels: np.ndarray  # int32 [rows]
-    weights: np.ndarray  # float32 [rows]: 1 for a real row, 0 for a filler
-    global_rows: int  # real rows in the whole global batch, every part together
-
-
-class _MemorySource:
-    """Encoded rows in memory, served as the token cache serves them (global batches cut into parts)."""
-
-    def __init__(self, encoded: EncodedTexts, labels: np.ndarray):
-        self.encoded, self.labels = encoded, labels
-        self.rows = len(encoded)
-
-    def batch_count(self, batch_size: int, *, shuffled: bool) -> int:
-        return batch_count(self.rows, batch_size, shuffled=shuffled)
-
-    def batches(self, batch_size, *, seed, epoch, start=0, part=0, parts=1) -> Iterator[Batch]:
-        rng = None if seed is None else np.random.default_rng([seed, epoch])
-        for indices in batch_indices(self.encoded.lengths, batch_size, rng)[start:]:
-            mine = indices[part::parts]
-            weights = np.ones(len(mine), np.float32)
-            ids = self.encoded.padded(mine) if len(mine) else np.full((0, 1), OOV_ID, np.int32)
-            if len(mine) == 0:  # fewer rows than parts: a filler row that weighs nothing
-                ids, weights = np.full((1, 1), OOV_ID, np.int32), np.zeros(1, np.float32)
-                mine = indices[:1]
-            yield Batch(ids, self.labels[mine], weights, len(indices))
-
-
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(train indices, validation indices, warnings): `fraction` of every class held out, seeded.
 
@@ -164,30 +139,82 @@ def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[s
     )
 
 
-def _split(config: TrainConfig, data: LabeledData, validation: LabeledData | None, labels: list[str]):
-    """(train texts, train labels, validation texts, validation labels, warnings)."""
-    texts, label_list, warnings = data.texts, data.labels, []
+def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> _Prepared:
+    """Read the data in passes that hold no more than one row at a time: (1) labels and the file's hash,
+    (2) the training rows' tokens (the vocabulary), (3) every row encoded once into the on-disk token
+    caches, unless they are already there (--resume, or a rerun after an interruption)."""
+    label_counts: Counter[str] = Counter(label for _, label in data)
+    stage(f"Read {sum(label_counts.values()):,} rows from {data.path}")
+    labels = sorted(label_counts)
+    if len(labels) < 2:
+        raise DataError(
+            f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
+        )
+    fraction = config.validation_split if validation is None else 0.0
+
+    def split():  # the same seeded decisions on every pass
+        return ValidationSplit(dict(label_counts), fraction, config.seed)
+
+    def training_rows():
+        held = split().held
+        return ((text, label) for text, label in data if not held(label))
+
+    stats = scan(training_rows(), max_length=config.max_length, on_progress=on_progress)
+    vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
+    index = {label: i for i, label in enumerate(labels)}
+    tokenizer = Tokenizer(vocabulary, max_length=config.max_length)
+    identity = {"data": data.sha256, "validation": validation.sha256 if validation is not None else None,
+                "labels": labels, "vocabulary": len(vocabulary),
+                **{k: getattr(config, k) for k in ("max_tokens", "min_count", "max_length", "validation_split", "seed")}}  # fmt: skip
+
+    def cache(name: str, rows: Callable[[], Iterator[tuple[str, str]]], expected: int) -> TokenCache:
+        fingerprint = {**identity, "part": name}
+        found = TokenCache.open(cache_root / name, fingerprint)
+        if found is not None:
+            return found
+        stage(f"Encoding the {name} rows into {cache_root / name}")
+        encoded = ((tokenizer.ids(text), index[label]) for text, label in rows())
+        return TokenCache.build(cache_root / name, encoded, fingerprint=fingerprint, seed=config.seed,
+                                expected_rows=expected)  # fmt: skip
+
+    train_cache = cache("train", training_rows, stats.rows)
+    val_cache, warnings = None, split().warnings
     if validation is not None:
-        unknown = sorted(set(validation.labels) - set(labels))
+        unknown = sorted({label for _, label in validation} - set(labels))
         if unknown:
             raise DataError(
                 f"{validation.path}: validation labels not in the training data: {', '.join(map(repr, unknown[:5]))}"
             )
-        train_texts, train_labels = texts, label_list
-        val_texts, val_labels = validation.texts, validation.labels
-    elif config.validation_split > 0:
-        train_idx, val_idx, warnings = stratified_split(label_list, config.validation_split, config.seed)
-        train_texts = [texts[i] for i in train_idx]
-        train_labels = [label_list[i] for i in train_idx]
-        val_texts = [texts[i] for i in val_idx]
-        val_labels = [label_list[i] for i in val_idx]
-    else:
-        train_texts, train_labels, val_texts, val_labels = texts, label_list, [], []
+        val_cache = cache("validation", lambda: iter(validation), _row_count(validation))
+    elif fraction > 0:
 
-    return train_texts, train_labels, val_texts, val_labels, warnings
+        def held_rows():
+            held = split().held
+            return ((text, label) for text, label in data if held(label))
+
+        val_cache = cache("validation", held_rows, sum(split().validation_counts.values()))
+    # Occurrences of each vocabulary id in training, out-of-vocabulary tokens at id 1 (for --vectors' coverage).
+    counts = np.array([0, 0] + [stats.token_counts.get(token, 0) for token in vocabulary[2:]], dtype=np.int64)
+    counts[OOV_ID] = sum(stats.token_counts.values()) - counts.sum()
+    return _Prepared(labels, vocabulary, train_cache, val_cache, counts, split().train_counts, warnings)
 
 
-def _class_weights(config: TrainConfig, labels: list[str], train_counts: Counter, path: str):
+def _row_count(data: LabeledData | LabeledStream) -> int:
+    return len(data) if isinstance(data, LabeledData) else int(data.rows or 0)
+
+
+@dataclass
+class _Prepared:
+    labels: list[str]
+    vocabulary: list[str]
+    train: TokenCache
+    validation: TokenCache | None
+    token_counts: np.ndarray  # per vocabulary id, in the training rows
+    train_label_counts: dict[str, int]
+    warnings: list[str]
+
+
+def _class_weights(config: TrainConfig, labels: list[str], train_counts: dict[str, int], path: str):
     """{label: weight} for --class-weight (None without it); a label the data lacks is an error."""
     if config.class_weight is None:
         return None
@@ -335,6 +362,7 @@ def train(
     model_dir: Path | None = None,
     tensorboard: Path | None = None,
     worker_timeout: float = 300.0,
+    on_progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
@@ -343,7 +371,7 @@ def train(
     once for many runs. `stop()` is asked after every step; True ends training after validating the epoch so
     far (the best epoch's weights are kept). `model_dir` is where the model will be saved (the checkpoint
     directory may not be or contain it). `tensorboard`: a directory for TensorBoard's event files.
-    `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
+    `on_progress(rows)`: rows read so far while the vocabulary is counted. `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
     before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under). Keras' global dtype policy is left as it was, whatever the plan's
     precision."""
     started = time.perf_counter()
@@ -363,25 +391,29 @@ def train(
         plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
     strategy = plan.strategy_object
 
-    # 2. The data: labels, the validation split, the vocabulary, every row encoded once.
-    labels = sorted(set(data.labels))
-    if len(labels) < 2:
-        raise DataError(
-            f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
-        )
-    train_texts, train_labels, val_texts, val_labels, warnings = _split(config, data, validation, labels)
-    stage("Building the vocabulary")
-    vectorizer, vocabulary, train_enc = build_vocabulary(train_texts, config)
-    index = {label: i for i, label in enumerate(labels)}
-    train_source = _MemorySource(train_enc, np.array([index[x] for x in train_labels], dtype=np.int32))
-    val_source = None
-    if val_texts:
-        val_enc = encode_texts(vectorizer, val_texts, config.max_length)
-        val_source = _MemorySource(val_enc, np.array([index[x] for x in val_labels], dtype=np.int32))
-    token_counts = np.bincount(train_enc.values, minlength=len(vocabulary))
+    # 2. The data, streamed: labels, a stratified seeded validation split, the vocabulary of the training
+    #    rows, and every row encoded once into token caches on disk (in the checkpoint directory, so
+    #    --resume reuses them); memory does not grow with the file.
+    stage("Reading the data: labels, vocabulary, token cache")
+    with contextlib.ExitStack() as cleanup:
+        if checkpoint_dir is not None:
+            ckpt.prepare(checkpoint_dir)
+            cache_root = checkpoint_dir / "cache"
+        else:
+            cache_root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lstm-cli-cache-")))
+        prepared = _prepare(config, data, validation, cache_root, stage, on_progress)
+        return _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage,
+                      on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard)  # fmt: skip
+
+
+def _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage,
+           on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard) -> TrainResult:  # fmt: skip
+    labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
+    train_source, val_source = prepared.train, prepared.validation
+    vectorizer = make_vectorizer(config.max_tokens, vocabulary)
     config = config.resolved(train_source.rows)
-    weights = _class_weights(config, labels, Counter(train_labels), data.path)
-    embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, token_counts)
+    weights = _class_weights(config, labels, prepared.train_label_counts, data.path)
+    embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, prepared.token_counts)
     if vectors_meta is not None:
         config = dataclasses.replace(config, embedding_dim=vectors_meta["dimension"])  # the file's width wins
         stage(f"Vectors from {vectors_meta['file']}, {vectors_meta['dimension']} dimensions: {vectors_meta['summary']}")

@@ -111,15 +111,19 @@ def _candidates(base: TrainConfig, space: dict[str, tuple[Any, ...]], seed: int)
 
 def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, LabeledData, list[str]]:
     """One seeded, stratified split shared by every trial (the same one `train` makes for this seed)."""
-    from lstm_cli.train import stratified_split
+    from collections import Counter
 
-    train_idx, val_idx, warnings = stratified_split(data.labels, config.validation_split, config.seed)
+    from lstm_cli.corpus import ValidationSplit
 
-    def part(indices, path: str) -> LabeledData:
-        return LabeledData([data.texts[i] for i in indices], [data.labels[i] for i in indices], path,
+    split = ValidationSplit(dict(Counter(data.labels)), config.validation_split, config.seed)
+    held = [split.held(label) for label in data.labels]
+
+    def part(keep: bool, path: str) -> LabeledData:
+        rows = [i for i, h in enumerate(held) if h == keep]
+        return LabeledData([data.texts[i] for i in rows], [data.labels[i] for i in rows], path,
                            data.sha256, data.delimiter)  # fmt: skip
 
-    return part(train_idx, data.path), part(val_idx, f"{data.path} (validation split)"), warnings
+    return part(False, data.path), part(True, f"{data.path} (validation split)"), split.warnings
 
 
 def validation_scores(result, validation: LabeledData) -> dict[str, float]:

@@ -161,7 +161,7 @@ def test_sigterm_after_the_new_model_is_installed_says_so(trained_model, data_di
         atomic.install(staging, target)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(core, "train", lambda *args, **kwargs: SimpleNamespace(warnings=[]))
+    monkeypatch.setattr(core, "train", lambda *args, **kwargs: SimpleNamespace(warnings=[], is_chief=True))
     monkeypatch.setattr(artifact, "save", save_then_sigterm)
     handler = signal.getsignal(signal.SIGTERM)
     try:

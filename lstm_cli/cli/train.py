@@ -6,6 +6,7 @@ import contextlib
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -176,18 +177,17 @@ def train_cli(
             if not quiet:
                 console.print(render.literal(message))
 
-        from lstm_cli.data import read_labeled
+        from lstm_cli.data import stream_labeled
 
+        # Streamed, never held whole: the header is checked now, the rows are read in passes by training.
         read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
                 "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
-        dataset = read_labeled(data, **read)
-        validation = read_labeled(validation_data, **read) if validation_data else None
+        dataset = stream_labeled(data, **read)
+        validation = stream_labeled(validation_data, **read) if validation_data else None
         from lstm_cli.train import train as train_model
 
-        warn(console, [*vectors_warnings(vectors, explicit(ctx, "embedding_dim")),
-                       *render.skipped_warnings(dataset, validation)])  # fmt: skip
-        say(f"Read {len(dataset):,} rows from {data}")
-        with _progress(console, enabled=not quiet and console.is_terminal) as on_step:
+        warn(console, vectors_warnings(vectors, explicit(ctx, "embedding_dim")))
+        with _progress(console, enabled=not quiet and console.is_terminal) as (on_step, on_rows):
             result = train_model(
                 config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,
                 on_epoch=lambda report: say(render.epoch_line(report)),
@@ -198,8 +198,9 @@ def train_cli(
                 model_dir=model,
                 tensorboard=tensorboard,
                 worker_timeout=worker_timeout,
+                on_progress=on_rows,
             )  # fmt: skip
-        warn(console, result.warnings)
+        warn(console, [*render.skipped_warnings(dataset, validation), *result.warnings])
         if not result.is_chief:
             remove_checkpoint_dir(checkpoints)
             say(f"{cluster.task}: training finished; the chief saves the model")
@@ -225,25 +226,32 @@ def _cluster():
 
 @contextlib.contextmanager
 def _progress(console, *, enabled: bool):
-    """A progress bar for the steps of each epoch on a terminal (step, rows/s, running loss, time left);
-    yields the on_step callback, or None when stderr is not a terminal (the epoch lines say it all)."""
+    """A progress bar for the steps of each epoch on a terminal (step, rows/s, running loss, time left),
+    and a count of the rows read while the vocabulary is built; yields (on_step, on_rows), both None when
+    stderr is not a terminal (the epoch lines say it all)."""
     if not enabled:
-        yield None
+        yield None, None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[speed]:,.0f} rows/s  loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("steps", total=None, epoch=0, speed=0.0, loss=0.0)
+        task = bar.add_task("steps", total=None, epoch=0, speed=0.0, loss=0.0, visible=False)
+        reading = bar.add_task("reading", total=None, epoch="-", speed=0.0, loss=0.0)
+        read_started = time.monotonic()
+
+        def on_rows(rows: int) -> None:
+            bar.update(reading, completed=rows, speed=rows / max(time.monotonic() - read_started, 1e-9))
 
         def on_step(report) -> None:
             if report.step == 1:
-                bar.reset(task, total=report.steps)
+                bar.update(reading, visible=False)
+                bar.reset(task, total=report.steps, visible=True)
             speed = report.rows / report.seconds if report.seconds > 0 else 0.0
             bar.update(task, completed=report.step, epoch=report.epoch, speed=speed, loss=report.loss)
 
-        yield on_step
+        yield on_step, on_rows
 
 
 def _model_id(model: Path) -> str | None:
