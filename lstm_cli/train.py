@@ -282,8 +282,8 @@ def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip
     so the gradients the optimizer sums across replicas are those of the global batch's mean loss."""
     replicas = strategy.num_replicas_in_sync
     weights_by_label = tf.constant(row_weights, tf.float32)
-    # Clipping must see the global gradient: Keras clips each replica's part before summing them.
-    clip_after_sum = clip_norm > 0 and replicas > 1
+    # Clipping is done here, not by the optimizer: Keras clips each replica's part before the replicas are
+    # summed, and takes the norm of the embedding's gradient slices before repeated tokens are merged.
 
     def replica_step(ids, labels, weights, global_rows):
         with tf.GradientTape() as tape:
@@ -295,10 +295,11 @@ def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip
                 loss += tf.add_n(network.losses) / replicas
             scaled = optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled, network.trainable_variables)
-        if clip_after_sum:
-            context = tf.distribute.get_replica_context()
-            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
-            gradients, _ = tf.clip_by_global_norm(gradients, clip_norm * _loss_scale(optimizer))
+        if clip_norm > 0:
+            dense = [tf.convert_to_tensor(g) for g in gradients]  # the embedding's gradient comes as slices
+            if replicas > 1:
+                dense = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, dense)
+            gradients, _ = tf.clip_by_global_norm(dense, clip_norm * _loss_scale(optimizer))
             gradients = [g / replicas for g in gradients]  # the optimizer sums the replicas' copies again
         optimizer.apply(gradients, network.trainable_variables)
         predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
@@ -363,6 +364,7 @@ def train(
     tensorboard: Path | None = None,
     worker_timeout: float = 300.0,
     on_progress: Callable[[int], None] | None = None,
+    strategy: Any = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
@@ -371,7 +373,8 @@ def train(
     once for many runs. `stop()` is asked after every step; True ends training after validating the epoch so
     far (the best epoch's weights are kept). `model_dir` is where the model will be saved (the checkpoint
     directory may not be or contain it). `tensorboard`: a directory for TensorBoard's event files.
-    `on_progress(rows)`: rows read so far while the vocabulary is counted. `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
+    `strategy`: a tf.distribute strategy to train under instead of the planned one (e.g. MirroredStrategy
+    over logical CPU devices). `on_progress(rows)`: rows read so far while the vocabulary is counted. `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
     before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under). Keras' global dtype policy is left as it was, whatever the plan's
     precision."""
     started = time.perf_counter()
@@ -389,6 +392,8 @@ def train(
         stage(f"Waiting for the {cluster.workers - 1} other worker(s) of TF_CONFIG (this is {cluster.task})")
     with guard.waiting(f"{cluster.task if cluster else ''}: no word from the other workers of TF_CONFIG"):
         plan = plan_devices(config, requested=device, mixed_precision=mixed_precision)
+    if strategy is not None:
+        plan._strategy = strategy
     strategy = plan.strategy_object
 
     # 2. The data, streamed: labels, a stratified seeded validation split, the vocabulary of the training
@@ -444,14 +449,12 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     with strategy.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
                                 embeddings=embeddings, trainable_embeddings=not config.freeze_vectors)  # fmt: skip
-        clip_in_optimizer = config.clip_norm > 0 and strategy.num_replicas_in_sync == 1
-        optimizer = keras.optimizers.Adam(config.learning_rate,
-                                          global_clipnorm=config.clip_norm if clip_in_optimizer else None)
+        optimizer = keras.optimizers.Adam(config.learning_rate)  # clipping: in the train step
         if plan.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
     row_weights = np.array([weights[label] for label in labels] if weights else [1.0] * len(labels))
-    train_step = _make_train_step(strategy, network, optimizer, row_weights, 0.0 if clip_in_optimizer else config.clip_norm)
+    train_step = _make_train_step(strategy, network, optimizer, row_weights, config.clip_norm)
     evaluate = _make_evaluate(network, val_source, config.batch_size) if val_source is not None else None
     monitor = "val_loss" if evaluate is not None else "loss"
 
