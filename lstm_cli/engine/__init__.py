@@ -9,13 +9,15 @@ import io
 import json
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from lstm_cli.engine.network import Network, Unsupported
 from lstm_cli.engine.tokenizer import Token, Tokenizer
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["Engine", "Token", "Tokenizer", "Unsupported"]
 
@@ -58,7 +60,10 @@ class Engine:
             return self.network(ids)
 
         if len(chunks) > 1 and THREADS > 1:
-            self._pool = self._pool or ThreadPoolExecutor(THREADS)
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor  # only when there is work to share out
+
+                self._pool = ThreadPoolExecutor(THREADS)
             outputs = list(self._pool.map(run, chunks))
         else:
             outputs = [run(chunk) for chunk in chunks]
