@@ -72,3 +72,15 @@ def test_values_convert_as_typer_converts_them(command):
         for value in VALUES:
             shaped = [value, value] if param.nargs == -1 and value is not None else value
             assert outcome(param.get_runtime_param(), shaped, param) == outcome(typers, shaped, param), (param, value)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["predict", "--help"], ["explain", "-h"], ["predict", "--top-k", "0", "x"], ["predict", "--nope"], ["info", "-m"]],
+)
+def test_the_entry_point_building_one_command_answers_as_the_whole_app(args):
+    whole_app = "from lstm_cli.cli import app; app(prog_name='python -m lstm_cli')"  # every command built
+    whole = subprocess.run([sys.executable, "-c", whole_app, *args], capture_output=True, text=True)
+    one = subprocess.run([sys.executable, "-m", "lstm_cli", *args], capture_output=True, text=True)
+    assert whole.stdout or whole.stderr
+    assert (one.returncode, one.stdout, one.stderr) == (whole.returncode, whole.stdout, whole.stderr)
