@@ -63,7 +63,7 @@ def project(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, cache: C
                 cache.done = np.zeros(len(x.table), bool)
             fresh = x.token_ids[~cache.done[x.token_ids]]  # occurrences of tokens not projected yet
             if len(fresh):
-                # their distinct ids, sorted; not np.unique, which imports numpy.ma (a tenth of a cold start)
+                # their distinct ids, sorted; not np.unique, which imports numpy.ma (13 ms of a cold start)
                 wanted = np.zeros(len(cache.done), bool)
                 wanted[fresh] = True
                 new = np.flatnonzero(wanted)
