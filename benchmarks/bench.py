@@ -4,8 +4,12 @@ Reports training useful (non-padding) tokens/s and rows/s, epoch time, test accu
 documents, streaming predict lines/s and tokens/s and cold one-off predict through the numpy engine (the
 default) and through TensorFlow (`--engine tensorflow`, the only path before the engine) in the same run,
 cold explain, `--help`, peak RSS, and the machine's matmul GFLOP/s with the fraction of it training
-reaches. Short measurements are medians. `--model DIR` serves an already trained model and skips the
-training rows.
+reaches. Short measurements are medians; each cold one-off row also gives its CPU seconds (user + system),
+which a machine busy with other work inflates far less than wall time, and the report records the load
+average at its start and end. `--model DIR` serves an already trained model and skips the training rows.
+
+lstm_cli's bytecode is compiled first (`compileall`, as `pip install` does), so a checkout run with
+PYTHONDONTWRITEBYTECODE=1 does not time Python compiling lstm-cli's sources on every start (about 40 ms).
 
     python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3] [--model DIR]
 
@@ -58,6 +62,22 @@ def run(args: list[str], *, stdin: Path | None = None) -> tuple[float, float, st
 
 def median_run(args: list[str], repeats: int, **kwargs) -> float:
     return statistics.median(run(args, **kwargs)[0] for _ in range(repeats))
+
+
+def cold_run(args: list[str], repeats: int, **kwargs) -> dict[str, float]:
+    """Median wall and CPU seconds of a one-off command."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        wall.append(run(args, **kwargs)[0])
+        cpu.append(LAST_CPU_S[0])
+    return {"s": statistics.median(wall), "cpu_s": statistics.median(cpu)}
+
+
+def load_average() -> float | None:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def matmul_gflops() -> float:
@@ -135,6 +155,7 @@ def stream_figures(model: Path, engine: str, lines: list[str], stream: Path, one
         cold.append(run([*predict, "-"], stdin=one)[0])
         cold_cpu.append(LAST_CPU_S[0])  # CPU time: what a busy machine does not inflate much
     cold = statistics.median(cold)
+    argument = cold_run([*predict, lines[0]], repeats)
     full, cpu = [], []
     for _ in range(repeats):
         full.append(run([*predict, "-"], stdin=stream))
@@ -143,7 +164,8 @@ def stream_figures(model: Path, engine: str, lines: list[str], stream: Path, one
     return {
         "cold_one_line_s": cold,
         "cold_one_line_cpu_s": statistics.median(cold_cpu),
-        "cold_argument_s": median_run([*predict, lines[0]], repeats),
+        "cold_argument_s": argument["s"],
+        "cold_argument_cpu_s": argument["cpu_s"],
         "stream_lines": len(lines),
         "stream_s_after_load": stream_s,
         "lines_per_s": len(lines) / stream_s,
@@ -167,7 +189,8 @@ def predict_figures(r: dict, args, model: Path, train_csv: Path, tmp: Path) -> N
     r["predict"] = stream_figures(model, "numpy", lines, stream, one, args.repeats)
     r["predict"]["speedup_lines_per_s"] = r["predict"]["lines_per_s"] / r["predict_tensorflow"]["lines_per_s"]
     explain = [*LSTM_CLI, "explain", "-m", str(model), lines[0]]
-    r["explain_cold_s"] = median_run(explain, args.repeats)
+    occlusion = cold_run(explain, args.repeats)
+    r["explain_cold_s"], r["explain_cold_cpu_s"] = occlusion["s"], occlusion["cpu_s"]
     r["explain_ig_cold_s"] = median_run([*explain, "--method", "integrated-gradients"], args.repeats)
 
 
@@ -181,13 +204,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="serve this trained model; skips the training and recipe rows")
     args = parser.parse_args()
     train_csv, test_csv = args.data / "train.csv", args.data / "test.csv"
-    r = {"data": str(args.data), "cpus": os.cpu_count()}
+    r = {"data": str(args.data), "cpus": os.cpu_count(), "load_average_start": load_average()}
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "lstm_cli")], check=True)
     # FLOPs per useful training token: forward 2 x 4U(E+U) for the LSTM gates, backward about twice that.
     units = embed = 128
     flops_per_token = 3 * 2 * 4 * units * (embed + units)
 
     r["matmul_gflops"] = matmul_gflops()
-    r["help_s"] = median_run([*LSTM_CLI, "--help"], max(5, args.repeats))
+    help_run = cold_run([*LSTM_CLI, "--help"], max(5, args.repeats))
+    r["help_s"], r["help_cpu_s"] = help_run["s"], help_run["cpu_s"]
     r["tf_import_s"] = median_run([sys.executable, "-c", "import tensorflow"], args.repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,6 +220,7 @@ def main() -> None:
         model = args.model or tmp / "model"
         if args.model:  # only the serving rows: predict, explain, --help
             predict_figures(r, args, model, train_csv, tmp)
+            r["load_average_end"] = load_average()
             print(json.dumps(r, indent=2) if args.json else table(r))
             return
         r["train"] = train_figures(train_csv, model, [], flops_per_token)
@@ -214,12 +240,16 @@ def main() -> None:
     r["fraction_of_matmul_peak"] = r["train"]["gflops"] / r["matmul_gflops"]
     r["speedup_vs_recipe"] = r["train"]["tokens_per_s"] / r["keras_recipe"]["tokens_per_s"]
     r["long_speedup_vs_recipe"] = r["long"]["tokens_per_s"] / r["keras_recipe"]["tokens_per_s"]
+    r["load_average_end"] = load_average()
     print(json.dumps(r, indent=2) if args.json else table(r))
 
 
 def table(r: dict) -> str:
     p, pt = r["predict"], r["predict_tensorflow"]
-    rows = [("machine: fp32 matmul (numpy, 2048^2)", f"{r['matmul_gflops']:.0f} GFLOP/s on {r['cpus']} CPUs")]
+    rows = [
+        ("machine: fp32 matmul (numpy, 2048^2)", f"{r['matmul_gflops']:.0f} GFLOP/s on {r['cpus']} CPUs"),
+        ("machine: load average (1 min), start/end", f"{r['load_average_start']} / {r['load_average_end']}"),
+    ]
     if "train" in r:
         t, lg, k = r["train"], r["long"], r["keras_recipe"]
         rows += [
@@ -242,11 +272,13 @@ def table(r: dict) -> str:
                                                     f"(TensorFlow {pt['cold_one_line_s']:.2f} s / "
                                                     f"{pt['cold_argument_s']:.2f} s; its import alone "
                                                     f"{r['tf_import_s']:.2f} s)"),
-        ("predict: cold one-off, CPU time", f"{p['cold_one_line_cpu_s']:.2f} s  (TensorFlow "
-                                           f"{pt['cold_one_line_cpu_s']:.2f} s)"),
+        ("predict: cold one-off, CPU time", f"{p['cold_one_line_cpu_s']:.2f} s / {p['cold_argument_cpu_s']:.2f} s  "
+                                           f"(TensorFlow {pt['cold_one_line_cpu_s']:.2f} s / "
+                                           f"{pt['cold_argument_cpu_s']:.2f} s)"),
         ("predict: peak RSS", f"{p['peak_rss_mib']:,.0f} MiB  (TensorFlow {pt['peak_rss_mib']:,.0f} MiB)"),
-        ("explain: cold one-off (occlusion / IG)", f"{r['explain_cold_s']:.2f} s / {r['explain_ig_cold_s']:.2f} s"),
-        ("--help", f"{r['help_s']:.3f} s"),
+        ("explain: cold one-off (occlusion / IG)", f"{r['explain_cold_s']:.2f} s / {r['explain_ig_cold_s']:.2f} s  "
+                                                  f"(occlusion CPU time {r['explain_cold_cpu_s']:.2f} s)"),
+        ("--help", f"{r['help_s']:.3f} s  (CPU time {r['help_cpu_s']:.3f} s)"),
     ]  # fmt: skip
     if "train" in r:
         k = r["keras_recipe"]

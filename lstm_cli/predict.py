@@ -1,7 +1,8 @@
 """Serving a model directory: probabilities for batches of texts, and evaluation against known labels.
 
 Predictions come from the numpy engine (lstm_cli.engine) when it can run the model, else from the SavedModel;
-the fast path never imports TensorFlow."""
+the fast path never imports TensorFlow, and imports what only TensorFlow serving or evaluation needs
+(tf_setup, graphcheck, metrics, thread pools) where it is used: a one-off prediction pays for every import."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,6 @@ from lstm_cli.atomic import swap_in_progress
 from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.engine import Engine, Tokenizer, Unsupported
 from lstm_cli.errors import ArtifactError, DataError
-from lstm_cli.graphcheck import check_saved_model
-from lstm_cli.metrics import classification_report
-from lstm_cli.tf_setup import import_tensorflow
 
 PREDICT_BATCH = 4096  # lines read, predicted and written at a time (sorted by length within)
 MODEL_BATCH = 256  # texts per call of the serving function
@@ -62,6 +59,8 @@ def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
     directory that was opened when another takes its place."""
     read_metadata(model_dir)  # clear errors for a missing or foreign directory
     if engine == "tensorflow":
+        from lstm_cli.tf_setup import import_tensorflow
+
         import_tensorflow()  # seconds, the first time: not while the directory is held open
     try:
         fd = os.open(model_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -107,6 +106,11 @@ def _numpy_backend(root: Path, metadata: dict[str, Any], model_dir: Path) -> Bac
 
 
 def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lstm_cli.graphcheck import check_saved_model
+    from lstm_cli.tf_setup import import_tensorflow
+
     tf = import_tensorflow()
     verify_files(root, metadata, only=SERVING_FILES)
     check_saved_model(root / SAVED_MODEL, SIGNATURE)
@@ -218,6 +222,8 @@ class Predictor:
 
 def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH) -> dict[str, Any]:
     """Metrics on rows whose label the model knows; rows with other labels are counted, by label."""
+    from lstm_cli.metrics import classification_report
+
     index = {label: i for i, label in enumerate(predictor.labels)}
     known = [i for i, label in enumerate(data.labels) if label in index]
     unknown = dict(Counter(label for label in data.labels if label not in index))

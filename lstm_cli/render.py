@@ -1,19 +1,20 @@
 """How results look to people (rich, on stderr or stdout) and to scripts (prediction lines).
 
 Whatever came from the user (labels, paths, column names, texts) reaches rich only as `Text`, never
-as markup, and with its control characters written as escapes, so it is shown literally on one line."""
+as markup, and with its control characters written as escapes, so it is shown literally on one line.
+rich is imported by the functions that build rich objects, not here: predict and explain writing plain
+lines to a pipe never load it (a third of their start-up otherwise; tests/test_engine.py checks)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from lstm_cli.data import LabeledData, describe_skipped
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 # tsv and label output: a backslash escape for each character that would end a field or a line, and
 # for the backslash itself (PostgreSQL's COPY text format), so any label is one unambiguous field.
@@ -35,10 +36,14 @@ def shown(value: str) -> str:
 
 def literal(value: object, style: str = "") -> Text:
     """User-supplied `value` as rich Text: never parsed as markup or emoji codes."""
+    from rich.text import Text
+
     return Text(shown(str(value)), style=style)
 
 
 def warning(message: str) -> Text:
+    from rich.text import Text
+
     return Text.assemble(("Warning:", "yellow"), " ", literal(message))
 
 
@@ -66,6 +71,8 @@ def _metrics_text(metrics: dict[str, float]) -> str:
 
 
 def train_summary(result, model_dir: Path) -> Text:
+    from rich.text import Text
+
     rows_per_second = result.train_rows * len(result.history) / max(result.seconds, 1e-9)
     labels = ", ".join(result.labels[:10]) + (" ..." if len(result.labels) > 10 else "")
     rows = [
@@ -89,6 +96,8 @@ class TrialTable:
         self.say, self.metric, self.started = say, metric, False
 
     def row(self, trial, best: bool) -> None:
+        from rich.text import Text
+
         from lstm_cli.tune import describe
 
         if not self.started:
@@ -103,6 +112,8 @@ class TrialTable:
 
 
 def tune_summary(result, model_dir: Path) -> Text:
+    from rich.text import Text
+
     best = result.trials[result.best_trial - 1]
     return Text.assemble(
         ("best", "bold"), f"        trial {best.number} of {len(result.trials)}: validation {result.metric} "
@@ -158,6 +169,10 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console, Group
+    from rich.table import Table
+    from rich.text import Text
+
     console = Console(highlight=False, emoji=False)
     labels = report["labels"]
     summary = Text.assemble(
@@ -203,6 +218,10 @@ def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     training = metadata.get("training", {})
     data = training.get("data", {})
     versions = metadata.get("versions", {})
@@ -244,6 +263,8 @@ def explanation_line(explanation) -> str:
 def explanation_text(explanation) -> Text:
     """The original text with each token coloured by its score (green: pushed towards the label, red: away;
     stronger colour, larger share of the largest score), then the plain line. For a terminal."""
+    from rich.text import Text
+
     largest = max((abs(t.score) for t in explanation.tokens), default=0) or 1
     pieces, position = [], 0
     for t in explanation.tokens:

@@ -339,3 +339,27 @@ def test_the_fast_path_never_imports_tensorflow(trained_model, data_dir, command
     assert out.returncode == 0, out.stderr
     assert "IMPORTED []" in out.stderr
     assert out.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "arrays",
+    [
+        {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.float32(2.5), "empty": np.zeros((0, 4))},
+        {"fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "big_endian": np.arange(3, dtype=">i4")},
+    ],
+)
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_weights_read_in_place_equal_what_np_load_reads(arrays, save):
+    import io
+
+    from lstm_cli.engine import npz_arrays
+
+    buffer = io.BytesIO()
+    save(buffer, **arrays)
+    expected = dict(np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False))
+    got = npz_arrays(buffer.getvalue())
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+        assert got[key].flags.f_contiguous == value.flags.f_contiguous, key
+        np.testing.assert_array_equal(got[key], value)

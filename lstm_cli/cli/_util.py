@@ -12,6 +12,7 @@ import typer
 
 from lstm_cli import __version__
 from lstm_cli.artifact import MODEL_ENV
+from lstm_cli.cli._coerce import PlainGroup
 from lstm_cli.config import TrainConfig
 from lstm_cli.errors import LstmCliError, UsageError
 
@@ -23,6 +24,7 @@ app = typer.Typer(
     rich_markup_mode=None,  # plain help and one-paragraph usage errors, no boxes
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
+    cls=PlainGroup,  # parses --version/--help without importing pydantic (see _coerce)
 )
 DEFAULTS = TrainConfig()
 

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import (
     DataArg,
     DelimiterOpt,
@@ -27,7 +28,7 @@ from lstm_cli.cli._util import (
 )
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=PlainCommand)
 def evaluate_cli(
     data: DataArg,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, VerboseOpt, _engine_note, _errors, app
 from lstm_cli.cli.predict import _texts
 
@@ -25,7 +26,7 @@ class ExplainFormat(StrEnum):
     json = "json"
 
 
-@app.command("explain")
+@app.command("explain", cls=PlainCommand)
 def explain_cli(
     texts: Annotated[
         list[str] | None,

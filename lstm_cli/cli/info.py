@@ -9,10 +9,11 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import ModelOpt, _errors, app
 
 
-@app.command("info")
+@app.command("info", cls=PlainCommand)
 def info_cli(
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     as_json: Annotated[bool, typer.Option("--json", help="The metadata as JSON on stdout.")] = False,

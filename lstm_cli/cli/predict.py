@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, OutputFormat, VerboseOpt, _engine_note, _errors, app
 from lstm_cli.errors import LstmCliError
 
@@ -32,7 +33,7 @@ def _texts(texts: list[str] | None, input_file: Path | None):
     return iter_lines(sys.stdin.buffer)
 
 
-@app.command("predict")
+@app.command("predict", cls=PlainCommand)
 def predict_cli(
     texts: Annotated[
         list[str] | None,

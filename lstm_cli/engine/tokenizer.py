@@ -48,7 +48,7 @@ class Tokenizer:
         """`vocabulary[i]` is the token of id i; ids 0 and 1 are padding and out-of-vocabulary."""
         self.vocabulary = list(vocabulary)
         self.max_length = max_length
-        self._ids = {token: i for i, token in enumerate(self.vocabulary) if i > OOV_ID}
+        self._ids = dict(zip(self.vocabulary[OOV_ID + 1 :], range(OOV_ID + 1, len(self.vocabulary)), strict=True))
 
     def words(self, text: str) -> list[str]:
         """The standardized tokens of `text`, before truncation."""
