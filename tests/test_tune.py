@@ -186,3 +186,30 @@ def test_an_interrupt_before_any_trial_finished_saves_nothing(tmp_path):
     assert proc.returncode == 130, "".join(seen) + err
     assert "Error: interrupted before the first trial finished; no model was saved at m" in err
     assert out == "" and not (tmp_path / "m").exists()
+
+
+def test_an_interrupt_waits_for_the_printed_row_then_ends_the_search():
+    """SIGTERM during a trial's row (rich's print) is held until the row is done, then raised: it landing
+    inside rich's print used to get the row printed twice."""
+    import os
+
+    from lstm_cli.cli._util import _interrupt, uninterrupted
+
+    done = []
+
+    def row():
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):  # bytecodes on which Python runs the handler if nothing holds it
+            pass
+        done.append(True)
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            uninterrupted(row)()
+        assert done == [True]
+        with pytest.raises(KeyboardInterrupt):  # outside a held section it interrupts at once
+            row()
+        assert done == [True]
+    finally:
+        signal.signal(signal.SIGTERM, previous)

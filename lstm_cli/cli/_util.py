@@ -132,8 +132,33 @@ def _engine_note(predictor, verbose: bool) -> None:
         typer.echo(f"Note: predicting with the {backend.name} engine.", err=True)
 
 
+_held = {"depth": 0, "pending": False}  # uninterrupted() sections running, and an interrupt they held back
+
+
 def _interrupt(signum, frame) -> None:
+    """The SIGTERM (and, in tune, SIGINT) handler: Ctrl-C's KeyboardInterrupt, unless an uninterrupted()
+    section runs, which raises it as it ends."""
+    if _held["depth"]:
+        _held["pending"] = True
+        return
     raise KeyboardInterrupt
+
+
+def uninterrupted(fn: Callable) -> Callable:
+    """`fn` with interrupts (see _interrupt) held until it returns. An interrupt landing inside rich's print,
+    after the write but before rich empties its buffer, gets the line printed again by the next print."""
+
+    def call(*args, **kwargs):
+        _held["depth"] += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _held["depth"] -= 1
+            if not _held["depth"] and _held["pending"]:
+                _held["pending"] = False
+                raise KeyboardInterrupt
+
+    return call
 
 
 def pretrained_options(vectors: Path | None, freeze_vectors: bool, class_weight: str | None) -> dict:

@@ -29,6 +29,7 @@ from lstm_cli.cli._util import (
     _interrupt,
     app,
     pretrained_options,
+    uninterrupted,
     vectors_warnings,
     warn,
 )
@@ -110,6 +111,8 @@ def tune_cli(
         say(literal(message))
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the search as Ctrl-C does
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
+        signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C too waits for a trial's row to be printed whole
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     with _errors(verbose, interrupted_hint=lambda: f" before the first trial finished; {kept}"):
         from lstm_cli.data import read_labeled
@@ -128,7 +131,7 @@ def tune_cli(
 
         table = render.TrialTable(say, metric.value)
         result = tune(base, dataset, budget_seconds=budget_seconds, metric=metric.value, max_trials=trials,
-                      fixed=fixed, validation=validation, on_trial=table.row, on_stage=stage)  # fmt: skip
+                      fixed=fixed, validation=validation, on_trial=uninterrupted(table.row), on_stage=uninterrupted(stage))  # fmt: skip
         warn(console, result.warnings)
         if result.interrupted:
             say(f"Interrupted: saving the best of {len(result.trials)} finished trials")
