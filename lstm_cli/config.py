@@ -40,6 +40,8 @@ class TrainConfig:
     clip_norm: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     l2: float = 0.0  # L2 penalty on the Dense and recurrent kernels
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
+    plateau_factor: float = 1.0  # an epoch without improvement multiplies the learning rate by this (1: constant)
+    label_smoothing: float = 0.0  # train towards (1 - e) on the label and e spread over every label
     steps_per_epoch: int | None = None  # an "epoch" of this many steps (validation, checkpoint); None: one pass
     max_steps: int | None = None  # optimizer steps in all, at most; None: epochs * steps per epoch
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
@@ -99,6 +101,8 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("clip_norm", 0.0, None, False),
     ("l2", 0.0, None, False),
     ("patience", 0, None, False),
+    ("plateau_factor", 0.0, 1.0, False),
+    ("label_smoothing", 0.0, 1.0, True),
     ("steps_per_epoch", 1, None, False),
     ("max_steps", 1, None, False),
     ("validation_split", 0.0, 1.0, True),

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 from lstm_cli import checkpoint as ckpt
+from lstm_cli import watchdog
 from lstm_cli.batching import EncodedTexts
 from lstm_cli.cache import TokenCache
 from lstm_cli.config import TrainConfig, class_weights
 from lstm_cli.corpus import ValidationSplit, scan
 from lstm_cli.data import LabeledData, LabeledStream
-from lstm_cli.engine.tokenizer import Tokenizer
-from lstm_cli import watchdog
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
+from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError, LstmCliError, UsageError
 from lstm_cli.model import OOV_ID, PAD_ID, build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
 from lstm_cli.owned import check_checkpoint_dir
@@ -165,7 +165,8 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
     tokenizer = Tokenizer(vocabulary, max_length=config.max_length)
     identity = {"data": data.sha256, "validation": validation.sha256 if validation is not None else None,
                 "labels": labels, "vocabulary": len(vocabulary),
-                **{k: getattr(config, k) for k in ("max_tokens", "min_count", "max_length", "validation_split", "seed")}}  # fmt: skip
+                **{k: getattr(config, k)
+                   for k in ("max_tokens", "min_count", "max_length", "validation_split", "seed")}}  # fmt: skip
 
     def cache(name: str, rows: Callable[[], Iterator[tuple[str, str]]], expected: int) -> TokenCache:
         fingerprint = {**identity, "part": name}
@@ -275,7 +276,7 @@ def _batch_stream(strategy, source, batch_size: int, seed: int, first_step: int)
     return iter(strategy.distribute_datasets_from_function(pipeline))
 
 
-def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip_norm: float):
+def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip_norm: float, smoothing: float):
     """One optimizer step on the next global batch: (loss, correct rows, tokens, rows), summed over replicas.
 
     Each replica's loss is its rows' weighted cross-entropy divided by the rows of the whole global batch,
@@ -289,6 +290,9 @@ def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip
         with tf.GradientTape() as tape:
             probabilities = network(ids, training=True)
             per_row = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            if smoothing > 0:  # (1 - e) * CE(label) + e * mean over labels of CE(that label)
+                spread = -tf.reduce_mean(tf.math.log(tf.clip_by_value(probabilities, 1e-7, 1.0)), axis=-1)
+                per_row = (1 - smoothing) * per_row + smoothing * spread
             weighted = per_row * weights * tf.gather(weights_by_label, labels)
             loss = tf.reduce_sum(weighted) / global_rows
             if network.losses:  # L2 penalties: counted once across the replicas
@@ -374,9 +378,10 @@ def train(
     far (the best epoch's weights are kept). `model_dir` is where the model will be saved (the checkpoint
     directory may not be or contain it). `tensorboard`: a directory for TensorBoard's event files.
     `strategy`: a tf.distribute strategy to train under instead of the planned one (e.g. MirroredStrategy
-    over logical CPU devices). `on_progress(rows)`: rows read so far while the vocabulary is counted. `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
-    before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under). Keras' global dtype policy is left as it was, whatever the plan's
-    precision."""
+    over logical CPU devices). `on_progress(rows)`: rows read so far while the vocabulary is counted.
+    `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
+    before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under).
+    Keras' global dtype policy is left as it was, whatever the plan's precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     if checkpoint_dir is not None:
@@ -411,8 +416,8 @@ def train(
                       on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard)  # fmt: skip
 
 
-def _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage,
-           on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard) -> TrainResult:  # fmt: skip
+def _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage, on_epoch,
+           on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard) -> TrainResult:  # fmt: skip
     labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
     train_source, val_source = prepared.train, prepared.validation
     vectorizer = make_vectorizer(config.max_tokens, vocabulary)
@@ -454,7 +459,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
     row_weights = np.array([weights[label] for label in labels] if weights else [1.0] * len(labels))
-    train_step = _make_train_step(strategy, network, optimizer, row_weights, config.clip_norm)
+    train_step = _make_train_step(strategy, network, optimizer, row_weights, config.clip_norm, config.label_smoothing)
     evaluate = _make_evaluate(network, val_source, config.batch_size) if val_source is not None else None
     monitor = "val_loss" if evaluate is not None else "loss"
 
@@ -490,15 +495,22 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             with guard.waiting(f"{cluster.task if cluster else ''}: step {step + 1} waited for the other workers"):
                 loss, right, real_tokens, real_rows = _run_step(train_step, batches, cluster, step)
             step += 1
-            loss_sum, correct, tokens, rows = loss_sum + loss, correct + right, tokens + real_tokens, rows + int(real_rows)
+            loss_sum, correct, tokens, rows = (
+                loss_sum + loss,
+                correct + right,
+                tokens + real_tokens,
+                rows + int(real_rows),
+            )
             if on_step is not None:
-                on_step(StepReport(epoch + 1, i + 1, steps, rows, loss_sum / (i + 1), time.perf_counter() - epoch_started))
+                seconds = time.perf_counter() - epoch_started
+                on_step(StepReport(epoch + 1, i + 1, steps, rows, loss_sum / (i + 1), seconds))
             if writer is not None and step % LOG_EVERY == 0:
                 _scalars(writer, step, {"batch/loss": loss})
             if stop is not None and stop():
                 stopped = True  # this epoch is still validated; the best epoch's weights are kept
                 break
-        metrics = {"loss": loss_sum / max(i + 1, 1) if steps else math.nan, "accuracy": correct / max(rows, 1)}
+        metrics = {"loss": loss_sum / max(i + 1, 1) if steps else math.nan, "accuracy": correct / max(rows, 1),
+                   "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}  # fmt: skip
         if evaluate is not None:
             metrics.update(evaluate())
         seconds = round(time.perf_counter() - epoch_started, 3)
@@ -511,12 +523,15 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         else:
             best["wait"] += 1
             stopped = stopped or best["wait"] > config.patience
+            if config.plateau_factor < 1 and not stopped:  # a plateau: smaller steps from here on
+                optimizer.learning_rate.assign(optimizer.learning_rate * config.plateau_factor)
         if checkpoint_dir is not None:
             ckpt.save(checkpoint_dir, run=run, epoch=epoch + 1, stopped=stopped, history=history,
                       epoch_seconds=epoch_seconds, early_stopping={k: best[k] for k in ("value", "epoch", "wait")},
-                      network=network, optimizer=optimizer, best_weights=best["weights"], model_dir=model_dir)  # fmt: skip
+                      network=network, optimizer=optimizer, best_weights=best["weights"],
+                      model_dir=model_dir)  # fmt: skip
         if writer is not None:
-            _write_epoch(writer, step, metrics, optimizer, tokens, rows, seconds)
+            _write_epoch(writer, step, metrics, tokens, rows, seconds)
         if on_epoch:
             on_epoch(EpochReport(epoch + 1, epochs, metrics, seconds, step))
     if best["weights"] is not None:
@@ -554,14 +569,13 @@ def _run_step(train_step, batches, cluster, step: int) -> list[float]:
         return [float(x) for x in train_step(batches)]
     except tf.errors.OpError as e:  # a peer that died: the collective fails (or hangs: see the watchdog)
         raise LstmCliError(
-            f"{cluster.task}: lost the other workers at step {step + 1} ({type(e).__name__}); restart every worker with "
-            "--resume to continue from the last finished epoch"
+            f"{cluster.task}: lost the other workers at step {step + 1} ({type(e).__name__}); restart every worker "
+            "with --resume to continue from the last finished epoch"
         ) from None
 
 
-def _write_epoch(writer, step: int, metrics: dict[str, float], optimizer, tokens: float, rows: int, seconds: float):
+def _write_epoch(writer, step: int, metrics: dict[str, float], tokens: float, rows: int, seconds: float):
     rates = {
-        "epoch/learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
         "epoch/tokens_per_second": tokens / max(seconds, 1e-9),
         "epoch/rows_per_second": rows / max(seconds, 1e-9),
     }

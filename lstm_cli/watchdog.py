@@ -52,8 +52,10 @@ def supervise(argv: list[str], *, hint: str) -> int:
             if not ready and terminating and time.monotonic() >= terminating[0]:
                 child.kill()
                 child.wait()
-                sys.stderr.write("Error: interrupted while waiting for the other workers; nothing was saved since "
-                                 "the last finished epoch, which --resume continues from\n")
+                sys.stderr.write(
+                    "Error: interrupted while waiting for the other workers; nothing was saved since "
+                    "the last finished epoch, which --resume continues from\n"
+                )
                 return 128 + signal.SIGTERM
             if not ready:  # the deadline passed with the child still waiting on its peers
                 child.kill()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
-from conftest import TINY
 
 runner = CliRunner()
 
@@ -54,8 +54,15 @@ def test_two_workers_on_loopback_train_one_model_that_matches_a_single_process(d
     ports = _free_ports(2)
     args = [sys.executable, "-m", "lstm_cli", "train", str(data_dir / "train.csv"), *EXACT, "-m", "model"]
     workers = [
-        subprocess.Popen(args, cwd=tmp_path, env=_env(TF_CONFIG=_tf_config(ports, i)), text=True,
-                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.Popen(
+            args,
+            cwd=tmp_path,
+            env=_env(TF_CONFIG=_tf_config(ports, i)),
+            text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
         for i in range(2)
     ]
     outputs = [w.communicate(timeout=240) for w in workers]
@@ -98,9 +105,15 @@ def test_every_worker_ends_with_the_same_weights_even_with_dropout(data_dir, tmp
     """Each worker's copy of the variables: identical to the bit (all-reduced gradients, mirrored updates)."""
     ports = _free_ports(2)
     workers = [
-        subprocess.Popen([sys.executable, "-c", DRIVER, str(data_dir / "train.csv"), str(tmp_path / f"w{i}.npz")],
-                         cwd=tmp_path, env=_env(TF_CONFIG=_tf_config(ports, i)), stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(data_dir / "train.csv"), str(tmp_path / f"w{i}.npz")],
+            cwd=tmp_path,
+            env=_env(TF_CONFIG=_tf_config(ports, i)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
         for i in range(2)
     ]
     outputs = [w.communicate(timeout=240) for w in workers]

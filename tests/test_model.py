@@ -152,3 +152,41 @@ def test_training_without_validation_saves_a_working_model(data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     predicted = runner.invoke(app, ["predict", "-m", str(model), "good great", "bad awful"])
     assert predicted.exit_code == 0 and len(predicted.stdout.splitlines()) == 2
+
+
+def _toy_train(tmp_path, rows: int = 96, **options):
+    from conftest import toy_rows, write_csv
+
+    from lstm_cli.data import read_labeled
+    from lstm_cli.train import train
+
+    data = read_labeled(write_csv(tmp_path / "train.csv", toy_rows(rows, seed=7)))
+    config = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, batch_size=16, **options)
+    return train(config, data), data
+
+
+def test_a_plateau_multiplies_the_learning_rate_and_an_improvement_keeps_it(tmp_path):
+    result, _ = _toy_train(tmp_path, epochs=8, patience=8, learning_rate=0.05, plateau_factor=0.5)
+    history, best, cuts = result.history, float("inf"), 0
+    for before, after in zip(history, history[1:], strict=False):
+        improved = before["val_loss"] < best
+        best = min(best, before["val_loss"])
+        expected = before["learning_rate"] * (1 if improved else 0.5)
+        assert after["learning_rate"] == pytest.approx(expected, rel=1e-6), history
+        cuts += not improved
+    assert history[0]["learning_rate"] == pytest.approx(0.05) and cuts >= 1, history  # the rule was exercised
+
+
+def test_label_smoothing_caps_the_confidence_training_aims_for(tmp_path):
+    """With smoothing e over K labels the loss is lowest at probability 1 - e + e/K on the label (0.6 for
+    e = 0.6, K = 3); without it, confident predictions keep lowering the loss."""
+    from lstm_cli.model import tf, token_ids
+
+    def confidence(smoothing: float) -> float:
+        result, data = _toy_train(tmp_path, epochs=12, patience=12, learning_rate=0.03, dropout=0,
+                                  embedding_dropout=0, dense_dropout=0, label_smoothing=smoothing)  # fmt: skip
+        ids = token_ids(result.vectorizer, tf.constant(data.texts), result.config.max_length).to_tensor()
+        probabilities = result.network(ids, training=False).numpy()
+        return float(probabilities.max(axis=1).mean())
+
+    assert confidence(0.6) < 0.7 < 0.85 < confidence(0.0)

@@ -92,7 +92,8 @@ def train_cli(
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
     batch_size: Annotated[
-        int | None, typer.Option(help="Texts per training step [default: auto, ~1 per 1,024 tokens, 32..512].")
+        int | None,
+        typer.Option(help="Texts per training step [default: auto, a power of two from 16 to 512, ~100 steps a pass]."),
     ] = None,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
     clip_norm: Annotated[
@@ -102,10 +103,18 @@ def train_cli(
     patience: Annotated[
         int, typer.Option(help="Stop after this many epochs without val_loss improvement (best weights kept).")
     ] = DEFAULTS.patience,
+    plateau_factor: Annotated[
+        float, typer.Option(help="Multiply the learning rate by this after an epoch without val_loss improvement.")
+    ] = DEFAULTS.plateau_factor,
+    label_smoothing: Annotated[
+        float, typer.Option(help="Train towards 1 - E on the label and E spread over all labels.")
+    ] = DEFAULTS.label_smoothing,
     steps_per_epoch: Annotated[
         int | None,
-        typer.Option(help="Make an epoch this many steps (validation, checkpoint, early stopping every N steps) "
-                     "[default: one pass over DATA]."),
+        typer.Option(
+            help="Make an epoch this many steps (validation, checkpoint, early stopping every N steps) "
+            "[default: one pass over DATA]."
+        ),
     ] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps in all.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: same seed and data give the same model on CPU.")] = (
@@ -143,7 +152,8 @@ def train_cli(
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
             dense_units=dense_units, dense_dropout=dense_dropout,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, clip_norm=clip_norm, l2=l2,
-            patience=patience, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
+            patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,
+            steps_per_epoch=steps_per_epoch, max_steps=max_steps,
             validation_split=validation_split, seed=seed, **extra,
         )  # fmt: skip
     except ValueError as e:
@@ -234,8 +244,13 @@ def _progress(console, *, enabled: bool):
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[speed]:,.0f} rows/s  loss {task.fields[loss]:.4f}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[speed]:,.0f} rows/s  loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("steps", total=None, epoch=0, speed=0.0, loss=0.0, visible=False)
         reading = bar.add_task("reading", total=None, epoch="-", speed=0.0, loss=0.0)

@@ -131,7 +131,8 @@ def tune_cli(
 
         table = render.TrialTable(say, metric.value)
         result = tune(base, dataset, budget_seconds=budget_seconds, metric=metric.value, max_trials=trials,
-                      fixed=fixed, validation=validation, on_trial=uninterrupted(table.row), on_stage=uninterrupted(stage))  # fmt: skip
+                      fixed=fixed, validation=validation, on_trial=uninterrupted(table.row),
+                      on_stage=uninterrupted(stage))  # fmt: skip
         warn(console, result.warnings)
         if result.interrupted:
             say(f"Interrupted: saving the best of {len(result.trials)} finished trials")
