@@ -473,6 +473,9 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         best.update(value=state["early_stopping"]["best"], epoch=state["early_stopping"]["best_epoch"],
                     wait=state["early_stopping"]["wait"])  # fmt: skip
         first_epoch, stopped = state["epoch"], state["stopped"]
+    if cluster is not None and resume:  # all workers resume at one epoch, or their steps would not pair up
+        with guard.waiting(f"{cluster.task}: resuming, waited for the other workers' checkpoints"):
+            _check_same_epoch(strategy, cluster, first_epoch)
     resuming = f", resuming after epoch {first_epoch}" if state else ""
     stage(
         f"Training on {plan.describe()}: {train_source.rows:,} rows, {val_source.rows if val_source else 0:,} "
@@ -560,6 +563,26 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         vectors=vectors_meta,
         steps=step,
     )
+
+
+def _check_same_epoch(strategy, cluster, epoch: int) -> None:
+    """Fail on every worker unless all resume from the same epoch: the sums over the replicas of 1, epoch and
+    epoch squared tell every worker alike whether the epochs differ (their variance is 0 or not)."""
+    moments = tf.constant([1.0, epoch, epoch * epoch], tf.float32)  # exact below 2**12 epochs
+
+    @tf.function
+    def summed():
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(moments)), axis=None)
+
+    try:
+        n, total, squares = (float(x) for x in summed().numpy())
+    except tf.errors.OpError as e:
+        raise LstmCliError(f"{cluster.task}: lost the other workers while resuming ({type(e).__name__})") from None
+    if n * squares != total * total:
+        raise LstmCliError(
+            f"{cluster.task}: the workers' checkpoints end at different epochs (this one after epoch {epoch}, the "
+            f"mean {total / n:g}; a worker stopped while saving?); drop --resume on every worker to start afresh"
+        )
 
 
 def _run_step(train_step, batches, cluster, step: int) -> list[float]:

@@ -206,3 +206,85 @@ def test_steps_per_epoch_max_steps_and_tensorboard(data_dir, tmp_path):
     history = training["history"]
     np.testing.assert_allclose([v for _, v in points["epoch/val_loss"]], [h["val_loss"] for h in history], rtol=1e-6)
     assert all(v == pytest.approx(0.02) for _, v in points["epoch/learning_rate"])
+
+
+RESUMABLE = textwrap.dedent(
+    """
+    import json, shutil, sys, numpy as np
+    from pathlib import Path
+    from lstm_cli.config import TrainConfig
+    from lstm_cli.data import read_labeled
+    from lstm_cli.errors import LstmCliError
+    from lstm_cli.train import train
+    mode, data, checkpoints, out = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+    config = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, epochs=3, batch_size=16,
+                         learning_rate=0.02, patience=9)
+
+    def crash_after_two(report):  # a cluster that goes down once epoch 2's checkpoint is written
+        shutil.copytree(checkpoints, f"{checkpoints}-epoch{report.epoch}")
+        if report.epoch == 2:
+            raise SystemExit(3)
+
+    try:
+        if mode == "interrupted":
+            train(config, read_labeled(data), checkpoint_dir=checkpoints, on_epoch=crash_after_two)
+        result = train(config, read_labeled(data), checkpoint_dir=checkpoints, resume=True)
+    except LstmCliError as e:
+        print(e, file=sys.stderr)
+        raise SystemExit(1)
+    np.savez(out, *result.network.get_weights())
+    Path(out + ".json").write_text(json.dumps(result.history))
+    """
+)
+
+
+def _cluster(mode: str, data: Path, tmp_path: Path, checkpoints: list[str]) -> list[tuple[int, str]]:
+    ports = _free_ports(2)
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RESUMABLE,
+                mode,
+                str(data),
+                str(tmp_path / checkpoints[i]),
+                str(tmp_path / f"w{i}.npz"),
+            ],
+            cwd=tmp_path,
+            env=_env(TF_CONFIG=_tf_config(ports, i)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    return [(w.wait(timeout=240), w.communicate()[1]) for w in workers]
+
+
+def test_a_cluster_resumes_from_its_checkpoints_and_refuses_workers_at_different_epochs(data_dir, tmp_path):
+    import shutil
+
+    data = data_dir / "train.csv"
+    # Both workers stop after epoch 2 (checkpoints written); their epoch-1 checkpoints are kept aside.
+    assert [code for code, _ in _cluster("interrupted", data, tmp_path, ["c0", "c1"])] == [3, 3]
+    shutil.copytree(tmp_path / "c0", tmp_path / "c0-kept")
+
+    # Worker 1 comes back with an older checkpoint: every worker refuses, with one line, before any step.
+    outcomes = _cluster("resume", data, tmp_path, ["c0-kept", "c1-epoch1"])
+    assert [code for code, _ in outcomes] == [1, 1], outcomes
+    for i, (_, err) in enumerate(outcomes):
+        assert f"worker/{i}: the workers' checkpoints end at different epochs" in err, err
+        assert f"after epoch {2 if i == 0 else 1}" in err and "Traceback" not in err
+
+    # Both come back at epoch 2: the cluster trains epoch 3 only, and the workers agree to the bit.
+    outcomes = _cluster("resume", data, tmp_path, ["c0", "c1"])
+    assert [code for code, _ in outcomes] == [0, 0], outcomes
+    histories = [json.loads((tmp_path / f"w{i}.npz.json").read_text()) for i in range(2)]
+    assert histories[0] == histories[1] and len(histories[0]) == 3
+    before = json.loads((tmp_path / "c0-epoch2" / "state.json").read_text())["history"]
+    assert histories[0][:2] == before  # epochs 1-2 come from the checkpoint, not from training again
+    with np.load(tmp_path / "w0.npz") as a, np.load(tmp_path / "w1.npz") as b:
+        for name in a.files:
+            np.testing.assert_array_equal(a[name], b[name])
