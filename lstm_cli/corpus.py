@@ -16,6 +16,15 @@ MAX_DISTINCT = 2_000_000
 # on_progress is called after every this many rows.
 PROGRESS_ROWS = 10_000
 RESERVED = ["", "[UNK]"]  # ids 0 (padding) and 1 (out of vocabulary), as TextVectorization's vocabulary
+# A split holds out at most about this many rows: validation runs every epoch (every --steps-per-epoch
+# steps on a large corpus), and 10% of 60M rows would cost more than the steps between two validations
+# while measuring little better. The accuracy of 50,000 rows is known to within ~0.5 points.
+MAX_VALIDATION_ROWS = 50_000
+
+
+def validation_fraction(fraction: float, rows: int) -> float:
+    """The fraction of `rows` a split of `fraction` holds out: at most MAX_VALIDATION_ROWS rows."""
+    return min(fraction, MAX_VALIDATION_ROWS / rows) if rows else fraction
 
 
 @dataclass

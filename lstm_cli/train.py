@@ -27,7 +27,7 @@ from lstm_cli import watchdog
 from lstm_cli.batching import EncodedTexts
 from lstm_cli.cache import TokenCache
 from lstm_cli.config import TrainConfig, class_weights
-from lstm_cli.corpus import ValidationSplit, scan
+from lstm_cli.corpus import ValidationSplit, scan, validation_fraction
 from lstm_cli.data import LabeledData, LabeledStream
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
 from lstm_cli.engine.tokenizer import Tokenizer
@@ -150,7 +150,10 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
         raise DataError(
             f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
         )
-    fraction = config.validation_split if validation is None else 0.0
+    fraction = validation_fraction(config.validation_split, label_counts.total()) if validation is None else 0.0
+    if 0 < fraction < config.validation_split:
+        stage(f"Validating on {fraction:.2%} of the rows: a split holds out at most about "
+              f"{round(fraction * label_counts.total()):,} (--validation-data FILE validates on more)")  # fmt: skip
 
     def split():  # the same seeded decisions on every pass
         return ValidationSplit(dict(label_counts), fraction, config.seed)

@@ -113,9 +113,10 @@ def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, Labeled
     """One seeded, stratified split shared by every trial (the same one `train` makes for this seed)."""
     from collections import Counter
 
-    from lstm_cli.corpus import ValidationSplit
+    from lstm_cli.corpus import ValidationSplit, validation_fraction
 
-    split = ValidationSplit(dict(Counter(data.labels)), config.validation_split, config.seed)
+    fraction = validation_fraction(config.validation_split, len(data))
+    split = ValidationSplit(dict(Counter(data.labels)), fraction, config.seed)
     held = [split.held(label) for label in data.labels]
 
     def part(keep: bool, path: str) -> LabeledData:

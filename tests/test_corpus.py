@@ -109,3 +109,31 @@ def test_validation_split_keeps_a_single_row_class_for_training_with_a_warning()
     assert sum(split.held("big") for _ in range(20)) == 10
     with pytest.raises(ValueError, match="not counted"):
         split.held("new")
+
+
+def test_a_split_holds_out_at_most_max_validation_rows():
+    from lstm_cli.corpus import MAX_VALIDATION_ROWS, validation_fraction
+
+    assert validation_fraction(0.1, 10_000) == 0.1  # small data: the fraction as given
+    big = 60_000_000
+    assert round(validation_fraction(0.1, big) * big) == MAX_VALIDATION_ROWS
+    split = ValidationSplit({"a": big // 2, "b": big // 2}, validation_fraction(0.1, big), seed=1)
+    assert split.validation_counts == {"a": MAX_VALIDATION_ROWS // 2, "b": MAX_VALIDATION_ROWS // 2}
+
+
+def test_train_validates_on_the_capped_split(tmp_path, monkeypatch):
+    from conftest import toy_rows, write_csv
+
+    from lstm_cli import corpus
+    from lstm_cli.config import TrainConfig
+    from lstm_cli.data import stream_labeled
+    from lstm_cli.train import train
+
+    monkeypatch.setattr(corpus, "MAX_VALIDATION_ROWS", 12)
+    data = stream_labeled(write_csv(tmp_path / "train.csv", toy_rows(120, seed=2)))
+    stages: list[str] = []
+    config = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, epochs=1, batch_size=16,
+                         validation_split=0.5)  # fmt: skip
+    result = train(config, data, on_stage=stages.append)
+    assert (result.train_rows, result.validation_rows) == (108, 12)
+    assert any(s.startswith("Validating on 10.00% of the rows") for s in stages), stages
