@@ -40,7 +40,7 @@ class TrainConfig:
     clip_norm: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     l2: float = 0.0  # L2 penalty on the Dense and recurrent kernels
     patience: int = 2  # epochs without val_loss improvement before stopping (best weights kept)
-    plateau_factor: float = 1.0  # an epoch without improvement multiplies the learning rate by this (1: constant)
+    plateau_factor: float = 0.5  # an epoch without improvement multiplies the learning rate by this (1: constant)
     label_smoothing: float = 0.0  # train towards (1 - e) on the label and e spread over every label
     steps_per_epoch: int | None = None  # an "epoch" of this many steps (validation, checkpoint); None: one pass
     max_steps: int | None = None  # optimizer steps in all, at most; None: epochs * steps per epoch
