@@ -194,6 +194,78 @@ def test_engine_equals_saved_model_of_a_trained_model(trained_model):
     assert Pair(trained_model).difference(texts) <= PARITY
 
 
+def _textbook_lstm(x, mask, kernel, recurrent_kernel, bias, *, backwards, sequences, zero_output):
+    """Keras's LSTM written out per text and per step in float64: the oracle for the engine's in-place one."""
+    units = recurrent_kernel.shape[0]
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    results = []
+    for row, keep in zip(x.astype(np.float64), mask, strict=True):
+        h, c, outputs = np.zeros(units), np.zeros(units), []
+        for t in reversed(range(len(row))) if backwards else range(len(row)):
+            z = row[t] @ kernel + h @ recurrent_kernel + bias
+            i, f, g, o = (z[k * units : (k + 1) * units] for k in range(4))
+            if keep[t]:
+                c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+                h = sigmoid(o) * np.tanh(c)
+            outputs.append(h if keep[t] or not zero_output else np.zeros(units))
+        results.append(np.stack(outputs) if sequences else outputs[-1])
+    return np.stack(results)
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("sequences", [False, True])
+@pytest.mark.parametrize("zero_output", [False, True])
+def test_lstm_step_in_place_equals_the_textbook_lstm(backwards, sequences, zero_output):
+    from lstm_cli.engine import layers
+
+    rng = np.random.default_rng(7)
+    batch, steps, dim, units = 6, 9, 5, 4
+    x = rng.normal(0, 1, (batch, steps, dim)).astype(np.float32)
+    lengths = np.array([9, 9, 7, 4, 1, 9])  # right-padded texts; some end early
+    mask = np.arange(steps)[None, :] < lengths[:, None]
+    weights = [rng.normal(0, 0.9, s).astype(np.float32) for s in ((dim, 4 * units), (units, 4 * units), (4 * units,))]
+    config = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True, "go_backwards": backwards,
+              "return_sequences": sequences, "zero_output_for_mask": zero_output}  # fmt: skip
+    expected = _textbook_lstm(x, mask, *weights, backwards=backwards, sequences=sequences, zero_output=zero_output)
+    for cache in (None, layers.Cache()):
+        np.testing.assert_allclose(layers.lstm(config, weights, x, mask=mask, cache=cache), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["max", "mean"])
+def test_time_pooling_ignores_masked_steps(mode):
+    from lstm_cli.engine import layers
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (5, 8, 3)).astype(np.float32)
+    mask = np.arange(8)[None, :] < np.array([8, 3, 8, 1, 5])[:, None]
+    x[~mask] = 1e6  # padding that would win a max or swamp a mean
+    expected = [getattr(np, mode)(row[keep], axis=0) for row, keep in zip(x, mask, strict=True)]
+    np.testing.assert_allclose(layers.time_pooling({"mode": mode}, [], x, mask=mask), expected, rtol=1e-6)
+    whole = np.ones((5, 8), dtype=bool)
+    np.testing.assert_allclose(layers.time_pooling({"mode": mode}, [], x, mask=whole), getattr(np, mode)(x, axis=1),
+                               rtol=1e-6)  # fmt: skip
+
+
+def test_a_batch_leaves_no_reference_cycles(pair):
+    """Each batch's arrays must be freed when the call returns, not when the cycle collector next runs:
+    a cycle held hundreds of megabytes on a long stream."""
+    import gc
+
+    texts = ["good bad the", "the " * 12, "x", ""] * 100
+    pair.engine.probabilities(texts)  # the first call fills caches and may start the thread pool
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        pair.engine.probabilities(texts)
+        found = gc.collect()
+        assert found == 0, [repr(o)[:120] for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
 # --- safety and independence ------------------------------------------------------------------------------
 
 

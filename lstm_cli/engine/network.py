@@ -85,6 +85,19 @@ def check_node(node: dict[str, Any]) -> None:
         raise Unsupported(f"layer {name!r} is called with {sorted(node['kwargs'])}")
 
 
+def _resolve(value, values: dict[str, Any]):
+    """`value` with each reference to a node's output replaced by that output.
+
+    A plain function, not a closure inside `Network.__call__`: a closure that calls itself is a reference
+    cycle, which kept every batch's intermediate arrays alive until Python's cycle collector ran (measured:
+    490 MiB held for 50,000 lines, and ten times the page faults of reusing freed memory)."""
+    if isinstance(value, dict) and "tensor" in value:
+        return values[value["tensor"]]
+    if isinstance(value, list):
+        return [_resolve(v, values) for v in value]
+    return value
+
+
 def _refs(value) -> list[dict[str, Any]]:
     if isinstance(value, dict):
         return [value] if "tensor" in value else [r for v in value.values() for r in _refs(v)]
@@ -118,22 +131,14 @@ class Network:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:
         values: dict[str, Any] = {self.inputs[0]: ids}
-
-        def resolve(value):
-            if isinstance(value, dict) and "tensor" in value:
-                return values[value["tensor"]]
-            if isinstance(value, list):
-                return [resolve(v) for v in value]
-            return value
-
         # exp overflow in a saturated softmax/sigmoid is harmless (gives 0 or 1); don't warn about it.
         with np.errstate(over="ignore", under="ignore"):
             for node in self.nodes:
                 run = LAYERS[node["type"]]
                 if run is None:
                     continue
-                args = resolve(node["args"])
-                mask = resolve(node["kwargs"].get("mask"))
+                args = _resolve(node["args"], values)
+                mask = _resolve(node["kwargs"].get("mask"), values)
                 extra = {"cache": self.caches[node["name"]]} if node["name"] in self.caches else {}
                 values[node["name"]] = run(node["config"], self.weights[node["name"]], *args, mask=mask, **extra)
         return values[self.outputs[0]]
