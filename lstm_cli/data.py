@@ -404,7 +404,20 @@ def _only_escapes(text: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
-def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+def batched(items: Iterable[str], size: int, max_chars: int | None = None) -> Iterator[list[str]]:
+    """Lists of `size` items (the last may be shorter); with `max_chars`, a list also ends once its texts
+    reach that many characters. Each list is yielded as soon as it is complete, never after reading on."""
     iterator = iter(items)
-    while batch := list(islice(iterator, size)):
+    if max_chars is None:
+        while batch := list(islice(iterator, size)):
+            yield batch
+        return
+    batch, chars = [], 0
+    for item in iterator:
+        batch.append(item)
+        chars += len(item)
+        if len(batch) == size or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
         yield batch

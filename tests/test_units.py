@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 from conftest import unescape_tsv
+from hypothesis import given
+from hypothesis import strategies as st
 
 from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
 from lstm_cli.config import TrainConfig
@@ -179,3 +181,31 @@ def test_shown_text_is_literal_and_on_one_line():
         "Warning: esc\\x1b[31m here", "esc\\x1b[31m",
         "Warning: \\x85 here", "\\x85",
     ]  # fmt: skip
+
+
+@given(
+    texts=st.lists(st.text(max_size=30), max_size=60),
+    size=st.integers(1, 9),
+    max_chars=st.one_of(st.none(), st.integers(1, 80)),
+)
+def test_batched_keeps_order_bounds_batches_and_never_reads_ahead(texts, size, max_chars):
+    from lstm_cli.data import batched
+
+    consumed = []
+
+    def source():
+        for text in texts:
+            consumed.append(text)
+            yield text
+
+    batches = []
+    for batch in batched(source(), size, max_chars):
+        assert len(consumed) == sum(map(len, batches)) + len(batch)  # nothing read beyond this batch
+        batches.append(batch)
+    assert [t for b in batches for t in b] == texts
+    for batch in batches:
+        assert 1 <= len(batch) <= size
+        if max_chars is not None:
+            assert sum(map(len, batch[:-1])) < max_chars  # it ended as soon as it reached the budget
+    for batch in batches[:-1]:
+        assert len(batch) == size or (max_chars is not None and sum(map(len, batch)) >= max_chars)

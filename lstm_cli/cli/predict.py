@@ -46,8 +46,11 @@ def predict_cli(
     ] = OutputFormat.tsv,
     top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels.")] = 1,
     batch_size: Annotated[
-        int, typer.Option(min=1, help="Lines read and written at a time (1: answer each line as it arrives).")
-    ] = 4096,
+        int,
+        typer.Option(
+            min=1, help="Lines read and written at a time, fewer if long (1: answer each line as it arrives)."
+        ),
+    ] = 16_384,  # lstm_cli.predict.PREDICT_BATCH, not imported: --help must not load numpy
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
