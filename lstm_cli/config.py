@@ -20,7 +20,8 @@ class TrainConfig:
     max_length: int = 300  # tokens kept per text; longer texts are truncated (bucketing: short texts cost no more)
     # Network: the Keras tutorial's Embedding -> LSTM -> Dense, read through pooling over time. Defaults
     # chosen on seven public data sets (benchmarks/accuracy.py); the tutorial's recipe is
-    # --pooling last --embedding-pooling none --embedding-dropout 0 --recurrent-dropout 0.2 --dense-units 64.
+    # --pooling last --embedding-pooling none --bigram-buckets 0 --embedding-dropout 0 --recurrent-dropout 0.2
+    # --dense-units 64.
     embedding_dim: int = 128
     units: int = 128  # recurrent units per layer (per direction when bidirectional)
     layers: int = 1  # stacked recurrent layers; all but the last return sequences
@@ -31,6 +32,11 @@ class TrainConfig:
     embedding_dropout: float = 0.2  # spatial dropout of embedding channels
     pooling: tuple[str, ...] = ("max", "mean")  # of the recurrent outputs over time, or ("last",): the final state
     embedding_pooling: tuple[str, ...] = ("max", "mean")  # of the embeddings over time (SWEM), beside the above
+    # fastText's bigrams: each pair of adjacent tokens hashed into this many buckets, embedded and mean-pooled
+    # beside the rest (word order the pooled embeddings lose). None: from the training tokens (auto_bigram_buckets);
+    # 0: none.
+    bigram_buckets: int | None = None
+    bigram_dim: int = 64
     dense_units: int = 128  # hidden Dense(relu) before the output; 0 removes it
     dense_dropout: float = 0.5
     # Optimisation
@@ -56,9 +62,10 @@ class TrainConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
-    def resolved(self, rows: int) -> TrainConfig:
-        """This configuration with the automatic batch size made concrete."""
-        return dataclasses.replace(self, batch_size=self.batch_size or auto_batch_size(rows))
+    def resolved(self, rows: int, tokens: int) -> TrainConfig:
+        """This configuration with the automatic batch size and bigram buckets made concrete."""
+        buckets = auto_bigram_buckets(tokens) if self.bigram_buckets is None else self.bigram_buckets
+        return dataclasses.replace(self, batch_size=self.batch_size or auto_batch_size(rows), bigram_buckets=buckets)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +89,12 @@ def auto_batch_size(rows: int) -> int:
     return int(min(512, max(16, 2 ** math.floor(math.log2(max(rows / 100, 1))))))
 
 
+def auto_bigram_buckets(tokens: int) -> int:
+    """A power of two from 4,096 to 131,072, about a quarter of the training tokens: few collisions among the
+    bigrams that recur, and a table (buckets x bigram_dim floats) that small data keeps small."""
+    return int(min(131_072, max(4_096, 2 ** math.ceil(math.log2(max(tokens / 4, 1))))))
+
+
 # (field, lowest allowed, highest allowed, highest is exclusive)
 _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("max_tokens", 3, None, False),
@@ -93,6 +106,8 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("dropout", 0.0, 1.0, True),
     ("recurrent_dropout", 0.0, 1.0, True),
     ("embedding_dropout", 0.0, 1.0, True),
+    ("bigram_buckets", 0, None, False),
+    ("bigram_dim", 1, None, False),
     ("dense_units", 0, None, False),
     ("dense_dropout", 0.0, 1.0, True),
     ("epochs", 1, None, False),
@@ -115,7 +130,7 @@ def config_problems(config: TrainConfig) -> list[str]:
     problems = []
     for name, low, high, high_open in _RANGES:
         value = getattr(config, name)
-        if value is None and name in ("batch_size", "steps_per_epoch", "max_steps"):
+        if value is None and name in ("batch_size", "steps_per_epoch", "max_steps", "bigram_buckets"):
             continue  # automatic
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -134,6 +149,8 @@ def config_problems(config: TrainConfig) -> list[str]:
         config.embedding_pooling
     ):
         problems.append("--pooling and --embedding-pooling take each kind once")
+    if config.bigram_buckets == 1:
+        problems.append("--bigram-buckets must be 0 (no bigrams) or >= 2, got 1")
     if config.cell not in CELLS:
         problems.append(f"--cell must be one of {', '.join(CELLS)}, got {config.cell!r}")
     problems.extend(class_weight_problems(config.class_weight))

@@ -16,6 +16,7 @@ layers = keras.layers
 
 PAD_ID = 0
 OOV_ID = 1  # TextVectorization's single out-of-vocabulary id
+BIGRAM_MULTIPLIER = 1_000_003  # a prime above any vocabulary size: (a, b) -> a * M + b is one-to-one before the mod
 
 
 @contextlib.contextmanager
@@ -88,6 +89,32 @@ class TimePooling(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="lstm_cli")
+class BigramIds(layers.Layer):
+    """Each pair of adjacent token ids hashed into buckets 1..buckets-1: [batch, time] -> [batch, time - 1],
+    0 (padding, masked by the embedding that reads it) where either token is padding.
+
+    The hash is plain integer arithmetic on the ids, (a * 1,000,003 + b) mod (buckets - 1) + 1, so the
+    SavedModel and the numpy engine compute the same buckets."""
+
+    def __init__(self, buckets: int, **kwargs):
+        super().__init__(**kwargs)
+        self.buckets = buckets
+
+    def call(self, ids):
+        first = keras.ops.cast(ids[:, :-1], "int64")
+        second = keras.ops.cast(ids[:, 1:], "int64")
+        hashed = keras.ops.mod(first * BIGRAM_MULTIPLIER + second, self.buckets - 1) + 1
+        both = keras.ops.logical_and(keras.ops.not_equal(first, PAD_ID), keras.ops.not_equal(second, PAD_ID))
+        return keras.ops.cast(keras.ops.where(both, hashed, keras.ops.zeros_like(hashed)), "int32")
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], None)
+
+    def get_config(self):
+        return {**super().get_config(), "buckets": self.buckets}
+
+
 def _l2(config: TrainConfig):
     return keras.regularizers.L2(config.l2) if config.l2 else None
 
@@ -131,6 +158,10 @@ def build_network(
     features = [x] if not pooled else [TimePooling(mode, name=f"{mode}_pool")(x) for mode in config.pooling]
     # SWEM: the embeddings pooled over the whole text, a bag-of-words view beside the recurrent one.
     features += [TimePooling(mode, name=f"embedding_{mode}_pool")(embedded) for mode in config.embedding_pooling]
+    if config.bigram_buckets:
+        bigrams = BigramIds(config.bigram_buckets, name="bigram_ids")(ids)
+        bag = layers.Embedding(config.bigram_buckets, config.bigram_dim, mask_zero=True, name="bigram_embedding")
+        features.append(TimePooling("mean", name="bigram_mean_pool")(bag(bigrams)))
     x = features[0] if len(features) == 1 else layers.Concatenate(name="features")(features)
     if config.dense_units:
         x = layers.Dense(config.dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)

@@ -424,7 +424,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
     train_source, val_source = prepared.train, prepared.validation
     vectorizer = make_vectorizer(config.max_tokens, vocabulary)
-    config = config.resolved(train_source.rows)
+    config = config.resolved(train_source.rows, train_source.tokens)
     weights = _class_weights(config, labels, prepared.train_label_counts, data.path)
     embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, prepared.token_counts)
     if vectors_meta is not None:

@@ -40,6 +40,7 @@ VARIANTS = {
     "lstm-bidirectional-stacked": {"bidirectional": True, "layers": 2},
     "gru-bidirectional": {"cell": "gru", "bidirectional": True},
     "lstm-max-mean-pool-swem": {"pooling": ("max", "mean"), "embedding_pooling": ("max", "mean")},
+    "lstm-max-mean-pool-swem-bigrams": {"bigram_buckets": 7, "bigram_dim": 3},
     "gru-bidirectional-max-pool-spatial-dropout": {
         "cell": "gru", "bidirectional": True, "pooling": ("max",), "embedding_dropout": 0.3,
     },

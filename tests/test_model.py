@@ -98,6 +98,7 @@ def test_no_row_is_all_padding_and_truncation_applies():
         ),
         ({"pooling": ("max",), "bidirectional": True, "embedding_dropout": 0.3}, ["max_pool", "embedding_dropout"]),
         ({"pooling": ("mean",), "cell": "gru", "layers": 2, "embedding_pooling": ("max",)}, ["mean_pool", "gru_2"]),
+        ({"bigram_buckets": 50, "bigram_dim": 3}, ["bigram_ids", "bigram_embedding", "bigram_mean_pool"]),
     ],
 )
 def test_network_options_build_and_stay_padding_invariant(options, layer_names):

@@ -88,6 +88,14 @@ def train_cli(
     embedding_pooling: Annotated[
         str, typer.Option(help="Embeddings pooled over the text beside it (SWEM): max and/or mean, or none.")
     ] = ",".join(DEFAULTS.embedding_pooling) or "none",
+    bigram_buckets: Annotated[
+        int | None,
+        typer.Option(
+            help="Hash buckets for pairs of adjacent tokens, embedded and averaged beside the rest (0: no bigrams) "
+            "[default: auto, a power of two from 4,096 to 131,072, about a quarter of the training tokens]."
+        ),
+    ] = None,
+    bigram_dim: Annotated[int, typer.Option(help="Width of the bigram embeddings.")] = DEFAULTS.bigram_dim,
     dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
@@ -150,7 +158,7 @@ def train_cli(
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
             recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
-            dense_units=dense_units, dense_dropout=dense_dropout,
+            bigram_buckets=bigram_buckets, bigram_dim=bigram_dim, dense_units=dense_units, dense_dropout=dense_dropout,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, clip_norm=clip_norm, l2=l2,
             patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,
             steps_per_epoch=steps_per_epoch, max_steps=max_steps,

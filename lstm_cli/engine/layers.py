@@ -295,6 +295,16 @@ def time_pooling(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=
     return total / np.maximum(mask.sum(axis=1, dtype=np.float32)[:, None], np.float32(1))
 
 
+BIGRAM_MULTIPLIER = 1_000_003  # lstm_cli.model.BIGRAM_MULTIPLIER
+
+
+def bigram_ids(config: Config, weights: list[np.ndarray], ids: np.ndarray, mask=None) -> np.ndarray:
+    """lstm_cli.model.BigramIds: adjacent ids (a, b) -> (a * M + b) mod (buckets - 1) + 1, 0 where either is padding."""
+    first, second = ids[:, :-1].astype(np.int64), ids[:, 1:].astype(np.int64)
+    hashed = (first * BIGRAM_MULTIPLIER + second) % (config["buckets"] - 1) + 1
+    return np.where((first != 0) & (second != 0), hashed, 0).astype(np.int32)
+
+
 def concatenate(config: Config, weights: list[np.ndarray], *inputs: np.ndarray, mask=None) -> np.ndarray:
     tensors = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], list) else inputs
     return np.concatenate(tensors, axis=config["axis"])

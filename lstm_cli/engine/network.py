@@ -30,6 +30,7 @@ LAYERS = {
     "SpatialDropout1D": layers.identity,
     "Concatenate": layers.concatenate,
     "lstm_cli>TimePooling": layers.time_pooling,
+    "lstm_cli>BigramIds": layers.bigram_ids,
 }
 
 CACHED = ("LSTM", "GRU", "Bidirectional")  # layers that keep projected token rows between calls
@@ -69,6 +70,8 @@ def check_node(node: dict[str, Any]) -> None:
         raise Unsupported(f"layer {name!r} is LoRA-adapted or quantized")
     if kind == "lstm_cli>TimePooling" and config.get("mode") not in ("max", "mean"):
         raise Unsupported(f"layer {name!r}: pooling mode {config.get('mode')!r} is not supported")
+    if kind == "lstm_cli>BigramIds" and not (isinstance(config.get("buckets"), int) and config["buckets"] >= 2):
+        raise Unsupported(f"layer {name!r}: bigram buckets {config.get('buckets')!r} is not an integer >= 2")
     if kind == "Dense" and config.get("activation") not in layers.ACTIVATIONS:
         raise Unsupported(f"layer {name!r}: activation {config.get('activation')!r} is not supported")
     if kind in layers.RECURRENT:
