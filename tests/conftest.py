@@ -15,7 +15,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as the command line sets i
 
 # Small enough to train in a few seconds on 2 CPU cores, big enough to learn the toy task.
 TINY = [
-    "--embedding-dim", "8", "--units", "6", "--dense-units", "8", "--max-tokens", "60",
+    "--embedding-dim", "8", "--units", "6", "--dense-units", "8", "--max-tokens", "60", "--bigram-buckets", "512",
+    "--bigram-dim", "4",
     "--epochs", "3", "--batch-size", "16", "--learning-rate", "0.02", "--quiet",
 ]  # fmt: skip
 

@@ -33,8 +33,10 @@ def test_a_mapping_weighs_unlisted_labels_one():
 def _history(data, **options) -> list[dict[str, float]]:
     from lstm_cli.train import train
 
+    # No bigrams: most rows of their table get no gradient in a step, and there Adam's epsilon, not the loss's
+    # scale, sets the update, which would break the scale invariance the test below relies on.
     config = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, epochs=2, batch_size=16,
-                         learning_rate=0.02, **options)  # fmt: skip
+                         learning_rate=0.02, bigram_buckets=0, **options)  # fmt: skip
     return train(config, data).history
 
 

@@ -209,3 +209,13 @@ def test_batched_keeps_order_bounds_batches_and_never_reads_ahead(texts, size, m
             assert sum(map(len, batch[:-1])) < max_chars  # it ended as soon as it reached the budget
     for batch in batches[:-1]:
         assert len(batch) == size or (max_chars is not None and sum(map(len, batch)) >= max_chars)
+
+
+def test_bigram_buckets_default_to_a_power_of_two_near_a_quarter_of_the_training_tokens():
+    from lstm_cli.config import auto_bigram_buckets
+
+    assert [auto_bigram_buckets(t) for t in (0, 16_384, 16_385, 100_000, 10**9)] == [4096, 4096, 8192, 32768, 131072]
+    assert TrainConfig().resolved(rows=1000, tokens=100_000).bigram_buckets == 32768  # auto made concrete
+    assert TrainConfig(bigram_buckets=0).resolved(rows=1000, tokens=100_000).bigram_buckets == 0  # off stays off
+    with pytest.raises(ValueError, match="--bigram-buckets must be 0"):
+        TrainConfig(bigram_buckets=1)
