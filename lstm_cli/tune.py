@@ -34,6 +34,7 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "max_length": (100, 200, 400),
     "max_tokens": (10_000, 20_000, 50_000),
     "min_count": (1, 2),
+    "bigram_buckets": (None, 0, 16_384),  # None: the automatic size
 }
 METRICS = ("accuracy", "macro_f1")
 _DRAWS = 1_000  # random draws to find an untried setting before calling the space exhausted
@@ -229,7 +230,7 @@ def describe(settings: dict[str, Any]) -> str:
             return f"{value:g}"
         if isinstance(value, (tuple, list)):
             return ",".join(map(str, value)) or "none"
-        return str(value)
+        return "auto" if value is None else str(value)
 
     return " ".join(f"{name}={shown(value)}" for name, value in settings.items())
 
@@ -265,6 +266,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except ValueError:
         value = raw.strip()
+    if value == "auto" and getattr(TrainConfig(), name) is None:  # batch_size=auto, bigram_buckets=auto
+        value = None
     if isinstance(getattr(TrainConfig(), name), tuple):  # pooling=max,mean, as the table shows it
         value = tuple(value) if isinstance(value, list) else tuple(v for v in str(value).split(",") if v)
     return name, value

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from lstm_cli.cli import app
 from lstm_cli.config import TrainConfig
-from lstm_cli.tune import _candidates, parse_budget, parse_setting, search_space
+from lstm_cli.tune import _candidates, describe, parse_budget, parse_setting, search_space
 
 runner = CliRunner()
 LSTM_CLI = str(Path(sys.executable).with_name("lstm-cli"))
@@ -81,6 +81,11 @@ def test_set_values_are_json_or_words():
     assert parse_setting("batch_size=null") == ("batch_size", None)
     assert parse_setting("pooling=max,mean") == parse_setting('pooling=["max", "mean"]') == ("pooling", ("max", "mean"))
     assert parse_setting("embedding_pooling=") == ("embedding_pooling", ())
+    # The table shows an automatic value as "auto", which --set takes back for the fields that have one.
+    assert parse_setting("bigram_buckets=auto") == ("bigram_buckets", None)
+    assert parse_setting("batch_size=auto") == ("batch_size", None)
+    assert describe({"bigram_buckets": None, "units": 64}) == "bigram_buckets=auto units=64"
+    assert parse_setting("cell=auto") == ("cell", "auto")  # a field without an automatic value keeps the word
 
 
 def test_the_space_drops_fixed_and_unknown_fields_and_draws_each_setting_once(monkeypatch):
@@ -174,7 +179,8 @@ def test_sigterm_saves_the_best_trial_so_far(tmp_path):
     best = max(tuning["trials"], key=lambda t: t["accuracy"])
     assert tuning["best_trial"] == best["number"]
     config = json.loads((tmp_path / "m" / "metadata.json").read_text())["config"]
-    assert {k: config[k] for k in best["settings"]} == best["settings"]
+    for name, value in best["settings"].items():  # an automatic setting is saved as the value it came to
+        assert config[name] == value or (value is None and isinstance(config[name], int)), name
 
 
 def test_an_interrupt_before_any_trial_finished_saves_nothing(tmp_path):
