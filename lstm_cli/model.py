@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 from lstm_cli.config import TrainConfig
+from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
 from lstm_cli.tf_setup import import_tf
 
 tf, keras = import_tf()
@@ -16,7 +17,6 @@ layers = keras.layers
 
 PAD_ID = 0
 OOV_ID = 1  # TextVectorization's single out-of-vocabulary id
-BIGRAM_MULTIPLIER = 1_000_003  # a prime above any vocabulary size: (a, b) -> a * M + b is one-to-one before the mod
 
 
 @contextlib.contextmanager

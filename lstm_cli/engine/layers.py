@@ -295,7 +295,9 @@ def time_pooling(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=
     return total / np.maximum(mask.sum(axis=1, dtype=np.float32)[:, None], np.float32(1))
 
 
-BIGRAM_MULTIPLIER = 1_000_003  # lstm_cli.model.BIGRAM_MULTIPLIER
+# One definition for the SavedModel's BigramIds (lstm_cli.model) and this engine's. A prime above the
+# vocabulary sizes lstm-cli uses (20,000 by default): (a, b) -> a * M + b is one-to-one before the mod.
+BIGRAM_MULTIPLIER = 1_000_003
 
 
 def bigram_ids(config: Config, weights: list[np.ndarray], ids: np.ndarray, mask=None) -> np.ndarray:
