@@ -90,6 +90,32 @@ class TimePooling(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="lstm_cli")
+class FirstSteps(layers.Layer):
+    """The first `steps` time steps of [batch, time, ...]: all of them when there are fewer.
+
+    Right padding stays right padding, so a text's first steps are the same whatever it is batched with.
+    The output carries no mask: the layers reading it are given theirs explicitly (see build_network)."""
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[:, : self.steps]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        time = input_shape[1]
+        return (input_shape[0], None if time is None else min(time, self.steps), *input_shape[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "steps": self.steps}
+
+
+@keras.saving.register_keras_serializable(package="lstm_cli")
 class BigramIds(layers.Layer):
     """Each pair of adjacent token ids hashed into buckets 1..buckets-1: [batch, time] -> [batch, time - 1],
     0 (padding, masked by the embedding that reads it) where either token is padding.
@@ -147,14 +173,20 @@ def build_network(
     embedded = embedding(ids)
     if embeddings is not None:
         embedding.embeddings.assign(embeddings)  # assigned, not an initializer: no matrix in the model's config
-    x = embedded
+    x, mask = embedded, None
+    if config.recurrent_length < config.max_length:
+        # The recurrent layers read the first recurrent_length tokens; the pooled views below read them all.
+        # Their mask is given explicitly: the padding of the first steps of the ids.
+        x = FirstSteps(config.recurrent_length, name="recurrent_steps")(embedded)
+        mask = keras.ops.not_equal(FirstSteps(config.recurrent_length, name="recurrent_ids")(ids), PAD_ID)
     if config.embedding_dropout:
         # Drops whole embedding channels (the same ones at every step): words cannot be memorised by one unit.
         x = layers.SpatialDropout1D(config.embedding_dropout, name="embedding_dropout")(x)
     pooled = config.pooling != ("last",)
     for index in range(config.layers):
         last = index == config.layers - 1
-        x = _recurrent_layer(config, index, sequences=not last or pooled)(x)
+        rnn = _recurrent_layer(config, index, sequences=not last or pooled)
+        x = rnn(x) if mask is None else rnn(x, mask=mask)
     features = [x] if not pooled else [TimePooling(mode, name=f"{mode}_pool")(x) for mode in config.pooling]
     # SWEM: the embeddings pooled over the whole text, a bag-of-words view beside the recurrent one.
     features += [TimePooling(mode, name=f"embedding_{mode}_pool")(embedded) for mode in config.embedding_pooling]

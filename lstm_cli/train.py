@@ -33,6 +33,7 @@ from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError, LstmCliError, UsageError
 from lstm_cli.model import OOV_ID, PAD_ID, build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
+from lstm_cli.optim import LazyAdam
 from lstm_cli.owned import check_checkpoint_dir
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
 
@@ -457,7 +458,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     with strategy.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
                                 embeddings=embeddings, trainable_embeddings=not config.freeze_vectors)  # fmt: skip
-        optimizer = keras.optimizers.Adam(config.learning_rate)  # clipping: in the train step
+        adam = LazyAdam if config.optimizer == "lazy-adam" else keras.optimizers.Adam
+        optimizer = adam(config.learning_rate)  # clipping: in the train step
         if plan.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)

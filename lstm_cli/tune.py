@@ -31,8 +31,10 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "dense_units": (0, 64, 128),
     "dense_dropout": (0.2, 0.5),
     "learning_rate": (3e-4, 1e-3, 3e-3),
-    "max_length": (100, 200, 400),
-    "max_tokens": (10_000, 20_000, 50_000),
+    "optimizer": ("adam", "lazy-adam"),
+    "max_length": (500, 2_000),
+    "recurrent_length": (100, 300, 600),
+    "max_tokens": (20_000, 100_000),
     "min_count": (1, 2),
     "bigram_buckets": (None, 0, 16_384),  # None: the automatic size
 }

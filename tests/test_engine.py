@@ -44,6 +44,11 @@ VARIANTS = {
     "gru-bidirectional-max-pool-spatial-dropout": {
         "cell": "gru", "bidirectional": True, "pooling": ("max",), "embedding_dropout": 0.3,
     },
+    # The recurrent layers read the first tokens, the pooled views every one (max_length is 12).
+    "lstm-reads-5-of-12-swem-bigrams": {"recurrent_length": 5, "bigram_buckets": 7, "bigram_dim": 3},
+    "gru-bidirectional-stacked-last-reads-4-of-12": {
+        "cell": "gru", "bidirectional": True, "layers": 2, "pooling": ("last",), "recurrent_length": 4,
+    },
     "lstm-bidirectional-stacked-mean-pool-swem-max-no-dense": {
         "bidirectional": True, "layers": 2, "pooling": ("mean",), "embedding_pooling": ("max",), "dense_units": 0,
     },
@@ -436,3 +441,19 @@ def test_weights_read_in_place_equal_what_np_load_reads(arrays, save):
         assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
         assert got[key].flags.f_contiguous == value.flags.f_contiguous, key
         np.testing.assert_array_equal(got[key], value)
+
+
+@given(lengths=st.lists(st.integers(1, 5_000), max_size=2_000))
+def test_engine_batches_bound_rows_and_token_positions_and_keep_every_row_once(lengths):
+    from lstm_cli.engine import BATCH, BATCH_TOKENS, _chunks
+
+    sorted_lengths = np.sort(np.array(lengths, dtype=np.int64))
+    order = np.arange(len(lengths))
+    chunks = _chunks(order, sorted_lengths)
+    assert [int(i) for chunk in chunks for i in chunk] == list(range(len(lengths)))
+    for chunk in chunks:
+        assert 1 <= len(chunk) <= BATCH
+        assert len(chunk) == 1 or len(chunk) * sorted_lengths[chunk].max() <= BATCH_TOKENS
+    # as full as allowed: the next row would not have fitted
+    for chunk, following in zip(chunks, chunks[1:], strict=False):
+        assert len(chunk) == BATCH or (len(chunk) + 1) * sorted_lengths[following[0]] > BATCH_TOKENS

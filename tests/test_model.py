@@ -99,6 +99,8 @@ def test_no_row_is_all_padding_and_truncation_applies():
         ({"pooling": ("max",), "bidirectional": True, "embedding_dropout": 0.3}, ["max_pool", "embedding_dropout"]),
         ({"pooling": ("mean",), "cell": "gru", "layers": 2, "embedding_pooling": ("max",)}, ["mean_pool", "gru_2"]),
         ({"bigram_buckets": 50, "bigram_dim": 3}, ["bigram_ids", "bigram_embedding", "bigram_mean_pool"]),
+        ({"recurrent_length": 2, "bigram_buckets": 50, "bigram_dim": 3}, ["recurrent_steps", "recurrent_ids"]),
+        ({"recurrent_length": 2, "layers": 2, "bidirectional": True}, ["recurrent_steps", "bidirectional_2"]),
     ],
 )
 def test_network_options_build_and_stay_padding_invariant(options, layer_names):
@@ -117,6 +119,81 @@ def test_network_options_build_and_stay_padding_invariant(options, layer_names):
     together = np.asarray(network(batch, training=False))
     assert alone.shape == (1, 4)
     np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_recurrent_layers_read_the_first_recurrent_length_tokens_and_the_pooled_views_all(cell):
+    from lstm_cli.model import build_network
+
+    def network(**options):
+        config = TrainConfig(cell=cell, embedding_dim=4, units=3, dense_units=5, max_length=8, recurrent_length=3,
+                             **options)  # fmt: skip
+        return build_network(config, vocabulary_size=30, num_classes=4)
+
+    texts = np.array([[3, 7, 2, 9, 11], [3, 7, 2, 12, 13]], dtype=np.int32)  # the same first 3 tokens
+    recurrent_only = network(embedding_pooling=(), bigram_buckets=0)
+    first, second = np.asarray(recurrent_only(texts, training=False))
+    np.testing.assert_allclose(first, second, atol=1e-7)  # the tokens after the third are not read
+    with_views = network(bigram_buckets=16, bigram_dim=2)
+    first, second = np.asarray(with_views(texts, training=False))
+    assert np.abs(first - second).max() > 1e-4  # the pooled embeddings and bigrams read them
+
+
+def _slices(values: np.ndarray, indices: np.ndarray, rows: int):
+    from lstm_cli.model import tf
+
+    return tf.IndexedSlices(tf.constant(values), tf.constant(indices), tf.constant([rows, values.shape[1]]))
+
+
+def test_lazy_adam_updates_the_rows_a_batch_used_and_leaves_the_others_alone():
+    from lstm_cli.model import keras
+    from lstm_cli.optim import LazyAdam
+
+    start = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    table = keras.Variable(start)
+    lazy = LazyAdam(0.05)
+    lazy.build([table])
+    rng = np.random.default_rng(1)
+    expected, velocity = start.astype(np.float64), np.zeros((6, 3))
+    for t in range(1, 5):
+        values = rng.normal(size=(5, 3)).astype(np.float32)
+        indices = np.array([0, 1, 2, 3, 0])  # row 0 twice (its slices add up); rows 4 and 5 not at all
+        lazy.apply([_slices(values, indices, 6)], [table])
+        summed = np.zeros((6, 3))
+        np.add.at(summed, indices, values)
+        used = np.array([True] * 4 + [False] * 2)
+        velocity[used] = 0.999 * velocity[used] + 0.001 * summed[used] ** 2
+        expected[used] -= 0.05 * np.sqrt(1 - 0.999**t) * summed[used] / (np.sqrt(velocity[used]) + 1e-7)
+        np.testing.assert_allclose(table.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(table.numpy()[4:], start[4:])
+
+
+def test_lazy_adam_moves_a_rare_row_as_far_as_adam_does_and_is_adam_on_dense_gradients():
+    from lstm_cli.model import keras, tf
+    from lstm_cli.optim import LazyAdam
+
+    lazy_table, dense_table = keras.Variable(np.zeros((2, 1), np.float32)), keras.Variable(np.zeros((2, 1), np.float32))
+    lazy, dense = LazyAdam(0.01), keras.optimizers.Adam(0.01)
+    lazy.build([lazy_table])
+    dense.build([dense_table])
+    for t in range(200):  # row 0 in every batch; row 1, a rare word, in the 100th only
+        indices = np.array([0, 1]) if t == 100 else np.array([0])
+        values = np.ones((len(indices), 1), np.float32)
+        lazy.apply([_slices(values, indices, 2)], [lazy_table])
+        dense.apply([tf.convert_to_tensor(_slices(values, indices, 2))], [dense_table])
+    # Adam's momentum keeps moving row 1 for dozens of steps after its batch; the lazy update moves it once,
+    # as far in all (a momentum updated lazily would move it a tenth of that).
+    np.testing.assert_allclose(lazy_table.numpy(), dense_table.numpy(), rtol=0.1)
+
+    weights = [keras.Variable(np.ones((3, 2), np.float32)) for _ in range(2)]
+    lazy, dense = LazyAdam(0.01), keras.optimizers.Adam(0.01)
+    lazy.build([weights[0]])
+    dense.build([weights[1]])
+    for t in range(3):
+        gradient = tf.constant(np.full((3, 2), t + 1.0, np.float32))
+        lazy.apply([gradient], [weights[0]])
+        dense.apply([gradient], [weights[1]])
+    np.testing.assert_array_equal(weights[0].numpy(), weights[1].numpy())
 
 
 @pytest.mark.parametrize(("min_count", "max_tokens"), [(1, 100), (2, 100), (2, 5), (3, 100)])

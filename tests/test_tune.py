@@ -125,7 +125,9 @@ def test_tune_prints_trials_and_saves_the_best_one(tmp_path):
     best = max(tuning["trials"], key=lambda t: t["macro_f1"])  # max() keeps the first of equals, as tune does
     assert tuning["best_trial"] == best["number"]
     # the saved model is that trial's: its settings, and its validation accuracy at the kept epoch
-    assert {k: metadata["config"][k] for k in best["settings"]} == best["settings"]
+    fixed = {k: v for k, v in best["settings"].items() if v is not None}  # None: automatic, resolved when saved
+    assert {k: metadata["config"][k] for k in fixed} == fixed
+    assert all(metadata["config"][k] is not None for k in best["settings"])
     assert metadata["metrics"]["val_accuracy"] == pytest.approx(best["accuracy"], abs=1e-6)
     assert set(best["settings"]) == set(tuning["space"]) and "units" not in tuning["space"]
     assert metadata["config"]["units"] == 6 and metadata["training"]["validation"] == {"split": 0.1, "seed": 1337}

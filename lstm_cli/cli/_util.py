@@ -34,6 +34,11 @@ class Cell(StrEnum):
     gru = "gru"
 
 
+class Optimizer(StrEnum):
+    adam = "adam"
+    lazy_adam = "lazy-adam"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"

@@ -24,6 +24,7 @@ from lstm_cli.cli._util import (
     FreezeVectorsOpt,
     LabelColumnOpt,
     ModelOpt,
+    Optimizer,
     QuietOpt,
     SkipBadOpt,
     TextColumnOpt,
@@ -67,9 +68,12 @@ def train_cli(
     min_count: Annotated[
         int, typer.Option(help="Tokens seen fewer times in the training texts are out of vocabulary.")
     ] = DEFAULTS.min_count,
-    max_length: Annotated[int, typer.Option(help="Tokens kept per text (longer texts are truncated).")] = (
-        DEFAULTS.max_length
-    ),
+    max_length: Annotated[
+        int, typer.Option(help="Tokens kept per text (longer texts are truncated); the pooled views read them all.")
+    ] = DEFAULTS.max_length,
+    recurrent_length: Annotated[
+        int, typer.Option(help="Tokens the recurrent layers read, from the start of each text (at most --max-length).")
+    ] = DEFAULTS.recurrent_length,
     embedding_dim: Annotated[int, typer.Option(help="Embedding width.")] = DEFAULTS.embedding_dim,
     units: Annotated[int, typer.Option(help="Recurrent units per layer.")] = DEFAULTS.units,
     layers: Annotated[int, typer.Option(help="Stacked recurrent layers.")] = DEFAULTS.layers,
@@ -104,6 +108,12 @@ def train_cli(
         typer.Option(help="Texts per training step [default: auto, a power of two from 16 to 512, ~100 steps a pass]."),
     ] = None,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
+    optimizer: Annotated[
+        Optimizer,
+        typer.Option(
+            help="adam, or lazy-adam: embedding rows updated only when a batch uses them (faster on big vocabularies)."
+        ),
+    ] = Optimizer.adam,
     clip_norm: Annotated[
         float, typer.Option(help="Clip the global gradient norm to this (0: no clipping).")
     ] = DEFAULTS.clip_norm,
@@ -154,12 +164,14 @@ def train_cli(
     extra = pretrained_options(vectors, freeze_vectors, class_weight)
     try:
         config = TrainConfig(
-            max_tokens=max_tokens, min_count=min_count, max_length=max_length, embedding_dim=embedding_dim, units=units,
+            max_tokens=max_tokens, min_count=min_count, max_length=max_length, recurrent_length=recurrent_length,
+            embedding_dim=embedding_dim, units=units,
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
             recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
             bigram_buckets=bigram_buckets, bigram_dim=bigram_dim, dense_units=dense_units, dense_dropout=dense_dropout,
-            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, clip_norm=clip_norm, l2=l2,
+            epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer.value,
+            clip_norm=clip_norm, l2=l2,
             patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,
             steps_per_epoch=steps_per_epoch, max_steps=max_steps,
             validation_split=validation_split, seed=seed, **extra,

@@ -28,6 +28,10 @@ __all__ = ["Engine", "Token", "Tokenizer", "Unsupported"]
 # Rows per network call. Texts are sorted by length first, so a batch carries little padding; 256 to 512
 # rows cost the same CPU per text on SST-2 (measured), and smaller batches share out better over threads.
 BATCH = 256
+# ...and at most this many token positions (rows x the longest row): long documents come in smaller batches,
+# so a batch's arrays stay near the size of 256 texts of 300 tokens (each position holds the embedding and
+# bigram vectors of the pooled views, up to max_length 2,000 tokens a text).
+BATCH_TOKENS = 256 * 300
 # Batches run on two threads at once (numpy releases the GIL inside matmuls and ufuncs), but only when BLAS
 # itself is single-threaded, as the command line makes it: OpenBLAS's own threads on top of ours fight over
 # the cores (measured: 7x slower on 2 cores).
@@ -98,7 +102,7 @@ class Engine:
         """As `probabilities`, for token id sequences (each non-empty, at most max_length long)."""
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         order = np.argsort(lengths, kind="stable")
-        chunks = [order[start : start + BATCH] for start in range(0, len(rows), BATCH)]
+        chunks = _chunks(order, lengths[order])
 
         def run(chunk: np.ndarray) -> np.ndarray:
             ids = np.zeros((len(chunk), int(lengths[chunk].max())), dtype=np.int32)  # right-padded with 0
@@ -117,6 +121,18 @@ class Engine:
             _keep_freed_memory()
             self._pool = ThreadPoolExecutor(THREADS)
         return list(self._pool.map(run, chunks))
+
+
+def _chunks(order: np.ndarray, sorted_lengths: np.ndarray) -> list[np.ndarray]:
+    """`order` (rows sorted by length) cut into batches of at most BATCH rows and BATCH_TOKENS positions."""
+    chunks, start = [], 0
+    while start < len(order):
+        # k rows from `start` pad to k x the k-th one's length, which grows with k: the largest k that fits
+        candidates = sorted_lengths[start : start + BATCH] * np.arange(1, min(BATCH, len(order) - start) + 1)
+        rows = max(1, int(np.searchsorted(candidates, BATCH_TOKENS, side="right")))
+        chunks.append(order[start : start + rows])
+        start += rows
+    return chunks
 
 
 def _in_order(count: int, chunks: list, outputs: list[np.ndarray]) -> np.ndarray:

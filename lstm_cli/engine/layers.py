@@ -93,6 +93,14 @@ class Cache:
             return self.children.setdefault(name, Cache())
 
 
+def first_steps(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=None) -> np.ndarray:
+    """lstm_cli.model.FirstSteps: the first `steps` time steps of [batch, time, ...]."""
+    first = x[:, : config["steps"]]
+    if isinstance(x, TokenVectors) and x.token_ids is not None:  # still token vectors: projections stay cached
+        first.token_ids, first.table = x.token_ids[:, : config["steps"]], x.table
+    return first
+
+
 def not_equal(config: Config, weights: list[np.ndarray], a: np.ndarray, b, mask=None) -> np.ndarray:
     return np.not_equal(a, b)  # Keras builds the padding mask with this op: ids != 0
 
@@ -296,7 +304,7 @@ def time_pooling(config: Config, weights: list[np.ndarray], x: np.ndarray, mask=
 
 
 # One definition for the SavedModel's BigramIds (lstm_cli.model) and this engine's. A prime above the
-# vocabulary sizes lstm-cli uses (20,000 by default): (a, b) -> a * M + b is one-to-one before the mod.
+# vocabulary sizes lstm-cli uses (at most 100,000 by default): (a, b) -> a * M + b is one-to-one before the mod.
 BIGRAM_MULTIPLIER = 1_000_003
 
 

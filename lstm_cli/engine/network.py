@@ -31,6 +31,7 @@ LAYERS = {
     "Concatenate": layers.concatenate,
     "lstm_cli>TimePooling": layers.time_pooling,
     "lstm_cli>BigramIds": layers.bigram_ids,
+    "lstm_cli>FirstSteps": layers.first_steps,
 }
 
 CACHED = ("LSTM", "GRU", "Bidirectional")  # layers that keep projected token rows between calls
@@ -72,6 +73,8 @@ def check_node(node: dict[str, Any]) -> None:
         raise Unsupported(f"layer {name!r}: pooling mode {config.get('mode')!r} is not supported")
     if kind == "lstm_cli>BigramIds" and not (isinstance(config.get("buckets"), int) and config["buckets"] >= 2):
         raise Unsupported(f"layer {name!r}: bigram buckets {config.get('buckets')!r} is not an integer >= 2")
+    if kind == "lstm_cli>FirstSteps" and not (isinstance(config.get("steps"), int) and config["steps"] >= 1):
+        raise Unsupported(f"layer {name!r}: steps {config.get('steps')!r} is not an integer >= 1")
     if kind == "Dense" and config.get("activation") not in layers.ACTIVATIONS:
         raise Unsupported(f"layer {name!r}: activation {config.get('activation')!r} is not supported")
     if kind in layers.RECURRENT:
