@@ -17,8 +17,8 @@ OPTIMIZERS = ("adam", "lazy-adam")
 class TrainConfig:
     # Tokenization
     # Vocabulary size, including the padding and out-of-vocabulary ids: a cap, min_count decides below it (the
-    # words of long topical texts, names and terms, are what tell their classes apart; LazyAdam makes a big
-    # table cost no more per step than a small one)
+    # words of long topical texts, names and terms, are what tell their classes apart). Adam updates the whole
+    # table every step; --optimizer lazy-adam makes a big one cost no more per step than a small one.
     max_tokens: int = 100_000
     min_count: int = 2  # tokens seen fewer times in training are out of vocabulary (one sighting teaches noise)
     max_length: int = 2_000  # tokens kept per text; longer texts are truncated (bucketing: short texts cost no more)
