@@ -99,9 +99,10 @@ def load_engine(directory: Path) -> Engine:
 class Pair:
     """The same model as a SavedModel and as an engine."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, config: TrainConfig | None = None):
         from lstm_cli.tf_setup import import_tensorflow
 
+        self.config = config
         self.tf = import_tensorflow()
         self.serve = self.tf.saved_model.load(str(directory)).signatures["serving_default"]
         self.engine = load_engine(directory)
@@ -117,7 +118,7 @@ class Pair:
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def pair(request, tmp_path_factory) -> Pair:
     config = TrainConfig(**{**TINY_DIMS, **VARIANTS[request.param]})
-    return Pair(export_model(config, tmp_path_factory.mktemp("engine") / request.param))
+    return Pair(export_model(config, tmp_path_factory.mktemp("engine") / request.param), config)
 
 
 # --- tokenizer ---------------------------------------------------------------------------------------------
@@ -189,6 +190,36 @@ def test_engine_equals_saved_model_on_named_cases(pair):
     alone = pair.engine.probabilities(["good bad the"])
     batched = pair.engine.probabilities(["good bad the", "the " * 12, "x"])[:1]
     np.testing.assert_allclose(alone, batched, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_repeated_rows_go_through_the_recurrent_layers_once_with_the_same_probabilities(pair, data):
+    """Explain's variants past --recurrent-length give the recurrent layers identical rows: each distinct row
+    is run once (counted), and every row still gets the probabilities it gets alone."""
+    from lstm_cli.engine import network
+
+    words = st.lists(st.integers(1, len(VOCABULARY) - 1), min_size=1, max_size=TINY_DIMS["max_length"])
+    distinct = data.draw(st.lists(words, min_size=1, max_size=6))
+    rows = data.draw(st.lists(st.sampled_from(distinct), min_size=1, max_size=30))
+    first = next(node for node in pair.engine.network.nodes if node["type"] in network.CACHED)
+    seen: list[int] = []
+    real = network.LAYERS[first["type"]]
+
+    def counted(config, weights, x, mask=None, cache=None):
+        if config["name"] == first["name"]:
+            seen.append(len(x))
+        return real(config, weights, x, mask=mask, cache=cache)
+
+    network.LAYERS[first["type"]] = counted
+    try:
+        together = pair.engine.probabilities_of_ids(rows)
+    finally:
+        network.LAYERS[first["type"]] = real
+    alone = np.concatenate([pair.engine.probabilities_of_ids([row]) for row in rows])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    read = pair.config.recurrent_length
+    assert sum(seen) == len({tuple(row[:read]) for row in rows})  # one batch: at most 30 rows of 12 tokens
 
 
 def test_engine_equals_saved_model_on_a_ten_megabyte_text(pair):

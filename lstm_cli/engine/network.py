@@ -145,6 +145,41 @@ class Network:
                     continue
                 args = _resolve(node["args"], values)
                 mask = _resolve(node["kwargs"].get("mask"), values)
-                extra = {"cache": self.caches[node["name"]]} if node["name"] in self.caches else {}
-                values[node["name"]] = run(node["config"], self.weights[node["name"]], *args, mask=mask, **extra)
+                if node["name"] in self.caches:
+                    cache = self.caches[node["name"]]
+                    values[node["name"]] = _per_distinct_row(run, node["config"], self.weights[node["name"]], *args,
+                                                             mask=mask, cache=cache)  # fmt: skip
+                else:
+                    values[node["name"]] = run(node["config"], self.weights[node["name"]], *args, mask=mask)
         return values[self.outputs[0]]
+
+
+def _per_distinct_row(run, config: dict[str, Any], weights: list[np.ndarray], x, mask=None, cache=None) -> np.ndarray:
+    """A recurrent layer run once for each distinct row of token ids (and mask), its output copied to repeats.
+
+    Rows repeat when `explain` removes, one at a time, each token past what the recurrent layers read
+    (--recurrent-length): all those variants give the LSTM the same input, and only the pooled views differ.
+    A vectorised hash finds that no row repeats (the usual case) for a few microseconds a batch."""
+    ids = getattr(x, "token_ids", None)
+    if ids is None or len(ids) < 2:
+        return run(config, weights, x, mask=mask, cache=cache)
+    key = ids if mask is None else np.concatenate([ids, mask.astype(ids.dtype)], axis=1)
+    key = np.ascontiguousarray(key, dtype=np.int64)
+    hashes = key @ _HASH_WEIGHTS[: key.shape[1]] if key.shape[1] <= len(_HASH_WEIGHTS) else None
+    if hashes is not None and (np.diff(np.sort(hashes)) != 0).all():
+        return run(config, weights, x, mask=mask, cache=cache)
+    first: dict[bytes, int] = {}
+    inverse = np.fromiter((first.setdefault(row.tobytes(), i) for i, row in enumerate(key)), np.intp, len(key))
+    if len(first) == len(key):
+        return run(config, weights, x, mask=mask, cache=cache)
+    picked = np.fromiter(first.values(), np.intp, len(first))
+    distinct = x[picked]
+    distinct.token_ids, distinct.table = ids[picked], x.table
+    out = run(config, weights, distinct, mask=None if mask is None else mask[picked], cache=cache)
+    position = np.empty(len(key), np.intp)
+    position[picked] = np.arange(len(picked))
+    return out[position[inverse]]
+
+
+# A row's hash: its ids' sum weighted by these odd 64-bit numbers, wrapping (equal rows, equal hashes).
+_HASH_WEIGHTS = (np.arange(1, 8193, dtype=np.int64) * np.int64(-7046029254386353131)) | 1
