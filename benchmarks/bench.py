@@ -44,11 +44,15 @@ def tokens(text: str, max_length: int = 200) -> int:
 LAST_CPU_S = [0.0]  # user + system CPU seconds of the last child run() waited for
 
 
-def run(args: list[str], *, stdin: Path | None = None) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MiB, stdout) of one child process; its CPU time goes to LAST_CPU_S."""
+def run(args: list[str], *, stdin: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MiB, stdout) of one child process; its CPU time goes to LAST_CPU_S.
+
+    `env` with PYTHONPATH: the child runs in that directory too, so `python -m lstm_cli` finds the lstm_cli
+    there before one in this process's working directory."""
     with open(stdin or os.devnull, "rb") as source, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        proc = subprocess.Popen(args, stdin=source, stdout=out, stderr=err)
+        cwd = env["PYTHONPATH"] if env and "PYTHONPATH" in env else None
+        proc = subprocess.Popen(args, stdin=source, stdout=out, stderr=err, env=env, cwd=cwd)
         _, status, usage = os.wait4(proc.pid, 0)  # reaps the child and gives its own rusage
         seconds = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -147,18 +151,19 @@ def train_figures(data: Path, model: Path, extra: list[str], flops_per_token: fl
     }
 
 
-def stream_figures(model: Path, engine: str, lines: list[str], stream: Path, one: Path, repeats: int) -> dict:
-    """Cold one-off and streaming predict through one engine (`--engine`), as separate processes."""
-    predict = [*LSTM_CLI, "predict", "-m", str(model), "--engine", engine]
+def stream_figures(
+    predict: list[str], lines: list[str], stream: Path, one: Path, repeats: int, env: dict[str, str] | None = None
+) -> dict:
+    """Cold one-off and streaming runs of a `predict` command line, as separate processes."""
     cold, cold_cpu = [], []
     for _ in range(repeats):
-        cold.append(run([*predict, "-"], stdin=one)[0])
+        cold.append(run([*predict, "-"], stdin=one, env=env)[0])
         cold_cpu.append(LAST_CPU_S[0])  # CPU time: what a busy machine does not inflate much
     cold = statistics.median(cold)
-    argument = cold_run([*predict, lines[0]], repeats)
+    argument = cold_run([*predict, lines[0]], repeats, env=env)
     full, cpu = [], []
     for _ in range(repeats):
-        full.append(run([*predict, "-"], stdin=stream))
+        full.append(run([*predict, "-"], stdin=stream, env=env))
         cpu.append(LAST_CPU_S[0])
     stream_s = statistics.median(s for s, _, _ in full) - cold
     return {
@@ -185,13 +190,36 @@ def predict_figures(r: dict, args, model: Path, train_csv: Path, tmp: Path) -> N
     stream.write_text("\n".join(t.replace("\n", " ") for t in lines) + "\n", encoding="utf-8")
     one = tmp / "one.txt"
     one.write_text(lines[0] + "\n", encoding="utf-8")
-    r["predict_tensorflow"] = stream_figures(model, "tensorflow", lines, stream, one, args.repeats)
-    r["predict"] = stream_figures(model, "numpy", lines, stream, one, args.repeats)
+    predict = [*LSTM_CLI, "predict", "-m", str(model), "--engine"]
+    r["predict_tensorflow"] = stream_figures([*predict, "tensorflow"], lines, stream, one, args.repeats)
+    r["predict"] = stream_figures([*predict, "numpy"], lines, stream, one, args.repeats)
     r["predict"]["speedup_lines_per_s"] = r["predict"]["lines_per_s"] / r["predict_tensorflow"]["lines_per_s"]
+    if args.before:
+        r["before"] = before_figures(args, train_csv, lines, stream, one, tmp)
+        r["predict"]["speedup_vs_before"] = r["predict"]["lines_per_s"] / r["before"]["lines_per_s"]
     explain = [*LSTM_CLI, "explain", "-m", str(model), lines[0]]
     occlusion = cold_run(explain, args.repeats)
     r["explain_cold_s"], r["explain_cold_cpu_s"] = occlusion["s"], occlusion["cpu_s"]
     r["explain_ig_cold_s"] = median_run([*explain, "--method", "integrated-gradients"], args.repeats)
+
+
+def before_figures(args, train_csv: Path, lines: list[str], stream: Path, one: Path, tmp: Path) -> dict:
+    """`predict` as lstm-cli was at git revision `args.before`, on a model it trained with its own defaults
+    (or `args.before_model`): the product before, on the same lines in the same run. A model trained by
+    today's defaults is no use to it (older lstm-cli refuses graph operations it never exported)."""
+    source = tmp / "before"
+    source.mkdir()
+    archive = subprocess.run(["git", "-C", str(HERE.parent), "archive", args.before, "lstm_cli"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(source / "lstm_cli")], check=True)
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    model = args.before_model.resolve() if args.before_model else tmp / "before-model"
+    if not args.before_model:
+        run([*LSTM_CLI, "train", str(train_csv.resolve()), "-m", str(model), "-q"], env=env)
+    figures = stream_figures([*LSTM_CLI, "predict", "-m", str(model)], lines, stream, one, args.repeats, env=env)
+    figures["revision"] = args.before
+    return figures
 
 
 def main() -> None:
@@ -202,6 +230,9 @@ def main() -> None:
     parser.add_argument("--recipe-steps", type=int, default=150)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--model", type=Path, help="serve this trained model; skips the training and recipe rows")
+    parser.add_argument("--before", metavar="REV", help="also stream through lstm-cli as it was at this git "
+                        "revision (809977e: the last before the engine), on a model it trains itself")  # fmt: skip
+    parser.add_argument("--before-model", type=Path, help="with --before: serve this model, trained by that revision")
     args = parser.parse_args()
     train_csv, test_csv = args.data / "train.csv", args.data / "test.csv"
     r = {"data": str(args.data), "cpus": os.cpu_count(), "load_average_start": load_average()}
@@ -244,6 +275,18 @@ def main() -> None:
     print(json.dumps(r, indent=2) if args.json else table(r))
 
 
+def before_rows(r: dict) -> list[tuple[str, str]]:
+    if "before" not in r:
+        return []
+    b, p = r["before"], r["predict"]
+    return [
+        (f"  before ({b['revision']}): streaming lines/s",
+         f"{b['lines_per_s']:,.0f}  (now {p['speedup_vs_before']:.1f}x; CPU {b['cpu_s']:.1f} s, "
+         f"peak RSS {b['peak_rss_mib']:,.0f} MiB)"),
+        (f"  before ({b['revision']}): cold one-off", f"{b['cold_one_line_s']:.2f} s / {b['cold_argument_s']:.2f} s"),
+    ]  # fmt: skip
+
+
 def table(r: dict) -> str:
     p, pt = r["predict"], r["predict_tensorflow"]
     rows = [
@@ -268,6 +311,7 @@ def table(r: dict) -> str:
                                                     f"{p['speedup_lines_per_s']:.1f}x; {p['stream_lines']:,} lines)"),
         ("predict: streaming tokens/s", f"{p['tokens_per_s']:,.0f}  (TensorFlow {pt['tokens_per_s']:,.0f})"),
         ("predict: CPU seconds for the stream", f"{p['cpu_s']:.1f} s  (TensorFlow {pt['cpu_s']:.1f} s)"),
+        *before_rows(r),
         ("predict: cold one-off (stdin / argument)", f"{p['cold_one_line_s']:.2f} s / {p['cold_argument_s']:.2f} s  "
                                                     f"(TensorFlow {pt['cold_one_line_s']:.2f} s / "
                                                     f"{pt['cold_argument_s']:.2f} s; its import alone "
