@@ -11,7 +11,10 @@ average at its start and end. `--model DIR` serves an already trained model and 
 lstm_cli's bytecode is compiled first (`compileall`, as `pip install` does), so a checkout run with
 PYTHONDONTWRITEBYTECODE=1 does not time Python compiling lstm-cli's sources on every start (about 40 ms).
 
-    python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3] [--model DIR]
+    python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3] [--model DIR] [--before REV]
+
+`--before REV` also streams through lstm-cli as it was at that git revision, on a model that revision
+trains with its own defaults: the product before a change, measured in the same run.
 
 DATA must hold train.csv and test.csv with text,label columns. Nothing here asserts a speed."""
 
