@@ -49,7 +49,7 @@ class TrainConfig:
     # Optimisation
     epochs: int = 20  # at most; early stopping usually ends training well before
     batch_size: int | None = None  # None: auto_batch_size(rows)
-    learning_rate: float = 1e-3  # Adam; measured best at batch 512 too (scaling it up lost accuracy)
+    learning_rate: float | None = None  # Adam's; None: auto_learning_rate(rows, batch_size)
     # "adam", or "lazy-adam": the embedding tables' rows updated only when a batch uses them (faster with big
     # vocabularies and bigram tables; measured a little less accurate on long reviews)
     optimizer: str = "adam"
@@ -73,9 +73,11 @@ class TrainConfig:
             raise ValueError("; ".join(problems))
 
     def resolved(self, rows: int, tokens: int) -> TrainConfig:
-        """This configuration with the automatic batch size and bigram buckets made concrete."""
+        """This configuration with the automatic batch size, learning rate and bigram buckets made concrete."""
         buckets = auto_bigram_buckets(tokens) if self.bigram_buckets is None else self.bigram_buckets
-        return dataclasses.replace(self, batch_size=self.batch_size or auto_batch_size(rows), bigram_buckets=buckets)
+        batch = self.batch_size or auto_batch_size(rows)
+        rate = self.learning_rate or auto_learning_rate(rows, batch)
+        return dataclasses.replace(self, batch_size=batch, learning_rate=rate, bigram_buckets=buckets)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -91,12 +93,23 @@ class TrainConfig:
 
 
 def auto_batch_size(rows: int) -> int:
-    """A power of two from 16 to 512 giving an epoch about 100 steps or more: at most rows/100.
+    """A power of two from 32 to 512 giving an epoch about 100 steps or more: at most rows/100.
 
     Updates, not passes, are what a model learns from: 1,600 long articles in batches of 128 gave 13
     steps an epoch and starved the model. Large data still gets large batches, which on a CPU cost
-    little more per step than small ones (SST-2: 512 trains ~2.5x as many tokens/s as 128)."""
-    return int(min(512, max(16, 2 ** math.floor(math.log2(max(rows / 100, 1))))))
+    little more per step than small ones (SST-2: 512 trains ~2.5x as many tokens/s as 128). At least 32:
+    a step over long texts is hundreds of small sequential operations, whatever the batch, and BBC's
+    1,600 articles in batches of 16 trained in 167 s, in batches of 32 (with auto_learning_rate) in 91 s,
+    as accurately (0.972 against 0.974, three seeds)."""
+    return int(min(512, max(32, 2 ** math.floor(math.log2(max(rows / 100, 1))))))
+
+
+def auto_learning_rate(rows: int, batch_size: int) -> float:
+    """Adam's learning rate: 1e-3, or 2e-3 when an epoch has fewer than 100 steps (small data, or a batch
+    size larger than auto_batch_size's), which then take larger ones. Measured: 1e-3 at batch 512 on SST-2
+    (twice that lost accuracy); 2e-3 for BBC at batch 32 (1e-3 there: 0.960 against 0.972). Doubling both
+    the batch and the rate on every set with fewer than 51,200 rows lost product reviews a point."""
+    return 2e-3 if rows / batch_size < 100 else 1e-3
 
 
 def auto_bigram_buckets(tokens: int) -> int:
@@ -141,7 +154,7 @@ def config_problems(config: TrainConfig) -> list[str]:
     problems = []
     for name, low, high, high_open in _RANGES:
         value = getattr(config, name)
-        if value is None and name in ("batch_size", "steps_per_epoch", "max_steps", "bigram_buckets"):
+        if value is None and name in ("batch_size", "learning_rate", "steps_per_epoch", "max_steps", "bigram_buckets"):
             continue  # automatic
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, (int, float)):

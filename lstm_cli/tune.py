@@ -30,7 +30,7 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "embedding_pooling": ((), ("max",), ("mean",), ("max", "mean")),
     "dense_units": (0, 64, 128),
     "dense_dropout": (0.2, 0.5),
-    "learning_rate": (3e-4, 1e-3, 3e-3),
+    "learning_rate": (None, 3e-4, 1e-3, 3e-3),  # None: the automatic rate for the batch size
     "optimizer": ("adam", "lazy-adam"),
     "max_length": (500, 2_000),
     "recurrent_length": (100, 300, 600),

@@ -192,7 +192,7 @@ def test_engine_equals_saved_model_on_named_cases(pair):
     np.testing.assert_allclose(alone, batched, atol=1e-6)
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_repeated_rows_go_through_the_recurrent_layers_once_with_the_same_probabilities(pair, data):
     """Explain's variants past --recurrent-length give the recurrent layers identical rows: each distinct row

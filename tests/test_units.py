@@ -104,18 +104,25 @@ def test_device_decisions():
     assert missing.device == "cpu" and not missing.mixed_precision and len(missing.warnings) == 2
 
 
-@pytest.mark.parametrize("rows", [1, 50, 1_600, 1_601, 3_199, 3_200, 9_000, 51_200, 60_000, 10**7])
+@pytest.mark.parametrize("rows", [1, 50, 799, 800, 1_600, 1_601, 3_199, 3_200, 9_000, 25_600, 51_200, 60_000, 10**7])
 def test_auto_batch_size_is_the_largest_power_of_two_leaving_100_steps_an_epoch(rows):
-    from lstm_cli.config import auto_batch_size
+    from lstm_cli.config import TrainConfig, auto_batch_size
 
     batch = auto_batch_size(rows)
-    assert 16 <= batch <= 512 and batch & (batch - 1) == 0
-    if 16 < batch < 512:
+    assert 32 <= batch <= 512 and batch & (batch - 1) == 0
+    if 32 < batch < 512:
         assert rows / batch >= 100 > rows / (2 * batch)
-    elif batch == 16:
-        assert rows / 32 < 100
+    elif batch == 32:
+        assert rows / 64 < 100
     else:
         assert rows / 512 >= 100
+    # the automatic learning rate: twice as large when an epoch has fewer than 100 steps; a given one is kept
+    resolved = TrainConfig().resolved(rows=rows, tokens=10 * rows)
+    assert (resolved.batch_size, resolved.learning_rate) == (batch, 2e-3 if rows < 3_200 else 1e-3)
+    assert TrainConfig(batch_size=512).resolved(rows=rows, tokens=rows).learning_rate == (
+        1e-3 if rows >= 51_200 else 2e-3
+    )
+    assert TrainConfig(learning_rate=5e-4).resolved(rows=rows, tokens=10 * rows).learning_rate == 5e-4
 
 
 # --- stratified validation split ----------------------------------------------------------------------------

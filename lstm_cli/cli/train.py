@@ -105,9 +105,11 @@ def train_cli(
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
     batch_size: Annotated[
         int | None,
-        typer.Option(help="Texts per training step [default: auto, a power of two from 16 to 512, ~100 steps a pass]."),
+        typer.Option(help="Texts per training step [default: auto, a power of two from 32 to 512, ~100 steps a pass]."),
     ] = None,
-    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = DEFAULTS.learning_rate,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Adam learning rate [default: auto, 1e-3; 2e-3 if a pass has under 100 steps].")
+    ] = None,
     optimizer: Annotated[
         Optimizer,
         typer.Option(
