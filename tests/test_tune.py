@@ -182,7 +182,7 @@ def test_sigterm_saves_the_best_trial_so_far(tmp_path):
     assert tuning["best_trial"] == best["number"]
     config = json.loads((tmp_path / "m" / "metadata.json").read_text())["config"]
     for name, value in best["settings"].items():  # an automatic setting is saved as the value it came to
-        assert config[name] == value or (value is None and isinstance(config[name], int)), name
+        assert config[name] == value or (value is None and isinstance(config[name], (int, float))), name
 
 
 def test_an_interrupt_before_any_trial_finished_saves_nothing(tmp_path):
