@@ -38,6 +38,10 @@ from lstm_cli.errors import ArtifactError, DataError
 PREDICT_BATCH = 16_384
 PREDICT_CHARS = 4_000_000  # ...or fewer lines, when they are long: bounds the memory of a batch's token ids
 MODEL_BATCH = 256  # texts per call of the serving function
+# Batches of at least this many texts (two of the engine's batches, as many as two threads would share) go to
+# worker processes once Predictor.share_out() is called; smaller ones (a line at a time, a short file) run in
+# this process, on one thread, without starting any.
+WORKER_ROWS = 512
 _ATTEMPTS = 5
 
 
@@ -54,6 +58,7 @@ class Backend:
     outdated: bool = False  # the model directory predates the engine files
     tokenizer: Tokenizer | None = None
     run_ids: Any = None  # token id rows -> probabilities (the numpy engine only)
+    engine: Engine | None = None  # the numpy engine only
 
 
 def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
@@ -106,7 +111,9 @@ def _numpy_backend(root: Path, metadata: dict[str, Any], model_dir: Path) -> Bac
         return Backend("tensorflow", None, fallback=f"the numpy engine cannot run this model ({e})")
     except (ValueError, KeyError, TypeError) as e:  # JSON or .npz that parses but is not what we wrote
         raise ArtifactError(f"{root / ENGINE_FILE}: not a readable engine description ({e}); train it again") from None
-    return Backend("numpy", engine.probabilities, tokenizer=engine.tokenizer, run_ids=engine.probabilities_of_ids)
+    return Backend(
+        "numpy", engine.probabilities, tokenizer=engine.tokenizer, run_ids=engine.probabilities_of_ids, engine=engine
+    )
 
 
 def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
@@ -194,6 +201,37 @@ class Predictor:
                     raise
                 time.sleep(0.05)
         self.labels: list[str] = self.metadata["labels"]
+        self._workers = None
+
+    def share_out(self) -> None:
+        """From now on, run batches of WORKER_ROWS texts or more on forked worker processes, one per core
+        (lstm_cli.engine.workers): for a stream of many lines. Only for the numpy engine on two or more cores,
+        and only when forking is safe (no other thread, no TensorFlow in this process); otherwise nothing
+        changes. `close()` ends the workers."""
+        from lstm_cli.engine import THREADS, _keep_freed_memory
+        from lstm_cli.engine.workers import Workers, can_fork
+
+        engine = self.backend.engine
+        if engine is None or THREADS < 2 or not can_fork():
+            return
+        engine.threads = 1  # no thread pool in this process: it would have to exist before the fork
+        run_here = self.backend.run
+
+        def run(texts: list[str]) -> np.ndarray:
+            if len(texts) < WORKER_ROWS:
+                return run_here(texts)
+            if self._workers is None:
+                _keep_freed_memory()  # inherited by the workers
+                self._workers = Workers(engine, THREADS)
+            return self._workers.probabilities(texts)
+
+        self.backend.run = run
+
+    def close(self) -> None:
+        """End the worker processes, if any."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
 
     @property
     def engine(self) -> str:

@@ -65,9 +65,13 @@ def predict_cli(
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
+        predictor.share_out()
         k = min(top_k, len(predictor.labels))
         out = sys.stdout.buffer  # UTF-8 whatever the locale
-        for batch in predictor.predict(source, batch_size=batch_size):
-            lines = prediction_lines(batch, predictor.labels, output_format.value, k)
-            out.write(("\n".join(lines) + "\n").encode("utf-8"))
-            out.flush()
+        try:
+            for batch in predictor.predict(source, batch_size=batch_size):
+                lines = prediction_lines(batch, predictor.labels, output_format.value, k)
+                out.write(("\n".join(lines) + "\n").encode("utf-8"))
+                out.flush()
+        finally:
+            predictor.close()

@@ -85,6 +85,7 @@ class Engine:
     def __init__(self, description: dict[str, Any], weights: Mapping[str, np.ndarray], vocabulary: Sequence[str]):
         self.network = Network(description, weights)
         self.tokenizer = Tokenizer(vocabulary, max_length=description["tokenizer"]["max_length"])
+        self.threads = THREADS  # batches run at once (1: on the calling thread)
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
@@ -113,13 +114,13 @@ class Engine:
         return _in_order(len(rows), chunks, self._map(run, chunks))
 
     def _map(self, run, chunks: list) -> list[np.ndarray]:
-        if len(chunks) < 2 or THREADS == 1:
+        if len(chunks) < 2 or self.threads == 1:
             return [run(chunk) for chunk in chunks]
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor  # only when there is work to share out
 
             _keep_freed_memory()
-            self._pool = ThreadPoolExecutor(THREADS)
+            self._pool = ThreadPoolExecutor(self.threads)
         return list(self._pool.map(run, chunks))
 
 
