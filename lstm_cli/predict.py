@@ -38,10 +38,12 @@ from lstm_cli.errors import ArtifactError, DataError
 PREDICT_BATCH = 16_384
 PREDICT_CHARS = 4_000_000  # ...or fewer lines, when they are long: bounds the memory of a batch's token ids
 MODEL_BATCH = 256  # texts per call of the serving function
-# Batches of at least this many texts (two of the engine's batches, as many as two threads would share) go to
-# worker processes once Predictor.share_out() is called; smaller ones (a line at a time, a short file) run in
-# this process, on one thread, without starting any.
+# Batches of at least this many texts (two of the engine's batches, as many as two threads would share), or of
+# this many characters (long documents: some 80 articles make several of the engine's batches), go to worker
+# processes once Predictor.share_out() is called; smaller ones (a line at a time, a short file) run in this
+# process, on one thread, without starting any.
 WORKER_ROWS = 512
+WORKER_CHARS = 200_000
 _ATTEMPTS = 5
 
 
@@ -204,10 +206,10 @@ class Predictor:
         self._workers = None
 
     def share_out(self) -> None:
-        """From now on, run batches of WORKER_ROWS texts or more on forked worker processes, one per core
-        (lstm_cli.engine.workers): for a stream of many lines. Only for the numpy engine on two or more cores,
-        and only when forking is safe (no other thread, no TensorFlow in this process); otherwise nothing
-        changes. `close()` ends the workers."""
+        """From now on, run batches of WORKER_ROWS texts or WORKER_CHARS characters or more on forked worker
+        processes, one per core (lstm_cli.engine.workers): for a stream of many lines. Only for the numpy
+        engine on two or more cores, and only when forking is safe (no other thread, no TensorFlow in this
+        process); otherwise nothing changes. `close()` ends the workers."""
         from lstm_cli.engine import THREADS, _keep_freed_memory
         from lstm_cli.engine.workers import Workers, can_fork
 
@@ -218,7 +220,7 @@ class Predictor:
         run_here = self.backend.run
 
         def run(texts: list[str]) -> np.ndarray:
-            if len(texts) < WORKER_ROWS:
+            if len(texts) < WORKER_ROWS and sum(map(len, texts)) < WORKER_CHARS:
                 return run_here(texts)
             if self._workers is None:
                 _keep_freed_memory()  # inherited by the workers

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstm_cli.predict import WORKER_ROWS, Predictor
+from lstm_cli.predict import WORKER_CHARS, WORKER_ROWS, Predictor
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
 
@@ -80,12 +80,21 @@ def test_a_long_stream_runs_on_two_workers_and_matches_one_process_line_for_line
     assert np.abs(got - expected).max() <= 1e-4  # the output rounds to 4 decimals
 
 
-def test_small_inputs_start_no_worker(trained_model):
-    texts = _texts(WORKER_ROWS - 1, seed=2)
+@pytest.mark.parametrize(
+    ("rows", "chars", "workers"),
+    [
+        (WORKER_ROWS - 1, 20, 0),  # a short file: no worker
+        (40, WORKER_CHARS // 40 + 50, 2),  # a few long documents: as much work as many lines
+    ],
+)
+def test_workers_start_only_for_enough_work(trained_model, rows, chars, workers):
+    rng = random.Random(rows)
+    texts = [" ".join(rng.choice(["good", "bad", "fine"]) for _ in range(chars // 3))[:chars] for _ in range(rows)]
     result = _predict(trained_model, "\n".join(texts) + "\n")
     assert result.returncode == 0, result.stderr.decode()
-    assert _started(result.stderr) == []
-    assert len(result.stdout.decode().splitlines()) == len(texts)
+    assert len(_started(result.stderr)) == workers
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["text"] for r in records] == texts
 
 
 def _alive(pid: int) -> bool:
