@@ -29,6 +29,13 @@ PREDICT = textwrap.dedent("""
     import lstm_cli.engine
     lstm_cli.engine.THREADS = 2
     from lstm_cli.engine import workers
+    if os.environ.get("PLANT_FAILURE"):  # a failure inside the workers (they are forks: they inherit this)
+        run = lstm_cli.engine.Engine.probabilities
+        def failing(self, texts):
+            if any("PLANTED" in t for t in texts):
+                raise ValueError("planted failure")
+            return run(self, texts)
+        lstm_cli.engine.Engine.probabilities = failing
     started = []
     class Counted(workers.Workers):
         def __init__(self, *args, **kwargs):
@@ -56,9 +63,10 @@ def _texts(count: int, seed: int) -> list[str]:
     return texts
 
 
-def _predict(model: Path, stdin: str, *args: str) -> subprocess.CompletedProcess:
+def _predict(model: Path, stdin: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", PREDICT, "predict", "-m", str(model), "-", "--format", "json", *args]
-    return subprocess.run(command, input=stdin.encode(), capture_output=True, timeout=300)
+    return subprocess.run(command, input=stdin.encode(), capture_output=True, timeout=300,
+                          env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def _started(stderr: bytes) -> list[int]:
@@ -157,3 +165,16 @@ def test_a_killed_worker_fails_predict_with_one_line_not_a_hang(trained_model):
     assert "Traceback" not in stderr.decode()
     assert stdout == b""  # nothing of the batch the dead worker had a share of
     assert _wait_gone(workers) == []
+
+
+def test_a_failure_inside_a_worker_is_one_error_line(trained_model):
+    texts = _texts(WORKER_ROWS, seed=5)
+    stdin = "\n".join(texts + texts[:-1] + ["PLANTED"]) + "\n"  # the second batch, in the workers, fails
+    result = _predict(trained_model, stdin, "--batch-size", str(WORKER_ROWS), env={"PLANT_FAILURE": "1"})
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert [line for line in stderr.splitlines() if line.startswith("Error")] == [
+        "Error: a prediction worker failed: ValueError: planted failure"
+    ]
+    assert "Traceback" not in stderr
+    assert len(result.stdout.decode().splitlines()) == WORKER_ROWS  # the first batch, whole; none of the second

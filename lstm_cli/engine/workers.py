@@ -34,7 +34,7 @@ class Workers:
     by length are dealt out alternately, so each share has the same mix of lengths), results back in order."""
 
     def __init__(self, engine, count: int):
-        self._pids: list[int] = []
+        self._pids: list[int | None] = []  # None once reaped
         self._pipes: list[tuple[int, int]] = []  # (request write end, response read end), the parent's side
         engine.threads = 1  # each worker runs its share on one thread
         for _ in range(count):
@@ -83,10 +83,13 @@ class Workers:
         return result
 
     def _stopped(self, k: int) -> LstmCliError:
-        try:
-            pid, status = os.waitpid(self._pids[k], 0)  # its pipe is closed: it has ended, or is ending
-        except ChildProcessError:
-            pid, status = 0, 0
+        pid, status = 0, 0
+        if self._pids[k] is not None:
+            try:
+                pid, status = os.waitpid(self._pids[k], 0)  # its pipe is closed: it has ended, or is ending
+            except ChildProcessError:
+                pass
+            self._pids[k] = None  # reaped: its number may be another process's from now on
         if pid and os.WIFSIGNALED(status):
             how = f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
         else:
@@ -94,15 +97,20 @@ class Workers:
         return LstmCliError(f"a prediction worker stopped ({how}); run again, or with --batch-size 1")
 
     def close(self) -> None:
-        """Close the pipes (each worker then ends) and wait for the workers."""
+        """End the workers and wait for them. An idle worker ends as its pipe closes; one still computing (the
+        parent was interrupted mid-batch) is stopped with SIGTERM rather than waited for. Only unreaped
+        children of this process get a signal: their numbers cannot belong to anyone else yet."""
         for request, response in self._pipes:
             os.close(request)
             os.close(response)
         self._pipes = []
         for pid in self._pids:
+            if pid is None:
+                continue
             try:
+                os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
-            except ChildProcessError:
+            except (ProcessLookupError, ChildProcessError):
                 pass
         self._pids = []
 
@@ -122,7 +130,7 @@ def _serve(engine, requests: int, responses: int) -> int:
         texts = [text[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
         try:
             body, status = np.ascontiguousarray(engine.probabilities(texts), np.float32).tobytes(), 0
-        except (MemoryError, ValueError) as e:  # said to the parent, which fails with it
+        except Exception as e:  # said to the parent, which fails with it (a worker has no terminal of its own)
             body, status = f"{type(e).__name__}: {e}".encode(), 1
         try:
             _write(responses, _RESPONSE.pack(status, len(body)) + body)
