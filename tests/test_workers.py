@@ -19,7 +19,7 @@ import pytest
 
 from lstm_cli.predict import WORKER_CHARS, WORKER_ROWS, Predictor
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="worker processes need fork")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="worker processes fork on Linux only")
 
 # Runs `lstm-cli ARGS` with two workers wanted whatever this machine's cores, and reports on stderr the pids
 # of the workers started.

@@ -24,9 +24,10 @@ _RESPONSE = struct.Struct("<BQ")  # 0 and the bytes of the probabilities, or 1 a
 
 
 def can_fork() -> bool:
-    """Whether forking is safe here: a POSIX system, and no thread or TensorFlow runtime in this process whose
-    locks a child could inherit held."""
-    return hasattr(os, "fork") and threading.active_count() == 1 and "tensorflow" not in sys.modules
+    """Whether forking is safe here: Linux (on macOS, numpy's Accelerate BLAS runs on Grand Central Dispatch,
+    which a forked child cannot use; Python's multiprocessing spawns there for the same reason), and no thread
+    or TensorFlow runtime in this process whose locks a child could inherit held."""
+    return sys.platform.startswith("linux") and threading.active_count() == 1 and "tensorflow" not in sys.modules
 
 
 class Workers:
