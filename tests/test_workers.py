@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="wo
 # Runs `lstm-cli ARGS` with two workers wanted whatever this machine's cores, and reports on stderr the pids
 # of the workers started.
 PREDICT = textwrap.dedent("""
-    import json, os, sys
+    import json, os, signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as on a terminal, even if started with it ignored
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     import lstm_cli.engine
     lstm_cli.engine.THREADS = 2
