@@ -61,12 +61,12 @@ def occlusion(predictor: Predictor, text: str, *, label: str | None = None) -> E
     # The seen tokens joined by spaces tokenize to exactly the same ids (a token has no whitespace,
     # punctuation or capitals left), so these texts are the model's input with one token removed each.
     # The numpy engine takes those ids directly, which saves tokenizing n texts of n - 1 tokens.
-    run_ids = predictor.backend.run_ids
-    if run_ids is not None:
+    engine = predictor.backend.engine
+    if engine is not None:
         ids = np.array([t.id for t in tokens] or [OOV_ID], dtype=np.int32)
         alone = np.array([OOV_ID], dtype=np.int32)  # what a text left with no token reads as
         variants = [ids] + [np.delete(ids, i) if len(ids) > 1 else alone for i in range(len(tokens))]
-        probabilities = run_ids(variants)
+        probabilities = engine.probabilities_of_ids(variants)
     else:
         words = [t.text for t in tokens]
         variants = [" ".join(words)] + [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]

@@ -59,8 +59,7 @@ class Backend:
     fallback: str | None = None  # why TensorFlow serves when the numpy engine was wanted
     outdated: bool = False  # the model directory predates the engine files
     tokenizer: Tokenizer | None = None
-    run_ids: Any = None  # token id rows -> probabilities (the numpy engine only)
-    engine: Engine | None = None  # the numpy engine only
+    engine: Engine | None = None  # the numpy engine, when it serves (explain hands it token ids directly)
 
 
 def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
@@ -113,9 +112,7 @@ def _numpy_backend(root: Path, metadata: dict[str, Any], model_dir: Path) -> Bac
         return Backend("tensorflow", None, fallback=f"the numpy engine cannot run this model ({e})")
     except (ValueError, KeyError, TypeError) as e:  # JSON or .npz that parses but is not what we wrote
         raise ArtifactError(f"{root / ENGINE_FILE}: not a readable engine description ({e}); train it again") from None
-    return Backend(
-        "numpy", engine.probabilities, tokenizer=engine.tokenizer, run_ids=engine.probabilities_of_ids, engine=engine
-    )
+    return Backend("numpy", engine.probabilities, tokenizer=engine.tokenizer, engine=engine)
 
 
 def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
