@@ -36,6 +36,7 @@ VARIANTS = {
     "bi-gru x2, no dense": ["--bidirectional", "--cell", "gru", "--layers", "2", "--dense-units", "0"],
     "max+mean pool, SWEM": ["--pooling", "max,mean", "--embedding-pooling", "max,mean", "--embedding-dropout", "0.2"],
     "bi-gru mean pool, SWEM": ["--bidirectional", "--cell", "gru", "--pooling", "mean", "--embedding-pooling", "max"],
+    "bigrams seen twice": ["--bigram-min-count", "2"],
 }
 
 

@@ -163,7 +163,7 @@ def _recurrent_layers(network) -> list:
 
 
 def _export_saved_model(result, directory: Path) -> None:
-    from lstm_cli.model import build_network, dtype_policy, tf
+    from lstm_cli.model import bigrams_of, build_network, dtype_policy, tf
 
     # Serve a twin of the network without dropout: same weights, same outputs at inference, but Keras
     # fuses the four gate matmuls only when recurrent_dropout is 0 (about 1.5x faster predictions).
@@ -172,7 +172,8 @@ def _export_saved_model(result, directory: Path) -> None:
     config = dataclasses.replace(result.config, dropout=0.0, recurrent_dropout=0.0, dense_dropout=0.0)
     with dtype_policy("float32"):
         serving = build_network(config, vocabulary_size=len(result.vocabulary), num_classes=len(result.labels),
-                                trainable_embeddings=not config.freeze_vectors)  # fmt: skip
+                                trainable_embeddings=not config.freeze_vectors,
+                                bigrams=bigrams_of(result.network))  # fmt: skip
     serving.set_weights(result.network.get_weights())
     for layer in _recurrent_layers(serving):
         layer.use_cudnn = False

@@ -156,6 +156,11 @@ class TokenCache:
                 yield worker_batch(encoded, labels, indices, part=part, parts=parts)
             skip = 0
 
+    def texts(self) -> Iterator[EncodedTexts]:
+        """Every row's token ids, a shard at a time, in the order the cache holds them."""
+        for shard in self._shards:
+            yield self._read(shard)[0]
+
     def _read(self, shard: dict) -> tuple[EncodedTexts, np.ndarray]:
         ids_path, rows_path = _paths(self.directory, shard["name"])
         rows = np.fromfile(rows_path, dtype="<i4").reshape(-1, 2)

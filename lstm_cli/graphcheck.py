@@ -49,6 +49,7 @@ ALLOWED_OPS = frozenset(
         "LookupTableExportV2",
         "LookupTableFindV2",
         "LookupTableImportV2",
+        "LowerBound",  # BigramVocabulary: searchsorted over the kept bigram buckets
         "MatMul",
         "Max",
         "Maximum",

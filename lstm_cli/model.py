@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 
-from lstm_cli.config import TrainConfig
+import numpy as np
+
+from lstm_cli.config import BIGRAM_MAX_ROWS, TrainConfig
 from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
 from lstm_cli.tf_setup import import_tf
 
@@ -141,6 +143,60 @@ class BigramIds(layers.Layer):
         return {**super().get_config(), "buckets": self.buckets}
 
 
+@keras.saving.register_keras_serializable(package="lstm_cli")
+class BigramVocabulary(layers.Layer):
+    """Hashed bigrams -> rows of the bigram embedding: the bucket at position k of `kept` (sorted, kept[0] = 0,
+    the padding bucket) -> k; a bucket not kept (seen too rarely in training, or never) -> 0, which the
+    embedding masks: the bigram mean is over the pairs the model has rows for.
+
+    `kept` is a weight set after building (see build_network), filled from the training rows by
+    `bigram_vocabulary`; `size` is its length."""
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+        self.kept = self.add_weight(shape=(size,), dtype="int32", initializer="zeros", trainable=False, name="kept")
+
+    def call(self, buckets):
+        flat = keras.ops.reshape(buckets, (-1,))
+        position = keras.ops.minimum(keras.ops.searchsorted(self.kept, flat, side="left"), self.size - 1)
+        position = keras.ops.cast(position, "int32")
+        found = keras.ops.equal(keras.ops.take(self.kept, position), flat)
+        rows = keras.ops.where(found, position, np.int32(0))
+        return keras.ops.reshape(rows, keras.ops.shape(buckets))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def bigram_vocabulary(texts, buckets: int, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
+    """The sorted buckets (after 0, the padding bucket) that the bigrams of `texts` fill at least `min_count`
+    times, the most frequent max_rows of them (ties: the lower bucket): what BigramVocabulary keeps.
+    `texts`: EncodedTexts (token ids and row splits), e.g. a token cache's shards, read one at a time:
+    memory grows with the distinct bigrams, not the data."""
+    seen, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    for encoded in texts:
+        ids = encoded.values.astype(np.int64)
+        if len(ids) < 2:
+            continue
+        within = np.ones(len(ids) - 1, dtype=bool)  # pairs that do not straddle two rows
+        starts = encoded.row_splits[1:-1]
+        within[starts[starts > 0] - 1] = False
+        hashed = (ids[:-1] * BIGRAM_MULTIPLIER + ids[1:]) % (buckets - 1) + 1
+        shard_seen, shard_counts = np.unique(hashed[within], return_counts=True)
+        seen, position = np.unique(np.concatenate([seen, shard_seen]), return_inverse=True)
+        counts = np.bincount(position, weights=np.concatenate([counts, shard_counts]), minlength=len(seen))
+        counts = counts.astype(np.int64)
+    often = counts >= max(min_count, 1)
+    kept, counts = seen[often], counts[often]
+    if len(kept) > max_rows:
+        kept = np.sort(kept[np.lexsort((kept, -counts))[:max_rows]])
+    return np.concatenate([[0], kept]).astype(np.int32)
+
+
 def _l2(config: TrainConfig):
     return keras.regularizers.L2(config.l2) if config.l2 else None
 
@@ -160,11 +216,18 @@ def _recurrent_layer(config: TrainConfig, index: int, *, sequences: bool):
 
 
 def build_network(
-    config: TrainConfig, *, vocabulary_size: int, num_classes: int, embeddings=None, trainable_embeddings: bool = True
+    config: TrainConfig,
+    *,
+    vocabulary_size: int,
+    num_classes: int,
+    embeddings=None,
+    trainable_embeddings: bool = True,
+    bigrams: np.ndarray | None = None,
 ):
     """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels.
 
-    `embeddings`: a [vocabulary_size, embedding_dim] matrix to start the embedding from (pretrained vectors)."""
+    `embeddings`: a [vocabulary_size, embedding_dim] matrix to start the embedding from (pretrained vectors).
+    `bigrams`: with bigram_min_count, the buckets that get a row (`bigram_vocabulary`); None: none does."""
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     # mask_zero: padding positions are skipped by the recurrent layers, not read as tokens.
     embedding = layers.Embedding(
@@ -191,9 +254,14 @@ def build_network(
     # SWEM: the embeddings pooled over the whole text, a bag-of-words view beside the recurrent one.
     features += [TimePooling(mode, name=f"embedding_{mode}_pool")(embedded) for mode in config.embedding_pooling]
     if config.bigram_buckets:
-        bigrams = BigramIds(config.bigram_buckets, name="bigram_ids")(ids)
-        bag = layers.Embedding(config.bigram_buckets, config.bigram_dim, mask_zero=True, name="bigram_embedding")
-        features.append(TimePooling("mean", name="bigram_mean_pool")(bag(bigrams)))
+        buckets, rows = BigramIds(config.bigram_buckets, name="bigram_ids")(ids), config.bigram_buckets
+        if config.bigram_min_count:
+            kept = np.zeros(1, np.int32) if bigrams is None else bigrams
+            keep = BigramVocabulary(len(kept), name="bigram_vocabulary")
+            buckets, rows = keep(buckets), len(kept)
+            keep.kept.assign(kept)
+        bag = layers.Embedding(rows, config.bigram_dim, mask_zero=True, name="bigram_embedding")
+        features.append(TimePooling("mean", name="bigram_mean_pool")(bag(buckets)))
     x = features[0] if len(features) == 1 else layers.Concatenate(name="features")(features)
     if config.dense_units:
         x = layers.Dense(config.dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)
@@ -204,3 +272,11 @@ def build_network(
         num_classes, activation="softmax", dtype="float32", kernel_regularizer=_l2(config), name="probabilities"
     )(x)
     return keras.Model(ids, probabilities, name="lstm_cli_classifier")
+
+
+def bigrams_of(network) -> np.ndarray | None:
+    """The kept bigram buckets of a network build_network made (None when it has no BigramVocabulary)."""
+    for layer in network.layers:
+        if isinstance(layer, BigramVocabulary):
+            return np.asarray(layer.kept.numpy(), dtype=np.int32)
+    return None

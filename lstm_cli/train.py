@@ -32,7 +32,17 @@ from lstm_cli.data import LabeledData, LabeledStream
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError, LstmCliError, UsageError
-from lstm_cli.model import OOV_ID, PAD_ID, build_network, dtype_policy, keras, make_vectorizer, tf, token_ids
+from lstm_cli.model import (
+    OOV_ID,
+    PAD_ID,
+    bigram_vocabulary,
+    build_network,
+    dtype_policy,
+    keras,
+    make_vectorizer,
+    tf,
+    token_ids,
+)
 from lstm_cli.optim import LazyAdam
 from lstm_cli.owned import check_checkpoint_dir
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
@@ -453,11 +463,18 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     run = json.loads(json.dumps(run))  # as the checkpoint stores it: tuples (pooling) come back as lists
     state = ckpt.read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
 
-    # 5. The network and its optimizer, made under the strategy (variables mirrored on every replica).
+    # 5. The network and its optimizer, made under the strategy (variables mirrored on every replica). The
+    #    bigrams that get an embedding row: those of the training rows seen --bigram-min-count times.
+    bigrams = None
+    if config.bigram_buckets and config.bigram_min_count:
+        bigrams = bigram_vocabulary(train_source.texts(), config.bigram_buckets, config.bigram_min_count)
+        stage(f"Bigrams: {len(bigrams) - 1:,} hash buckets seen at least {config.bigram_min_count} times get an "
+              "embedding row; the rest are left out")  # fmt: skip
     keras.utils.set_random_seed(config.seed)
     with strategy.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
-                                embeddings=embeddings, trainable_embeddings=not config.freeze_vectors)  # fmt: skip
+                                embeddings=embeddings, trainable_embeddings=not config.freeze_vectors,
+                                bigrams=bigrams)  # fmt: skip
         adam = LazyAdam if config.optimizer == "lazy-adam" else keras.optimizers.Adam
         optimizer = adam(config.learning_rate)  # clipping: in the train step
         if plan.mixed_precision:

@@ -37,6 +37,7 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "max_tokens": (20_000, 100_000),
     "min_count": (1, 2),
     "bigram_buckets": (None, 0, 16_384),  # None: the automatic size
+    "bigram_min_count": (0, 2),
 }
 METRICS = ("accuracy", "macro_f1")
 _DRAWS = 1_000  # random draws to find an untried setting before calling the space exhausted

@@ -41,6 +41,7 @@ VARIANTS = {
     "gru-bidirectional": {"cell": "gru", "bidirectional": True},
     "lstm-max-mean-pool-swem": {"pooling": ("max", "mean"), "embedding_pooling": ("max", "mean")},
     "lstm-max-mean-pool-swem-bigrams": {"bigram_buckets": 7, "bigram_dim": 3},
+    "lstm-bigrams-seen-twice": {"bigram_buckets": 7, "bigram_dim": 3, "bigram_min_count": 2},
     "gru-bidirectional-max-pool-spatial-dropout": {
         "cell": "gru", "bidirectional": True, "pooling": ("max",), "embedding_dropout": 0.3,
     },
@@ -53,6 +54,8 @@ VARIANTS = {
         "bidirectional": True, "layers": 2, "pooling": ("mean",), "embedding_pooling": ("max",), "dense_units": 0,
     },
 }  # fmt: skip
+# With a bigram min count, the buckets (of 7) that get a row; the others are left out of the bigram mean.
+KEPT_BIGRAMS = np.array([0, 2, 3, 5], dtype=np.int32)
 TINY_DIMS = {"max_tokens": len(VOCABULARY), "max_length": 12, "embedding_dim": 5, "units": 4, "dense_units": 6}
 
 
@@ -77,9 +80,12 @@ def export_model(config: TrainConfig, directory: Path, *, seed: int = 0) -> Path
     from lstm_cli.model import build_network, make_vectorizer
 
     labels = ["a", "b", "c"]
-    network = build_network(config, vocabulary_size=len(VOCABULARY), num_classes=len(labels))
+    bigrams = KEPT_BIGRAMS if config.bigram_buckets and config.bigram_min_count else None
+    network = build_network(config, vocabulary_size=len(VOCABULARY), num_classes=len(labels), bigrams=bigrams)
     rng = np.random.default_rng(seed)
-    network.set_weights([rng.normal(0, 0.8, w.shape).astype(np.float32) for w in network.get_weights()])
+    # The kept bigram buckets (integers) stay as they are.
+    network.set_weights([w if w.dtype.kind == "i" else rng.normal(0, 0.8, w.shape).astype(np.float32)
+                         for w in network.get_weights()])  # fmt: skip
     vectorizer = make_vectorizer(len(VOCABULARY), VOCABULARY)
     vectorizer(["build"])  # export needs a built layer
     result = SimpleNamespace(

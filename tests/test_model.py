@@ -101,13 +101,20 @@ def test_no_row_is_all_padding_and_truncation_applies():
         ({"bigram_buckets": 50, "bigram_dim": 3}, ["bigram_ids", "bigram_embedding", "bigram_mean_pool"]),
         ({"recurrent_length": 2, "bigram_buckets": 50, "bigram_dim": 3}, ["recurrent_steps", "recurrent_ids"]),
         ({"recurrent_length": 2, "layers": 2, "bidirectional": True}, ["recurrent_steps", "bidirectional_2"]),
+        ({"bigram_buckets": 50, "bigram_dim": 3, "bigram_min_count": 2}, ["bigram_ids", "bigram_embedding"]),
     ],
 )
 def test_network_options_build_and_stay_padding_invariant(options, layer_names):
-    from lstm_cli.model import build_network
+    from lstm_cli.model import bigram_vocabulary, build_network
 
     config = TrainConfig(embedding_dim=4, units=3, dense_units=options.pop("dense_units", 5), **options)
-    network = build_network(config, vocabulary_size=30, num_classes=4)
+    bigrams = None
+    if config.bigram_buckets and config.bigram_min_count:
+        # Half the buckets these texts fill get a row (the others are left out): both kinds are in the batch.
+        filled = bigram_vocabulary([_encoded([list(np.arange(1, 61) % 29 + 1)] * 2)], config.bigram_buckets, 1)
+        bigrams = filled[::2]
+        layer_names = [*layer_names, "bigram_vocabulary"]
+    network = build_network(config, vocabulary_size=30, num_classes=4, bigrams=bigrams)
     names = [layer.name for layer in network.layers]
     assert all(name in names for name in layer_names)
     assert ("dense" in names) == (config.dense_units > 0)
@@ -268,3 +275,77 @@ def test_label_smoothing_caps_the_confidence_training_aims_for(tmp_path):
         return float(probabilities.max(axis=1).mean())
 
     assert confidence(0.6) < 0.7 < 0.85 < confidence(0.0)
+
+
+def _encoded(rows: list[list[int]]):
+    from lstm_cli.batching import EncodedTexts
+
+    splits = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=splits[1:])
+    values = np.array([i for r in rows for i in r], dtype=np.int32)
+    return EncodedTexts(values, splits)
+
+
+def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_over_every_shard():
+    from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
+    from lstm_cli.model import bigram_vocabulary
+
+    rng = np.random.default_rng(5)
+    buckets = 97
+    shards = [[list(rng.integers(1, 40, rng.integers(0, 9))) for _ in range(rng.integers(1, 30))] for _ in range(4)]
+    counts: dict[int, int] = {}
+    for row in (r for shard in shards for r in shard):  # pairs of adjacent ids within a row, never across rows
+        for a, b in zip(row, row[1:], strict=False):
+            bucket = (int(a) * BIGRAM_MULTIPLIER + int(b)) % (buckets - 1) + 1
+            counts[bucket] = counts.get(bucket, 0) + 1
+    for min_count in (1, 2, 3):
+        kept = bigram_vocabulary((_encoded(shard) for shard in shards), buckets, min_count)
+        expected = sorted(bucket for bucket, n in counts.items() if n >= min_count)
+        assert kept.dtype == np.int32 and kept.tolist() == [0, *expected]
+    assert len(expected) < len(counts)  # the threshold left some out
+    # A cap on the rows keeps the most frequent buckets (ties: the lower bucket), in sorted order.
+    by_count = sorted(counts, key=lambda bucket: (-counts[bucket], bucket))
+    capped = bigram_vocabulary((_encoded(shard) for shard in shards), buckets, 1, max_rows=6)
+    assert capped.tolist() == [0, *sorted(by_count[:6])]
+    # A bigram split across two rows or two shards is two unigrams, not a bigram.
+    straddle = bigram_vocabulary([_encoded([[3], [4]]), _encoded([[3], [4]])], buckets, 1)
+    assert straddle.tolist() == [0]
+    assert bigram_vocabulary([], buckets, 2).tolist() == [0]
+
+
+def test_bigram_vocabulary_layer_maps_kept_buckets_to_their_rows_and_the_rest_to_padding():
+    from lstm_cli.engine.layers import bigram_vocabulary as engine_bigram_vocabulary
+    from lstm_cli.model import BigramVocabulary
+
+    kept = np.array([0, 3, 8, 20, 21], dtype=np.int32)
+    layer = BigramVocabulary(len(kept))
+    layer.kept.assign(kept)
+    buckets = np.array([[3, 4, 21, 0, 22], [20, 8, 1, 0, 0]], dtype=np.int32)
+    # kept -> its position; padding (0) and not kept (4, 22, 1: between, above and below the kept) -> 0
+    expected = [[1, 0, 4, 0, 0], [3, 2, 0, 0, 0]]
+    assert np.asarray(layer(buckets)).tolist() == expected
+    assert engine_bigram_vocabulary({"size": len(kept)}, [kept], buckets).tolist() == expected
+
+
+def test_bigrams_seen_too_rarely_do_not_count_in_the_mean():
+    """A text with a bigram that has no row predicts as if that pair were not there: the bigram mean of
+    [5, 6, 7] with (6, 7) left out equals that of [5, 6] (no recurrent layer reads past the first token, no
+    SWEM); with (6, 7) given a row, they differ."""
+    from lstm_cli.model import bigram_vocabulary, build_network
+
+    config = TrainConfig(embedding_dim=4, units=3, dense_units=5, embedding_pooling=(), max_length=8,
+                         recurrent_length=1, bigram_buckets=101, bigram_dim=3, bigram_min_count=1)  # fmt: skip
+
+    def outputs(seen: list[int]) -> np.ndarray:
+        """[5, 6, 7] and [5, 6] through a network whose bigram rows are those of the text `seen`."""
+        bigrams = bigram_vocabulary([_encoded([seen])], config.bigram_buckets, 1)
+        network = build_network(config, vocabulary_size=30, num_classes=4, bigrams=bigrams)
+        rng = np.random.default_rng(1)
+        network.set_weights([w if w.dtype.kind == "i" else rng.normal(0, 1, w.shape).astype(np.float32)
+                             for w in network.get_weights()])  # fmt: skip
+        return np.asarray(network(np.array([[5, 6, 7], [5, 6, 0]], dtype=np.int32), training=False))
+
+    with_rare, without = outputs([5, 6])  # (5, 6) gets a row, (6, 7) does not
+    np.testing.assert_allclose(with_rare, without, atol=1e-6)
+    first, second = outputs([5, 6, 7])
+    assert np.abs(first - second).max() > 1e-4  # with a row, (6, 7) counts

@@ -218,11 +218,17 @@ def test_batched_keeps_order_bounds_batches_and_never_reads_ahead(texts, size, m
         assert len(batch) == size or (max_chars is not None and sum(map(len, batch)) >= max_chars)
 
 
-def test_bigram_buckets_default_to_a_power_of_two_near_a_quarter_of_the_training_tokens():
-    from lstm_cli.config import auto_bigram_buckets
+def test_bigram_buckets_default_to_a_quarter_of_the_training_tokens_or_with_a_min_count_a_hash_space():
+    from lstm_cli.config import BIGRAM_HASH_SPACE, auto_bigram_buckets
 
     assert [auto_bigram_buckets(t) for t in (0, 16_384, 16_385, 100_000, 10**9)] == [4096, 4096, 8192, 32768, 131072]
     assert TrainConfig().resolved(rows=1000, tokens=100_000).bigram_buckets == 32768  # auto made concrete
+    # With a bigram min count the buckets are a hash space: only those seen often enough get a row.
+    seen = TrainConfig(bigram_min_count=2).resolved(rows=1000, tokens=100_000)
+    assert seen.bigram_buckets == BIGRAM_HASH_SPACE == 2**24
     assert TrainConfig(bigram_buckets=0).resolved(rows=1000, tokens=100_000).bigram_buckets == 0  # off stays off
+    assert TrainConfig(bigram_buckets=500).resolved(rows=1000, tokens=100_000).bigram_buckets == 500  # given: kept
     with pytest.raises(ValueError, match="--bigram-buckets must be 0"):
         TrainConfig(bigram_buckets=1)
+    with pytest.raises(ValueError, match="--bigram-min-count must be >= 0"):
+        TrainConfig(bigram_min_count=-1)

@@ -96,10 +96,18 @@ def train_cli(
         int | None,
         typer.Option(
             help="Hash buckets for pairs of adjacent tokens, embedded and averaged beside the rest (0: no bigrams) "
-            "[default: auto, a power of two from 4,096 to 131,072, about a quarter of the training tokens]."
+            "[default: auto, a power of two from 4,096 to 131,072, about a quarter of the training tokens; "
+            "16,777,216 with --bigram-min-count]."
         ),
     ] = None,
     bigram_dim: Annotated[int, typer.Option(help="Width of the bigram embeddings.")] = DEFAULTS.bigram_dim,
+    bigram_min_count: Annotated[
+        int,
+        typer.Option(
+            help="Only the bigram buckets seen this many times in the training rows get an embedding; the others "
+            "are left out of the mean (0: every bucket gets one). 2 helps long reviews."
+        ),
+    ] = DEFAULTS.bigram_min_count,
     dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
@@ -171,7 +179,8 @@ def train_cli(
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
             recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,
             pooling=_kinds(pooling), embedding_pooling=_kinds(embedding_pooling),
-            bigram_buckets=bigram_buckets, bigram_dim=bigram_dim, dense_units=dense_units, dense_dropout=dense_dropout,
+            bigram_buckets=bigram_buckets, bigram_dim=bigram_dim,
+            bigram_min_count=bigram_min_count, dense_units=dense_units, dense_dropout=dense_dropout,
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer.value,
             clip_norm=clip_norm, l2=l2,
             patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,

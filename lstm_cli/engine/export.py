@@ -1,4 +1,4 @@
-"""Describe a Keras functional network for the numpy engine: plain JSON plus named float32 arrays.
+"""Describe a Keras functional network for the numpy engine: plain JSON plus named float32 (and int32) arrays.
 
 Called at save time with the live Keras model; it only reads the model (get_config, weights), so this
 module imports neither Keras nor TensorFlow."""
@@ -38,7 +38,9 @@ def describe(network, *, vocabulary_file: str, max_length: int) -> tuple[dict[st
         inbound = layer["inbound_nodes"][0] if layer["inbound_nodes"] else {"args": [], "kwargs": {}}
         names = []
         for variable in getattr(operations[layer["name"]], "weights", []):
-            weights[variable.path] = np.asarray(variable.numpy(), dtype=np.float32)
+            value = np.asarray(variable.numpy())
+            # Integer weights (BigramVocabulary's buckets) stay integers; every other one is float32.
+            weights[variable.path] = value.astype(np.int32 if value.dtype.kind in "iu" else np.float32)
             names.append(variable.path)
         nodes.append(
             {

@@ -315,6 +315,13 @@ def bigram_ids(config: Config, weights: list[np.ndarray], ids: np.ndarray, mask=
     return np.where((first != 0) & (second != 0), hashed, 0).astype(np.int32)
 
 
+def bigram_vocabulary(config: Config, weights: list[np.ndarray], buckets: np.ndarray, mask=None) -> np.ndarray:
+    """lstm_cli.model.BigramVocabulary: the bucket at position k of the sorted `kept` -> k, any other -> 0."""
+    kept = weights[0]
+    position = np.minimum(np.searchsorted(kept, buckets, side="left"), len(kept) - 1)
+    return np.where(kept[position] == buckets, position, 0).astype(np.int32)
+
+
 def concatenate(config: Config, weights: list[np.ndarray], *inputs: np.ndarray, mask=None) -> np.ndarray:
     tensors = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], list) else inputs
     return np.concatenate(tensors, axis=config["axis"])

@@ -31,6 +31,7 @@ LAYERS = {
     "Concatenate": layers.concatenate,
     "lstm_cli>TimePooling": layers.time_pooling,
     "lstm_cli>BigramIds": layers.bigram_ids,
+    "lstm_cli>BigramVocabulary": layers.bigram_vocabulary,
     "lstm_cli>FirstSteps": layers.first_steps,
 }
 
@@ -73,6 +74,8 @@ def check_node(node: dict[str, Any]) -> None:
         raise Unsupported(f"layer {name!r}: pooling mode {config.get('mode')!r} is not supported")
     if kind == "lstm_cli>BigramIds" and not (isinstance(config.get("buckets"), int) and config["buckets"] >= 2):
         raise Unsupported(f"layer {name!r}: bigram buckets {config.get('buckets')!r} is not an integer >= 2")
+    if kind == "lstm_cli>BigramVocabulary" and not (isinstance(config.get("size"), int) and config["size"] >= 1):
+        raise Unsupported(f"layer {name!r}: size {config.get('size')!r} is not an integer >= 1")
     if kind == "lstm_cli>FirstSteps" and not (isinstance(config.get("steps"), int) and config["steps"] >= 1):
         raise Unsupported(f"layer {name!r}: steps {config.get('steps')!r} is not an integer >= 1")
     if kind == "Dense" and config.get("activation") not in layers.ACTIVATIONS:
@@ -89,6 +92,15 @@ def check_node(node: dict[str, Any]) -> None:
             raise Unsupported(f"layer {name!r} reads output {ref['index']} of {ref['tensor']!r}")
     if set(node["kwargs"]) - {"mask", "training"}:
         raise Unsupported(f"layer {name!r} is called with {sorted(node['kwargs'])}")
+
+
+def _check_kept(node: dict[str, Any], arrays: list[np.ndarray]) -> None:
+    """A BigramVocabulary's one weight: `size` int32 buckets, strictly increasing from 0 (searchsorted's premise)."""
+    kept = arrays[0] if len(arrays) == 1 else None
+    if kept is None or kept.dtype != np.int32 or kept.shape != (node["config"]["size"],):
+        raise Unsupported(f"layer {node['name']!r}: its kept buckets are not {node['config']['size']} int32 values")
+    if kept[0] != 0 or (np.diff(kept) <= 0).any():
+        raise Unsupported(f"layer {node['name']!r}: its kept buckets are not increasing from 0")
 
 
 def _resolve(value, values: dict[str, Any]):
@@ -130,7 +142,9 @@ class Network:
         self.weights = {}
         for node in self.nodes:
             arrays = [weights[key] for key in node["weights"]]
-            if any(a.dtype != np.float32 for a in arrays):
+            if node["type"] == "lstm_cli>BigramVocabulary":
+                _check_kept(node, arrays)
+            elif any(a.dtype != np.float32 for a in arrays):
                 raise Unsupported(f"layer {node['name']!r} has weights that are not float32")
             self.weights[node["name"]] = arrays
         self.caches = {node["name"]: layers.Cache() for node in self.nodes if node["type"] in CACHED}
