@@ -238,6 +238,40 @@ def test_engine_equals_saved_model_of_a_trained_model(trained_model):
     assert Pair(trained_model).difference(texts) <= PARITY
 
 
+def test_a_model_trained_with_a_bigram_min_count_keeps_the_bigrams_seen_that_often(data_dir, tmp_path):
+    """Training counts the bigrams of its rows (here all of them: no validation split): the engine's kept
+    buckets are exactly those the training texts fill twice, and engine and SavedModel agree on texts with
+    kept, unkept and unseen bigrams."""
+    import csv
+
+    from conftest import TINY
+    from typer.testing import CliRunner
+
+    from lstm_cli.cli import app
+    from lstm_cli.engine import Tokenizer
+    from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
+
+    model = tmp_path / "m"
+    args = ["train", str(data_dir / "train.csv"), *TINY, "--epochs", "1", "--validation-split", "0",
+            "--bigram-min-count", "2", "-m", str(model)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with (data_dir / "train.csv").open(newline="", encoding="utf-8") as f:
+        texts = [row["text"] for row in csv.DictReader(f)]
+    tokenizer = Tokenizer(json.loads((model / "vocabulary.json").read_text(encoding="utf-8")), max_length=2_000)
+    counts: dict[int, int] = {}
+    for ids in map(tokenizer.ids, texts):
+        for a, b in zip(ids, ids[1:], strict=False):
+            bucket = (a * BIGRAM_MULTIPLIER + b) % (512 - 1) + 1  # TINY's --bigram-buckets 512
+            counts[bucket] = counts.get(bucket, 0) + 1
+    with np.load(model / "engine.npz", allow_pickle=False) as weights:
+        (kept,) = [weights[name] for name in weights.files if "bigram_vocabulary" in name]
+    assert kept.dtype == np.int32
+    assert kept.tolist() == [0, *sorted(b for b, n in counts.items() if n >= 2)]
+    assert 0 < len(kept) - 1 < len(counts)  # some kept, some seen once and left out
+    assert Pair(model).difference([*texts[:40], "good great", "zzz qqq good", "", "great " * 30]) <= PARITY
+
+
 def _textbook_lstm(x, mask, kernel, recurrent_kernel, bias, *, backwards, sequences, zero_output):
     """Keras's LSTM written out per text and per step in float64: the oracle for the engine's in-place one."""
     units = recurrent_kernel.shape[0]

@@ -226,6 +226,7 @@ def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, d
         ["--cell", "gru", "--dense-units", "0"],
         ["--pooling", "max,mean", "--embedding-pooling", "max,mean", "--embedding-dropout", "0.2"],
         ["--bigram-buckets", "64", "--bigram-dim", "4"],
+        ["--bigram-min-count", "2"],
     ],
 )
 def test_every_exported_variant_passes_the_op_check(data_dir, tmp_path, options):
