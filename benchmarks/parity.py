@@ -90,7 +90,7 @@ def main() -> None:
             for variant in args.variants:
                 model = Path(tmp) / f"{folder.name}-{variant.replace(' ', '_')}"
                 cmd = [*LSTM_CLI, "train", str(train_csv), "-m", str(model), *SMALL, *VARIANTS[variant]]
-                subprocess.run(cmd, check=True)
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)  # stdout: the --json table alone
                 row = {"data": folder.name, "variant": variant, **compare(model, texts)}
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
