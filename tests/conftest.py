@@ -48,6 +48,16 @@ def toy_rows(n: int, seed: int = 0, labels: tuple[str, ...] = ("pos", "neg", "me
     return rows
 
 
+def encoded(rows: list[list[int]]):
+    """Token id rows as the EncodedTexts (ids and row splits) that batching and the token cache hold."""
+    import numpy as np
+
+    from lstm_cli.batching import EncodedTexts
+
+    lengths = [len(r) for r in rows]
+    return EncodedTexts(np.array([x for r in rows for x in r], np.int32), np.cumsum([0, *lengths]))
+
+
 def unescape_tsv(field: str) -> str:
     """A field of lstm-cli's tsv/label output back to the label: undo the escapes of \\\\ \\t \\n \\r."""
     out, chars = [], iter(field)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import encoded
 
 from lstm_cli.config import TrainConfig
 
@@ -111,7 +112,7 @@ def test_network_options_build_and_stay_padding_invariant(options, layer_names):
     bigrams = None
     if config.bigram_buckets and config.bigram_min_count:
         # Half the buckets these texts fill get a row (the others are left out): both kinds are in the batch.
-        filled = bigram_vocabulary([_encoded([list(np.arange(1, 61) % 29 + 1)] * 2)], config.bigram_buckets, 1)
+        filled = bigram_vocabulary([encoded([list(np.arange(1, 61) % 29 + 1)] * 2)], config.bigram_buckets, 1)
         bigrams = filled[::2]
         layer_names = [*layer_names, "bigram_vocabulary"]
     network = build_network(config, vocabulary_size=30, num_classes=4, bigrams=bigrams)
@@ -277,15 +278,6 @@ def test_label_smoothing_caps_the_confidence_training_aims_for(tmp_path):
     assert confidence(0.6) < 0.7 < 0.85 < confidence(0.0)
 
 
-def _encoded(rows: list[list[int]]):
-    from lstm_cli.batching import EncodedTexts
-
-    splits = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=splits[1:])
-    values = np.array([i for r in rows for i in r], dtype=np.int32)
-    return EncodedTexts(values, splits)
-
-
 def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_over_every_shard():
     from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
     from lstm_cli.model import bigram_vocabulary
@@ -299,16 +291,16 @@ def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_ov
             bucket = (int(a) * BIGRAM_MULTIPLIER + int(b)) % (buckets - 1) + 1
             counts[bucket] = counts.get(bucket, 0) + 1
     for min_count in (1, 2, 3):
-        kept = bigram_vocabulary((_encoded(shard) for shard in shards), buckets, min_count)
+        kept = bigram_vocabulary((encoded(shard) for shard in shards), buckets, min_count)
         expected = sorted(bucket for bucket, n in counts.items() if n >= min_count)
         assert kept.dtype == np.int32 and kept.tolist() == [0, *expected]
     assert len(expected) < len(counts)  # the threshold left some out
     # A cap on the rows keeps the most frequent buckets (ties: the lower bucket), in sorted order.
     by_count = sorted(counts, key=lambda bucket: (-counts[bucket], bucket))
-    capped = bigram_vocabulary((_encoded(shard) for shard in shards), buckets, 1, max_rows=6)
+    capped = bigram_vocabulary((encoded(shard) for shard in shards), buckets, 1, max_rows=6)
     assert capped.tolist() == [0, *sorted(by_count[:6])]
     # A bigram split across two rows or two shards is two unigrams, not a bigram.
-    straddle = bigram_vocabulary([_encoded([[3], [4]]), _encoded([[3], [4]])], buckets, 1)
+    straddle = bigram_vocabulary([encoded([[3], [4]]), encoded([[3], [4]])], buckets, 1)
     assert straddle.tolist() == [0]
     assert bigram_vocabulary([], buckets, 2).tolist() == [0]
 
@@ -338,7 +330,7 @@ def test_bigrams_seen_too_rarely_do_not_count_in_the_mean():
 
     def outputs(seen: list[int]) -> np.ndarray:
         """[5, 6, 7] and [5, 6] through a network whose bigram rows are those of the text `seen`."""
-        bigrams = bigram_vocabulary([_encoded([seen])], config.bigram_buckets, 1)
+        bigrams = bigram_vocabulary([encoded([seen])], config.bigram_buckets, 1)
         network = build_network(config, vocabulary_size=30, num_classes=4, bigrams=bigrams)
         rng = np.random.default_rng(1)
         network.set_weights([w if w.dtype.kind == "i" else rng.normal(0, 1, w.shape).astype(np.float32)

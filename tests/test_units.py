@@ -7,19 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import unescape_tsv
+from conftest import encoded, unescape_tsv
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lstm_cli.batching import EncodedTexts, batch_count, batch_indices
+from lstm_cli.batching import batch_count, batch_indices
 from lstm_cli.config import TrainConfig
 from lstm_cli.devices import decide
 from lstm_cli.metrics import classification_report
-
-
-def encoded(rows: list[list[int]]) -> EncodedTexts:
-    lengths = [len(r) for r in rows]
-    return EncodedTexts(np.array([x for r in rows for x in r], np.int32), np.cumsum([0, *lengths]))
 
 
 def test_padded_rows_are_right_padded_copies():
