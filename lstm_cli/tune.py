@@ -39,6 +39,12 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "bigram_buckets": (None, 0, 16_384),  # None: the automatic size
     "bigram_min_count": (0, 2),
 }
+# (switch, value, field): when `switch` has `value`, `field` changes nothing in the model (no bigram table to
+# count for, no hidden Dense layer to drop out of). Such draws are one trial, shown with the field's base value.
+_MOOT: tuple[tuple[str, Any, str], ...] = (
+    ("bigram_buckets", 0, "bigram_min_count"),
+    ("dense_units", 0, "dense_dropout"),
+)
 METRICS = ("accuracy", "macro_f1")
 _DRAWS = 1_000  # random draws to find an untried setting before calling the space exhausted
 
@@ -96,21 +102,33 @@ def search_space(base: TrainConfig, fixed: Collection[str]) -> dict[str, tuple[A
 
 
 def _candidates(base: TrainConfig, space: dict[str, tuple[Any, ...]], seed: int):
-    """The starting configuration first, then untried random draws from `space`, until it runs out."""
+    """The starting configuration first, then untried random draws from `space`, until it runs out.
+
+    Two draws that build the same model (they differ only in a setting another one makes moot) are one."""
     rng = np.random.default_rng(seed)
     seen = set()
-    settings = {name: getattr(base, name) for name in space}
+    settings = _without_moot(base, {name: getattr(base, name) for name in space})
     while True:
         key = tuple(sorted(settings.items()))
         if key not in seen:
             seen.add(key)
             yield settings
         for _ in range(_DRAWS):
-            settings = {name: values[rng.integers(len(values))] for name, values in space.items()}
+            drawn = {name: values[rng.integers(len(values))] for name, values in space.items()}
+            settings = _without_moot(base, drawn)
             if tuple(sorted(settings.items())) not in seen:
                 break
         else:
             return
+
+
+def _without_moot(base: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with each searched field another setting makes moot (_MOOT) put back to base's value."""
+    settings = dict(settings)
+    for switch, value, field_name in _MOOT:
+        if field_name in settings and settings.get(switch, getattr(base, switch)) == value:
+            settings[field_name] = getattr(base, field_name)
+    return settings
 
 
 def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, LabeledData, list[str]]:

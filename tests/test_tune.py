@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -99,6 +100,24 @@ def test_the_space_drops_fixed_and_unknown_fields_and_draws_each_setting_once(mo
     assert drawn[0] == {"units": 16, "dropout": 0.1}  # the starting configuration comes first
     assert len(drawn) == 5 and len({tuple(d.items()) for d in drawn}) == 5  # then all 4 draws, once each
     assert list(_candidates(base, space, seed=0)) == drawn  # seeded
+
+
+def test_draws_that_build_the_same_model_are_one_trial(monkeypatch):
+    import lstm_cli.tune as tune
+
+    space = {"bigram_buckets": (0, 16), "bigram_min_count": (0, 2), "dense_units": (0, 8), "dense_dropout": (0.2, 0.5)}
+    monkeypatch.setattr(tune, "SPACE", space)
+    base = TrainConfig(bigram_buckets=16, dense_units=8, dense_dropout=0.5)
+    drawn = list(_candidates(base, search_space(base, set()), seed=0))
+    # 16 combinations, 9 models: without bigrams the min count is moot, without the Dense layer its dropout.
+    assert len(drawn) == 9 and len({tuple(sorted(d.items())) for d in drawn}) == 9
+    for trial in drawn:
+        assert trial["bigram_buckets"] or trial["bigram_min_count"] == base.bigram_min_count
+        assert trial["dense_units"] or trial["dense_dropout"] == base.dense_dropout
+    # A field the user fixed is theirs, moot or not: only searched fields are put back.
+    fixed = dataclasses.replace(base, bigram_min_count=2)
+    drawn = list(_candidates(fixed, search_space(fixed, {"bigram_min_count"}), seed=0))
+    assert len(drawn) == 6 and all("bigram_min_count" not in d for d in drawn)
 
 
 def _table(stderr: str) -> list[re.Match]:
