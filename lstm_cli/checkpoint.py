@@ -1,8 +1,9 @@
 """Per-epoch training checkpoints, so an interrupted `train --resume` ends where an uninterrupted run would.
 
 A checkpoint holds the network's and the optimizer's variables, the best epoch's weights, early stopping's
-state, the history so far, and a fingerprint of the run (configuration and data); resuming a different run
-is refused. Dropout noise and batch order depend only on (seed, epoch), so a resumed epoch replays exactly.
+state, weight averaging's sums (lstm_cli.averaging), the history so far, and a fingerprint of the run
+(configuration and data); resuming a different run is refused. Dropout noise and batch order depend only on
+(seed, epoch), so a resumed epoch replays exactly.
 Arrays are .npz files read with allow_pickle=False. The directory carries lstm-cli's checkpoint marker, and
 only a directory with that marker is ever replaced (lstm_cli.owned); it is replaced whole and atomically,
 carrying along what lives beside the state (the token cache, `CARRIED`)."""
@@ -18,12 +19,14 @@ from typing import Any
 import numpy as np
 
 from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
+from lstm_cli.averaging import PathAverage
 from lstm_cli.errors import LstmCliError
 from lstm_cli.owned import check_checkpoint_dir, write_checkpoint_marker
 
 STATE = "state.json"
 LATEST = "latest.npz"  # network variables, then optimizer variables
 BEST = "best_weights.npz"
+AVERAGE = "average_{}.npz"  # one file per sum weight averaging keeps: total, at_best, after_best
 CARRIED = ("cache",)  # built once per run, moved into each new checkpoint rather than rewritten
 
 
@@ -79,6 +82,17 @@ def restore(directory: Path, network, optimizer) -> list[np.ndarray] | None:
     return _arrays(directory / BEST) if (directory / BEST).is_file() else None
 
 
+def restore_average(directory: Path, state: dict[str, Any]) -> PathAverage:
+    """Weight averaging's sums as `save` kept them (a run with averaging on always saved them)."""
+    counts = state.get("average")
+    if counts is None:
+        raise LstmCliError(f"{directory}: the checkpoint has no weight averaging state; run without --resume")
+    names = ("total", "at_best", "after_best")
+    arrays = {name: _arrays(directory / AVERAGE.format(name)) for name in names
+              if (directory / AVERAGE.format(name)).is_file()}  # fmt: skip
+    return PathAverage.restored(counts, arrays)
+
+
 def save(
     directory: Path,
     *,
@@ -91,6 +105,7 @@ def save(
     network,
     optimizer,
     best_weights: list[np.ndarray] | None,
+    average: PathAverage | None = None,
     model_dir: Path | None = None,
 ) -> None:
     """Replace the checkpoint with the state after `epoch` epochs, in one step."""
@@ -104,6 +119,8 @@ def save(
         np.savez(staging / LATEST, *[np.asarray(v) for v in [*network.variables, *optimizer.variables]])
         if best_weights is not None:
             np.savez(staging / BEST, *best_weights)
+        for name, arrays in (average.arrays() if average is not None else {}).items():
+            np.savez(staging / AVERAGE.format(name), *arrays)
         state = {
             "run": run,
             "epoch": epoch,  # epochs finished
@@ -115,6 +132,7 @@ def save(
                 "best": float(early_stopping["value"]),
                 "best_epoch": early_stopping["epoch"],
             },
+            "average": average.counts() if average is not None else None,
         }
         (staging / STATE).write_text(json.dumps(state), encoding="utf-8")
         for name in CARRIED:

@@ -28,7 +28,7 @@ class TrainConfig:
     # Network: the Keras tutorial's Embedding -> LSTM -> Dense, read through pooling over time. Defaults
     # chosen on seven public data sets (benchmarks/accuracy.py); the tutorial's recipe is
     # --pooling last --embedding-pooling none --bigram-buckets 0 --embedding-dropout 0 --recurrent-dropout 0.2
-    # --dense-units 64.
+    # --dense-units 64 --no-weight-averaging.
     embedding_dim: int = 128
     units: int = 128  # recurrent units per layer (per direction when bidirectional)
     layers: int = 1  # stacked recurrent layers; all but the last return sequences
@@ -65,6 +65,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # an "epoch" of this many steps (validation, checkpoint); None: one pass
     max_steps: int | None = None  # optimizer steps in all, at most; None: epochs * steps per epoch
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
+    # The saved weights: the best epoch's, or the mean of every epoch's up to it (or one past it) when that
+    # validates better (lstm_cli.averaging). Needs validation rows; False: always the best epoch's.
+    weight_averaging: bool = True
     seed: int = 1337
     # Imbalance and pretrained vectors
     class_weight: str | dict[str, float] | None = None  # "balanced" or {label: weight} (others weigh 1); None: all 1

@@ -84,6 +84,11 @@ def train_summary(result, model_dir: Path) -> Text:
         ("device", result.device.describe()),
         ("epochs", f"{len(result.history)} run, best {result.best_epoch}"),
         ("best", _metrics_text(result.best_metrics)),
+        *(
+            [("weights", f"mean of epochs 1-{result.averaging.epochs}, val_loss {result.averaging.val_loss:.4f}")]
+            if result.averaging and result.averaging.epochs
+            else []
+        ),  # fmt: skip
         ("wall time", f"{result.seconds:.1f}s ({rows_per_second:,.0f} rows/s)"),
     ]
     return Text("\n").join(Text.assemble((f"{key:<11}", "bold"), " ", literal(value)) for key, value in rows)
@@ -197,6 +202,11 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(Group(summary, per_class, confusion))
 
 
+def _averaged_text(training: dict) -> str:
+    epochs = training.get("averaged_epochs")
+    return f"; weights: mean of epochs 1-{epochs}" if isinstance(epochs, int) and epochs > 1 else ""
+
+
 def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     """info rows for what only some models have: pretrained vectors, class weights, a tuning search."""
     rows = []
@@ -235,8 +245,8 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
         ("parameters", f"{metadata.get('parameters', 0):,}"),
         ("config", ", ".join(f"{k}={v}" for k, v in metadata.get("config", {}).items())),
         ("trained on", f"{data.get('path')} ({data.get('rows', 0):,} rows, sha256 {str(data.get('sha256'))[:12]})"),
-        ("training", f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}) on "
-                     f"{training.get('device')} in {training.get('seconds')}s"),
+        ("training", f"{training.get('epochs_run')} epochs (best {training.get('best_epoch')}"
+                     f"{_averaged_text(training)}) on {training.get('device')} in {training.get('seconds')}s"),
         ("metrics", _metrics_text(metadata.get("metrics", {}))),
         *_extra_info(metadata),
         ("engine", "numpy (engine.json, engine.npz) or TensorFlow" if metadata.get("engine")

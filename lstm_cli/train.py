@@ -4,7 +4,8 @@ The loop is lstm-cli's own (Keras' `model.fit` fails under MultiWorkerMirroredSt
 step runs under `strategy.run`, so one loop serves one CPU, one GPU, several GPUs and several machines.
 What happens when is all in `train()`: the seed, the order of the batches (a function of (seed, pass)),
 the dropout seeds (a function of (seed, epoch)), each step, validation, early stopping, the checkpoint and
-the report. That is also what makes `--resume` end bit-identical to an uninterrupted run on a CPU."""
+the report, then the choice of the weights saved (the best epoch's, or a mean along the way). That is also
+what makes `--resume` end bit-identical to an uninterrupted run on a CPU."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from lstm_cli import checkpoint as ckpt
 from lstm_cli import watchdog
+from lstm_cli.averaging import Choice, PathAverage, choose
 from lstm_cli.batching import EncodedTexts
 from lstm_cli.cache import TokenCache
 from lstm_cli.config import TrainConfig, class_weights
@@ -90,6 +92,7 @@ class TrainResult:
     class_weights: dict[str, float] | None = None  # per label, when --class-weight was given
     vectors: dict[str, Any] | None = None  # file, sha256, dimension, coverage, frozen; when --vectors was given
     steps: int = 0  # optimizer steps taken
+    averaging: Choice | None = None  # weight averaging's decision (None: off, or no validation rows)
 
     @property
     def is_chief(self) -> bool:
@@ -488,9 +491,11 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     history: list[dict[str, float]] = []
     epoch_seconds: list[float] = []
     best = {"value": math.inf, "epoch": 0, "weights": None, "wait": 0}  # early stopping's memory
+    path = PathAverage() if config.weight_averaging and evaluate is not None else None  # weight averaging's sums
     first_epoch, stopped = 0, False
     if state is not None:
         best["weights"] = ckpt.restore(checkpoint_dir, network, optimizer)
+        path = ckpt.restore_average(checkpoint_dir, state) if path is not None else None
         history, epoch_seconds = state["history"], state["epoch_seconds"]
         best.update(value=state["early_stopping"]["best"], epoch=state["early_stopping"]["best_epoch"],
                     wait=state["early_stopping"]["wait"])  # fmt: skip
@@ -542,27 +547,46 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         history.append(metrics)
         epoch_seconds.append(seconds)
 
-        # Early stopping on val_loss (loss without validation data); the best epoch's weights are kept.
-        if metrics[monitor] < best["value"]:
-            best.update(value=metrics[monitor], epoch=epoch, weights=network.get_weights(), wait=0)
+        # Early stopping on val_loss (loss without validation data); the best epoch's weights are kept, and
+        # every epoch's are added to weight averaging's running sum.
+        improved = metrics[monitor] < best["value"]
+        epoch_weights = network.get_weights() if improved or path is not None else None
+        if improved:
+            best.update(value=metrics[monitor], epoch=epoch, weights=epoch_weights, wait=0)
         else:
             best["wait"] += 1
             stopped = stopped or best["wait"] > config.patience
             if config.plateau_factor < 1 and not stopped:  # a plateau: smaller steps from here on
                 optimizer.learning_rate.assign(optimizer.learning_rate * config.plateau_factor)
+        if path is not None:
+            path.add(epoch_weights, best=improved)
         if checkpoint_dir is not None:
             ckpt.save(checkpoint_dir, run=run, epoch=epoch + 1, stopped=stopped, history=history,
                       epoch_seconds=epoch_seconds, early_stopping={k: best[k] for k in ("value", "epoch", "wait")},
-                      network=network, optimizer=optimizer, best_weights=best["weights"],
+                      network=network, optimizer=optimizer, best_weights=best["weights"], average=path,
                       model_dir=model_dir)  # fmt: skip
         if writer is not None:
             _write_epoch(writer, step, metrics, tokens, rows, seconds)
         if on_epoch:
             on_epoch(EpochReport(epoch + 1, epochs, metrics, seconds, step))
-    if best["weights"] is not None:
-        network.set_weights(best["weights"])
     if writer is not None:
         writer.close()
+
+    # 7. The weights saved: the best epoch's, or the mean of the epochs up to it (or one past it) when that
+    #    mean has the lower validation loss (lstm_cli.averaging).
+    averaging = None
+    if path is not None and best["weights"] is not None:
+
+        def validate(averaged: list[np.ndarray]) -> dict[str, float]:
+            network.set_weights(averaged)
+            return evaluate()
+
+        averaging = choose(best["value"], path.candidates(), validate)
+        if averaging.weights is not None:
+            stage(f"Weights: the mean of epochs 1-{averaging.epochs}, validation loss {averaging.val_loss:.4f} "
+                  f"(epoch {best['epoch'] + 1} alone: {best['value']:.4f})")  # fmt: skip
+    if best["weights"] is not None:
+        network.set_weights(best["weights"] if averaging is None or averaging.weights is None else averaging.weights)
 
     best_index = int(np.argmin([h[monitor] for h in history]))
     return TrainResult(
@@ -574,7 +598,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         history=history,
         epoch_seconds=epoch_seconds,
         best_epoch=best_index + 1,
-        best_metrics=history[best_index],
+        # The saved weights' validation metrics: a mean's, when averaging chose one.
+        best_metrics={**history[best_index], **(averaging.metrics if averaging else {})},
         train_rows=train_source.rows,
         validation_rows=val_source.rows if val_source else 0,
         seconds=time.perf_counter() - started,
@@ -584,6 +609,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         class_weights=weights,
         vectors=vectors_meta,
         steps=step,
+        averaging=averaging,
     )
 
 

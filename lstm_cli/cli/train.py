@@ -137,6 +137,13 @@ def train_cli(
     label_smoothing: Annotated[
         float, typer.Option(help="Train towards 1 - E on the label and E spread over all labels.")
     ] = DEFAULTS.label_smoothing,
+    weight_averaging: Annotated[
+        bool,
+        typer.Option(
+            help="Save the mean of the epochs' weights up to the best one (or one past it) when it has the lower "
+            "validation loss; --no-weight-averaging: always the best epoch's weights."
+        ),
+    ] = DEFAULTS.weight_averaging,
     steps_per_epoch: Annotated[
         int | None,
         typer.Option(
@@ -184,7 +191,7 @@ def train_cli(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer.value,
             clip_norm=clip_norm, l2=l2,
             patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,
-            steps_per_epoch=steps_per_epoch, max_steps=max_steps,
+            weight_averaging=weight_averaging, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
             validation_split=validation_split, seed=seed, **extra,
         )  # fmt: skip
     except ValueError as e:
