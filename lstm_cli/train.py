@@ -288,7 +288,11 @@ def _batch_stream(strategy, source, batch_size: int, seed: int, first_step: int)
                         yield piece.ids, piece.labels, piece.weights, np.float32(piece.global_rows)
                 passes, start = passes + 1, 0
 
-        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2)
+        # No autotuning: the pipeline has nothing to tune, and its optimisation thread, asleep for up to a
+        # minute between rounds, made the iterator's release at the end of training wait for it (0-40 s).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return tf.data.Dataset.from_generator(generate, output_signature=signature).prefetch(2).with_options(options)
 
     return iter(strategy.distribute_datasets_from_function(pipeline))
 
