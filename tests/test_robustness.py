@@ -183,7 +183,9 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
 
 
-def test_full_disk_fails_cleanly_and_keeps_the_old_model(trained_model, data_dir, small_disk):
+@pytest.mark.parametrize("checkpoint_elsewhere", [True, False])
+def test_full_disk_fails_cleanly_and_keeps_the_old_model(trained_model, data_dir, small_disk, tmp_path,
+                                                         checkpoint_elsewhere):  # fmt: skip
     import shutil
 
     shutil.copytree(trained_model, small_disk / "model")
@@ -191,15 +193,27 @@ def test_full_disk_fails_cleanly_and_keeps_the_old_model(trained_model, data_dir
     free = shutil.disk_usage(small_disk).free
     filler.write_bytes(b"\0" * max(0, free - 200_000))  # room for far less than a model
     before = read_metadata(small_disk / "model")
-    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", str(small_disk / "model")])
+    # With the checkpoint on another disk the model's own write fails; beside the model, the checkpoint's first.
+    elsewhere = ["--checkpoint-dir", str(tmp_path / "checkpoint")] if checkpoint_elsewhere else []
+    args = ["train", str(data_dir / "train.csv"), *TINY, "-m", str(small_disk / "model"), *elsewhere]
+    result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
     message = result.stderr.strip().splitlines()
-    assert len(message) == 1 and "could not write the model" in message[0] and "untouched" in message[0]
+    assert len(message) == 1 and message[0].startswith("Error: ")
     after = read_metadata(small_disk / "model")
     assert after["id"] == before["id"]
     verify_files(small_disk / "model", after)
-    # no half-written staging directory is left; the checkpoint stays, so --resume can save later
-    assert sorted(p.name for p in small_disk.iterdir()) == [".model.checkpoint", "filler", "model"]
+    # no half-written staging directory is left
+    if checkpoint_elsewhere:
+        assert "could not write the model" in message[0] and "untouched" in message[0]
+        assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "model"]
+        assert (tmp_path / "checkpoint" / "state.json").is_file()  # it stays, so --resume can save later
+    else:
+        assert "could not write the training checkpoint" in message[0] and "--checkpoint-dir" in message[0]
+        assert sorted(p.name for p in small_disk.iterdir()) == [".model.checkpoint", "filler", "model"]
+        # what stays is the last checkpoint that was written whole (an earlier, smaller epoch's), if any
+        state = small_disk / ".model.checkpoint" / "state.json"
+        assert not state.exists() or json.loads(state.read_text())["epoch"] >= 1
 
 
 def test_read_only_target_fails_cleanly_and_keeps_the_old_model(trained_model, data_dir, small_disk):
