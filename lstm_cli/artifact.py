@@ -145,9 +145,12 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
             "seconds": round(result.seconds, 3),
             "epochs_run": len(result.history),
             "best_epoch": result.best_epoch,
-            # The saved weights: the mean of epochs 1..averaged_epochs, or (0) the best epoch's own.
-            "averaged_epochs": result.averaging.epochs if result.averaging else 0,
-            "averaging_val_loss": dict(result.averaging.tried) if result.averaging else {},
+            # The saved weights: the mean of epochs [first, last], or (None) the best epoch's own; and the
+            # validation loss of each window's mean that weight averaging tried ({"4-6": 0.21, ...}).
+            "averaged_window": list(result.averaging.window) if result.averaging and result.averaging.window else None,
+            "averaging_val_loss": {f"{first}-{last}": loss for (first, last), loss in result.averaging.tried.items()}
+            if result.averaging
+            else {},
             "history": result.history,
             "epoch_seconds": result.epoch_seconds,
             "class_weights": result.class_weights,

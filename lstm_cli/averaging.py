@@ -1,94 +1,107 @@
-"""Weight averaging along the training path: the mean of the weights the first n epochs ended with.
+"""Weight averaging around the best epoch: the mean of the weights a few consecutive epochs ended with.
 
-Training adds each epoch's weights to a running sum and keeps a copy of the sum at the best epoch b (the
-lowest validation loss so far) and at the epoch after it. When training ends, the means of epochs 1..b and
-1..b+1 are validated beside epoch b's own weights, and the lowest validation loss wins. A mean over the
-path smooths out the noise of the last steps (Polyak averaging; SWA, Izmailov et al. 2018, averages the same
-way): where the best epoch comes early, as on short sentences and reviews, it often validates better than
-any single epoch; where it comes late, as on long articles, the early epochs are far worse and the best
-epoch's own weights win. Memory: three copies of the weights."""
+Training keeps the weights of the epochs around the best one b (the lowest validation loss so far) and of
+the last two. When training ends, six windows of consecutive epochs around b, reaching one or two epochs
+back ([b-1..b], [b-2..b]), forward ([b..b+1], [b..b+2]) or both ways ([b-1..b+1], [b-2..b+2]), are
+averaged and validated beside epoch b's own weights, and the lowest validation loss is saved. A window
+that would reach before epoch 1 or past the last epoch is not tried. A mean of nearby points of the path
+smooths out the noise of the last steps (Polyak averaging; SWA, Izmailov et al. 2018): it often validates
+better than any one epoch. The windows stay near the best epoch because, on long articles, the early
+epochs are far worse than the late ones, and a mean from epoch 1 loses to the best epoch alone. Memory: at
+most seven copies of the weights (five around the best epoch, the last two)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 Weights = list[np.ndarray]
+Window = tuple[int, int]  # first and last epoch, counted from 1
+
+REACH = 2  # epochs either side of the best one that a window may take in
+WINDOWS = ((1, 0), (2, 0), (0, 1), (0, 2), (1, 1), (2, 2))  # (epochs back, epochs forward) from the best
 
 
-def _averaged(total: Weights, count: int) -> Weights:
-    """Float arrays divided by `count`; others (a bigram vocabulary's int32 list, the same every epoch) as they are."""
-    return [t / np.float32(count) if t.dtype.kind == "f" else t.copy() for t in total]
+def mean_of(epochs: Sequence[Weights]) -> Weights:
+    """The float weights summed in epoch order and divided by their number; others (a bigram vocabulary's
+    int32 list, the same every epoch) as the last epoch has them."""
+    total = [np.array(w) for w in epochs[0]]
+    for weights in epochs[1:]:
+        for t, w in zip(total, weights, strict=True):
+            if t.dtype.kind == "f":
+                t += w
+            else:
+                t[...] = w
+    count = np.float32(len(epochs))
+    return [t / count if t.dtype.kind == "f" else t for t in total]
 
 
 @dataclass
-class PathAverage:
-    total: Weights | None = None  # sum of the weights of epochs 1..count
-    count: int = 0
-    at_best: Weights | None = None  # the sum at the best epoch so far (epochs 1..best_count)
-    best_count: int = 0
-    after_best: Weights | None = None  # the sum one epoch after it (epochs 1..best_count + 1)
+class EpochWindows:
+    kept: dict[int, Weights] = field(default_factory=dict)  # epoch (from 1) -> the weights it ended with
+    count: int = 0  # epochs added
+    best: int = 0  # the best epoch so far (0: none yet)
+    # Names (arrays()' keys) of the epochs the checkpoint on disk already holds, written by this run
+    # (lstm_cli.checkpoint carries those files into the next checkpoint instead of writing them again).
+    stored: set[str] = field(default_factory=set)
 
-    def add(self, weights: Sequence[np.ndarray], *, best: bool) -> None:
-        """One epoch's weights; `best`: they are the best so far (lowest validation loss)."""
-        if self.total is None:
-            self.total = [np.array(w) for w in weights]
-        else:
-            for t, w in zip(self.total, weights, strict=True):
-                if t.dtype.kind == "f":
-                    t += w
-                else:
-                    t[...] = w
+    def add(self, weights: Weights, *, best: bool) -> None:
+        """One epoch's weights, kept as given (not copied); `best`: they are the best so far."""
         self.count += 1
+        self.kept[self.count] = weights
         if best:
-            self.at_best, self.best_count, self.after_best = [t.copy() for t in self.total], self.count, None
-        elif self.at_best is not None and self.after_best is None and self.count == self.best_count + 1:
-            self.after_best = [t.copy() for t in self.total]
+            self.best = self.count
+        # Around the best epoch, and the last two: the two before a next best epoch, should one come.
+        wanted = {*range(self.best - REACH, self.best + REACH + 1), *range(self.count - 1, self.count + 1)}
+        for epoch in [e for e in self.kept if e not in wanted]:
+            del self.kept[epoch]
 
-    def candidates(self) -> list[tuple[int, Weights]]:
-        """(n, mean of the weights of epochs 1..n) for n = best epoch and the one after, when n > 1."""
-        found = []
-        if self.at_best is not None and self.best_count > 1:
-            found.append((self.best_count, _averaged(self.at_best, self.best_count)))
-        if self.after_best is not None:
-            found.append((self.best_count + 1, _averaged(self.after_best, self.best_count + 1)))
-        return found
+    def windows(self) -> list[Window]:
+        """The windows around the best epoch that lie within the epochs run."""
+        spans = [(self.best - back, self.best + forward) for back, forward in WINDOWS]
+        return [(first, last) for first, last in spans if self.best and first >= 1 and last <= self.count]
+
+    def candidates(self) -> Iterator[tuple[Window, Weights]]:
+        """(window, mean of its epochs' weights), one mean at a time."""
+        for first, last in self.windows():
+            yield (first, last), mean_of([self.kept[e] for e in range(first, last + 1)])
 
     # What a checkpoint keeps, so a resumed run averages what an uninterrupted one would.
     def arrays(self) -> dict[str, Weights]:
-        named = {"total": self.total, "at_best": self.at_best, "after_best": self.after_best}
-        return {name: arrays for name, arrays in named.items() if arrays is not None}
+        return {f"epoch_{epoch}": weights for epoch, weights in sorted(self.kept.items())}
 
-    def counts(self) -> dict[str, int]:
-        return {"count": self.count, "best_count": self.best_count}
+    def counts(self) -> dict[str, object]:
+        return {"count": self.count, "best": self.best, "kept": sorted(self.kept)}
 
     @classmethod
-    def restored(cls, counts: dict[str, int], arrays: dict[str, Weights]) -> PathAverage:
-        return cls(arrays.get("total"), counts["count"], arrays.get("at_best"), counts["best_count"],
-                   arrays.get("after_best"))  # fmt: skip
+    def restored(cls, counts: dict[str, object], arrays: dict[str, Weights]) -> EpochWindows:
+        kept = {int(epoch): arrays[f"epoch_{epoch}"] for epoch in counts["kept"]}
+        return cls(kept, int(counts["count"]), int(counts["best"]))
 
 
 @dataclass
 class Choice:
-    epochs: int  # the weights are the mean of epochs 1..epochs; 0: the best epoch's own weights
+    window: Window | None  # the epochs whose mean was saved; None: the best epoch's own weights
     weights: Weights | None  # the mean chosen (None: the best epoch's)
     val_loss: float  # of the weights chosen
     metrics: dict[str, float] = field(default_factory=dict)  # the mean's validation metrics ({}: the best epoch's)
-    tried: dict[int, float] = field(default_factory=dict)  # n -> validation loss of the mean of epochs 1..n
+    tried: dict[Window, float] = field(default_factory=dict)  # window -> validation loss of its mean
 
 
 def choose(
-    best_loss: float, candidates: list[tuple[int, Weights]], validate: Callable[[Weights], dict[str, float]]
+    best_loss: float,
+    candidates: Iterator[tuple[Window, Weights]],
+    validate: Callable[[Weights], dict[str, float]],
 ) -> Choice:
     """The candidate mean with the lowest validation loss if it is below the best epoch's, else the best epoch.
 
     `validate` returns the validation metrics of weights, "val_loss" among them."""
-    choice = Choice(0, None, best_loss)
-    for n, weights in candidates:
+    choice = Choice(None, None, best_loss)
+    for window, weights in candidates:
         metrics = validate(weights)
-        choice.tried[n] = metrics["val_loss"]
+        choice.tried[window] = metrics["val_loss"]
         if metrics["val_loss"] < choice.val_loss:
-            choice.epochs, choice.weights, choice.val_loss, choice.metrics = n, weights, metrics["val_loss"], metrics
+            choice = Choice(window, weights, metrics["val_loss"], metrics, choice.tried)
     return choice

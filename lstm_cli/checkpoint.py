@@ -1,7 +1,7 @@
 """Per-epoch training checkpoints, so an interrupted `train --resume` ends where an uninterrupted run would.
 
 A checkpoint holds the network's and the optimizer's variables, the best epoch's weights, early stopping's
-state, weight averaging's sums (lstm_cli.averaging), the history so far, and a fingerprint of the run
+state, the weights weight averaging keeps (lstm_cli.averaging), the history so far, and a fingerprint of the run
 (configuration and data); resuming a different run is refused. Dropout noise and batch order depend only on
 (seed, epoch), so a resumed epoch replays exactly.
 Arrays are .npz files read with allow_pickle=False. The directory carries lstm-cli's checkpoint marker, and
@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 
 from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
-from lstm_cli.averaging import PathAverage
+from lstm_cli.averaging import EpochWindows
 from lstm_cli.errors import LstmCliError
 from lstm_cli.owned import check_checkpoint_dir, write_checkpoint_marker
 
 STATE = "state.json"
 LATEST = "latest.npz"  # network variables, then optimizer variables
 BEST = "best_weights.npz"
-AVERAGE = "average_{}.npz"  # one file per sum weight averaging keeps: total, at_best, after_best
+AVERAGE = "average_{}.npz"  # one file per epoch whose weights weight averaging keeps: average_epoch_4.npz
 CARRIED = ("cache",)  # built once per run, moved into each new checkpoint rather than rewritten
 
 
@@ -82,15 +82,17 @@ def restore(directory: Path, network, optimizer) -> list[np.ndarray] | None:
     return _arrays(directory / BEST) if (directory / BEST).is_file() else None
 
 
-def restore_average(directory: Path, state: dict[str, Any]) -> PathAverage:
-    """Weight averaging's sums as `save` kept them (a run with averaging on always saved them)."""
+def restore_average(directory: Path, state: dict[str, Any]) -> EpochWindows:
+    """The epochs' weights weight averaging kept, as `save` saved them (a run with averaging on always does)."""
     counts = state.get("average")
-    if counts is None:
-        raise LstmCliError(f"{directory}: the checkpoint has no weight averaging state; run without --resume")
-    names = ("total", "at_best", "after_best")
-    arrays = {name: _arrays(directory / AVERAGE.format(name)) for name in names
-              if (directory / AVERAGE.format(name)).is_file()}  # fmt: skip
-    return PathAverage.restored(counts, arrays)
+    if not isinstance(counts, dict) or not {"count", "best", "kept"} <= counts.keys():
+        raise LstmCliError(
+            f"{directory}: the checkpoint has no weight averaging state this lstm-cli can use; run without --resume"
+        )
+    arrays = {f"epoch_{e}": _arrays(directory / AVERAGE.format(f"epoch_{e}")) for e in counts["kept"]}
+    restored = EpochWindows.restored(counts, arrays)
+    restored.stored = set(arrays)  # this checkpoint holds them: the next one carries them
+    return restored
 
 
 def save(
@@ -105,7 +107,7 @@ def save(
     network,
     optimizer,
     best_weights: list[np.ndarray] | None,
-    average: PathAverage | None = None,
+    average: EpochWindows | None = None,
     model_dir: Path | None = None,
 ) -> None:
     """Replace the checkpoint with the state after `epoch` epochs, in one step."""
@@ -119,8 +121,11 @@ def save(
         np.savez(staging / LATEST, *[np.asarray(v) for v in [*network.variables, *optimizer.variables]])
         if best_weights is not None:
             np.savez(staging / BEST, *best_weights)
-        for name, arrays in (average.arrays() if average is not None else {}).items():
-            np.savez(staging / AVERAGE.format(name), *arrays)
+        # An epoch's kept weights never change: a file the checkpoint already holds is carried, not rewritten.
+        averaged = average.arrays() if average is not None else {}
+        stored = [name for name in averaged if name in average.stored and (directory / AVERAGE.format(name)).is_file()]
+        for name in averaged.keys() - set(stored):
+            np.savez(staging / AVERAGE.format(name), *averaged[name])
         state = {
             "run": run,
             "epoch": epoch,  # epochs finished
@@ -135,12 +140,13 @@ def save(
             "average": average.counts() if average is not None else None,
         }
         (staging / STATE).write_text(json.dumps(state), encoding="utf-8")
-        for name in CARRIED:
-            if (directory / name).exists():
-                os.rename(directory / name, staging / name)
-                carried.append(name)
+        for name in [*(n for n in CARRIED if (directory / n).exists()), *map(AVERAGE.format, stored)]:
+            os.rename(directory / name, staging / name)
+            carried.append(name)
         install(staging, directory)
         carried = []
+        if average is not None:
+            average.stored = set(averaged)
     except OSError as e:
         raise LstmCliError(
             f"{directory}: could not write the training checkpoint ({e.strerror or e}); "

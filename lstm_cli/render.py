@@ -85,8 +85,8 @@ def train_summary(result, model_dir: Path) -> Text:
         ("epochs", f"{len(result.history)} run, best {result.best_epoch}"),
         ("best", _metrics_text(result.best_metrics)),
         *(
-            [("weights", f"mean of epochs 1-{result.averaging.epochs}, val_loss {result.averaging.val_loss:.4f}")]
-            if result.averaging and result.averaging.epochs
+            [("weights", f"mean of epochs {_span(result.averaging.window)}, val_loss {result.averaging.val_loss:.4f}")]
+            if result.averaging and result.averaging.window
             else []
         ),  # fmt: skip
         ("wall time", f"{result.seconds:.1f}s ({rows_per_second:,.0f} rows/s)"),
@@ -202,8 +202,15 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(Group(summary, per_class, confusion))
 
 
+def _span(window) -> str:
+    return f"{window[0]}-{window[1]}"
+
+
 def _averaged_text(training: dict) -> str:
-    epochs = training.get("averaged_epochs")
+    window = training.get("averaged_window")
+    if isinstance(window, list) and len(window) == 2 and all(isinstance(e, int) for e in window):
+        return f"; weights: mean of epochs {_span(window)}"
+    epochs = training.get("averaged_epochs")  # models of lstm-cli before the windows: epochs 1..n
     return f"; weights: mean of epochs 1-{epochs}" if isinstance(epochs, int) and epochs > 1 else ""
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from lstm_cli import checkpoint as ckpt
 from lstm_cli import watchdog
-from lstm_cli.averaging import Choice, PathAverage, choose
+from lstm_cli.averaging import Choice, EpochWindows, choose
 from lstm_cli.batching import EncodedTexts
 from lstm_cli.cache import TokenCache
 from lstm_cli.config import TrainConfig, class_weights
@@ -495,7 +495,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     history: list[dict[str, float]] = []
     epoch_seconds: list[float] = []
     best = {"value": math.inf, "epoch": 0, "weights": None, "wait": 0}  # early stopping's memory
-    path = PathAverage() if config.weight_averaging and evaluate is not None else None  # weight averaging's sums
+    path = EpochWindows() if config.weight_averaging and evaluate is not None else None  # weight averaging's epochs
     first_epoch, stopped = 0, False
     if state is not None:
         best["weights"] = ckpt.restore(checkpoint_dir, network, optimizer)
@@ -552,7 +552,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         epoch_seconds.append(seconds)
 
         # Early stopping on val_loss (loss without validation data); the best epoch's weights are kept, and
-        # every epoch's are added to weight averaging's running sum.
+        # weight averaging keeps those around the best epoch.
         improved = metrics[monitor] < best["value"]
         epoch_weights = network.get_weights() if improved or path is not None else None
         if improved:
@@ -576,8 +576,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     if writer is not None:
         writer.close()
 
-    # 7. The weights saved: the best epoch's, or the mean of the epochs up to it (or one past it) when that
-    #    mean has the lower validation loss (lstm_cli.averaging).
+    # 7. The weights saved: the best epoch's, or the mean of a few epochs around it when that mean has the
+    #    lower validation loss (lstm_cli.averaging).
     averaging = None
     if path is not None and best["weights"] is not None:
 
@@ -586,8 +586,9 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             return evaluate()
 
         averaging = choose(best["value"], path.candidates(), validate)
-        if averaging.weights is not None:
-            stage(f"Weights: the mean of epochs 1-{averaging.epochs}, validation loss {averaging.val_loss:.4f} "
+        if averaging.window is not None:
+            first, last = averaging.window
+            stage(f"Weights: the mean of epochs {first}-{last}, validation loss {averaging.val_loss:.4f} "
                   f"(epoch {best['epoch'] + 1} alone: {best['value']:.4f})")  # fmt: skip
     if best["weights"] is not None:
         network.set_weights(best["weights"] if averaging is None or averaging.weights is None else averaging.weights)

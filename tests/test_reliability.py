@@ -82,9 +82,9 @@ def test_interrupted_training_resumes_to_the_same_weights(data_dir, tmp_path):
     ours = read_metadata(tmp_path / "model")["training"]
     theirs = read_metadata(tmp_path / "reference")["training"]
     assert ours["epochs_run"] == theirs["epochs_run"] == 40 and ours["history"] == theirs["history"]
-    # Weight averaging's sums came back from the checkpoint: its means validated as in one uninterrupted run.
+    # Weight averaging's epochs came back from the checkpoint: its means validated as in one uninterrupted run.
     assert theirs["averaging_val_loss"] and ours["averaging_val_loss"] == theirs["averaging_val_loss"]
-    assert ours["averaged_epochs"] == theirs["averaged_epochs"]
+    assert ours["averaged_window"] == theirs["averaged_window"]
 
 
 def test_resume_refuses_a_different_run(data_dir, tmp_path):
