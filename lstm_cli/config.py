@@ -65,8 +65,9 @@ class TrainConfig:
     steps_per_epoch: int | None = None  # an "epoch" of this many steps (validation, checkpoint); None: one pass
     max_steps: int | None = None  # optimizer steps in all, at most; None: epochs * steps per epoch
     validation_split: float = 0.1  # stratified fraction held out when no --validation-data is given
-    # The saved weights: the best epoch's, or the mean of every epoch's up to it (or one past it) when that
-    # validates better (lstm_cli.averaging). Needs validation rows; False: always the best epoch's.
+    # The saved weights: the best epoch's, or the mean of a window of epochs around it (one or two epochs back,
+    # forward or both) when that validates better (lstm_cli.averaging). Needs validation rows; False: always
+    # the best epoch's.
     weight_averaging: bool = True
     seed: int = 1337
     # Imbalance and pretrained vectors

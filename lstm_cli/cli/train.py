@@ -140,7 +140,7 @@ def train_cli(
     weight_averaging: Annotated[
         bool,
         typer.Option(
-            help="Save the mean of the epochs' weights up to the best one (or one past it) when it has the lower "
+            help="Save the mean of a few consecutive epochs' weights around the best epoch when it has the lower "
             "validation loss; --no-weight-averaging: always the best epoch's weights."
         ),
     ] = DEFAULTS.weight_averaging,
