@@ -172,11 +172,11 @@ class BigramVocabulary(layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
-def bigram_vocabulary(texts, buckets: int, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
-    """The sorted buckets (after 0, the padding bucket) that the bigrams of `texts` fill at least `min_count`
-    times, the most frequent max_rows of them (ties: the lower bucket): what BigramVocabulary keeps.
-    `texts`: EncodedTexts (token ids and row splits), e.g. a token cache's shards, read one at a time:
-    memory grows with the distinct bigrams, not the data."""
+def bigram_counts(texts, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """The buckets (sorted) the bigrams of `texts` fall in, and how many bigrams fall in each: pairs of
+    adjacent tokens within a row, hashed as BigramIds hashes them. `texts`: EncodedTexts (token ids and row
+    splits), e.g. a token cache's shards, read one at a time: memory grows with the distinct buckets, not
+    the data."""
     seen, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for encoded in texts:
         ids = encoded.values.astype(np.int64)
@@ -190,11 +190,22 @@ def bigram_vocabulary(texts, buckets: int, min_count: int, max_rows: int = BIGRA
         seen, position = np.unique(np.concatenate([seen, shard_seen]), return_inverse=True)
         counts = np.bincount(position, weights=np.concatenate([counts, shard_counts]), minlength=len(seen))
         counts = counts.astype(np.int64)
+    return seen, counts
+
+
+def kept_bigrams(seen: np.ndarray, counts: np.ndarray, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
+    """The buckets of `bigram_counts` filled at least `min_count` times, the most frequent max_rows of them
+    (ties: the lower bucket), sorted after 0, the padding bucket: what BigramVocabulary keeps."""
     often = counts >= max(min_count, 1)
     kept, counts = seen[often], counts[often]
     if len(kept) > max_rows:
         kept = np.sort(kept[np.lexsort((kept, -counts))[:max_rows]])
     return np.concatenate([[0], kept]).astype(np.int32)
+
+
+def bigram_vocabulary(texts, buckets: int, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
+    """The buckets BigramVocabulary keeps for the bigrams of `texts` (see bigram_counts, kept_bigrams)."""
+    return kept_bigrams(*bigram_counts(texts, buckets), min_count, max_rows)
 
 
 def _l2(config: TrainConfig):

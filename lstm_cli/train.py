@@ -28,7 +28,7 @@ from lstm_cli import watchdog
 from lstm_cli.averaging import Choice, EpochWindows, choose
 from lstm_cli.batching import EncodedTexts
 from lstm_cli.cache import TokenCache
-from lstm_cli.config import TrainConfig, class_weights
+from lstm_cli.config import BIGRAM_HASH_SPACE, TrainConfig, class_weights
 from lstm_cli.corpus import ValidationSplit, scan, validation_fraction
 from lstm_cli.data import LabeledData, LabeledStream
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
@@ -37,9 +37,10 @@ from lstm_cli.errors import DataError, LstmCliError, UsageError
 from lstm_cli.model import (
     OOV_ID,
     PAD_ID,
-    bigram_vocabulary,
+    bigram_counts,
     build_network,
     dtype_policy,
+    kept_bigrams,
     keras,
     make_vectorizer,
     tf,
@@ -442,7 +443,13 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
     train_source, val_source = prepared.train, prepared.validation
     vectorizer = make_vectorizer(config.max_tokens, vocabulary)
-    config = config.resolved(train_source.rows, train_source.tokens)
+    # The automatic bigram min count depends on how many distinct bigrams the training rows hold: counted
+    # here once, in the hash space that min count uses, and reused below for the buckets that get a row.
+    bigram_counted = None
+    if config.bigram_min_count is None and config.bigram_buckets is None:
+        bigram_counted = bigram_counts(train_source.texts(), BIGRAM_HASH_SPACE)
+    distinct_bigrams = 0 if bigram_counted is None else len(bigram_counted[0])
+    config = config.resolved(train_source.rows, train_source.tokens, distinct_bigrams)
     weights = _class_weights(config, labels, prepared.train_label_counts, data.path)
     embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, prepared.token_counts)
     if vectors_meta is not None:
@@ -474,9 +481,14 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     #    bigrams that get an embedding row: those of the training rows seen --bigram-min-count times.
     bigrams = None
     if config.bigram_buckets and config.bigram_min_count:
-        bigrams = bigram_vocabulary(train_source.texts(), config.bigram_buckets, config.bigram_min_count)
+        if bigram_counted is None:
+            bigram_counted = bigram_counts(train_source.texts(), config.bigram_buckets)
+        bigrams = kept_bigrams(*bigram_counted, config.bigram_min_count)
+        why = (f" (automatic: the training rows hold {distinct_bigrams:,} distinct bigrams; --bigram-min-count 0 "
+               "gives every one a row)" if distinct_bigrams else "")  # fmt: skip
         stage(f"Bigrams: {len(bigrams) - 1:,} hash buckets seen at least {config.bigram_min_count} times get an "
-              "embedding row; the rest are left out")  # fmt: skip
+              f"embedding row; the rest are left out{why}")  # fmt: skip
+    bigram_counted = None  # up to 2^24 buckets and their counts: not kept through training
     keras.utils.set_random_seed(config.seed)
     with strategy.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),

@@ -238,37 +238,53 @@ def test_engine_equals_saved_model_of_a_trained_model(trained_model):
     assert Pair(trained_model).difference(texts) <= PARITY
 
 
-def test_a_model_trained_with_a_bigram_min_count_keeps_the_bigrams_seen_that_often(data_dir, tmp_path):
+@pytest.mark.parametrize("how", ["--bigram-min-count 2", "automatic"])
+def test_a_model_trained_with_a_bigram_min_count_keeps_the_bigrams_seen_that_often(
+    how, data_dir, tmp_path, monkeypatch
+):
     """Training counts the bigrams of its rows (here all of them: no validation split): the engine's kept
     buckets are exactly those the training texts fill twice, and engine and SavedModel agree on texts with
-    kept, unkept and unseen bigrams."""
+    kept, unkept and unseen bigrams. Automatic: the sample data holds more distinct bigrams than a lowered
+    line, so the min count is 2 and the buckets are the hash space."""
     import csv
 
     from conftest import TINY
     from typer.testing import CliRunner
 
+    import lstm_cli.config
     from lstm_cli.cli import app
+    from lstm_cli.config import BIGRAM_HASH_SPACE
     from lstm_cli.engine import Tokenizer
     from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
 
     model = tmp_path / "m"
-    args = ["train", str(data_dir / "train.csv"), *TINY, "--epochs", "1", "--validation-split", "0",
-            "--bigram-min-count", "2", "-m", str(model)]  # fmt: skip
+    tiny = list(TINY)
+    if how == "automatic":
+        monkeypatch.setattr(lstm_cli.config, "AUTO_BIGRAM_MIN_COUNT_ABOVE", 50)
+        del tiny[tiny.index("--bigram-buckets") : tiny.index("--bigram-buckets") + 2]
+        tiny.remove("--quiet")  # the stage line says how many distinct bigrams it counted
+    buckets = BIGRAM_HASH_SPACE if how == "automatic" else 512  # TINY's --bigram-buckets 512
+    args = ["train", str(data_dir / "train.csv"), *tiny, "--epochs", "1", "--validation-split", "0",
+            *how.split()[: 2 if how != "automatic" else 0], "-m", str(model)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
+    config = json.loads((model / "metadata.json").read_text(encoding="utf-8"))["config"]
+    assert (config["bigram_min_count"], config["bigram_buckets"]) == (2, buckets)
     with (data_dir / "train.csv").open(newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
     tokenizer = Tokenizer(json.loads((model / "vocabulary.json").read_text(encoding="utf-8")), max_length=2_000)
     counts: dict[int, int] = {}
     for ids in map(tokenizer.ids, texts):
         for a, b in zip(ids, ids[1:], strict=False):
-            bucket = (a * BIGRAM_MULTIPLIER + b) % (512 - 1) + 1  # TINY's --bigram-buckets 512
+            bucket = (a * BIGRAM_MULTIPLIER + b) % (buckets - 1) + 1
             counts[bucket] = counts.get(bucket, 0) + 1
     with np.load(model / "engine.npz", allow_pickle=False) as weights:
         (kept,) = [weights[name] for name in weights.files if "bigram_vocabulary" in name]
     assert kept.dtype == np.int32
     assert kept.tolist() == [0, *sorted(b for b, n in counts.items() if n >= 2)]
     assert 0 < len(kept) - 1 < len(counts)  # some kept, some seen once and left out
+    if how == "automatic":  # the line was crossed by the count of distinct bigrams, not by chance
+        assert f"the training rows hold {len(counts):,} distinct bigrams" in result.output
     assert Pair(model).difference([*texts[:40], "good great", "zzz qqq good", "", "great " * 30]) <= PARITY
 
 

@@ -107,7 +107,7 @@ def test_draws_that_build_the_same_model_are_one_trial(monkeypatch):
 
     space = {"bigram_buckets": (0, 16), "bigram_min_count": (0, 2), "dense_units": (0, 8), "dense_dropout": (0.2, 0.5)}
     monkeypatch.setattr(tune, "SPACE", space)
-    base = TrainConfig(bigram_buckets=16, dense_units=8, dense_dropout=0.5)
+    base = TrainConfig(bigram_buckets=16, bigram_min_count=0, dense_units=8, dense_dropout=0.5)
     drawn = list(_candidates(base, search_space(base, set()), seed=0))
     # 16 combinations, 9 models: without bigrams the min count is moot, without the Dense layer its dropout.
     assert len(drawn) == 9 and len({tuple(sorted(d.items())) for d in drawn}) == 9

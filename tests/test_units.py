@@ -227,3 +227,20 @@ def test_bigram_buckets_default_to_a_quarter_of_the_training_tokens_or_with_a_mi
         TrainConfig(bigram_buckets=1)
     with pytest.raises(ValueError, match="--bigram-min-count must be >= 0"):
         TrainConfig(bigram_min_count=-1)
+
+
+def test_the_bigram_min_count_is_two_for_a_corpus_with_more_distinct_bigrams_than_the_line_else_zero():
+    from lstm_cli.config import AUTO_BIGRAM_MIN_COUNT_ABOVE as line
+    from lstm_cli.config import BIGRAM_HASH_SPACE, auto_bigram_min_count
+
+    assert [auto_bigram_min_count(n) for n in (0, line, line + 1, 10**7)] == [0, 0, 2, 2]
+    large = TrainConfig().resolved(rows=1000, tokens=10**6, distinct_bigrams=line + 1)
+    assert (large.bigram_min_count, large.bigram_buckets) == (2, BIGRAM_HASH_SPACE)
+    below = TrainConfig().resolved(rows=1000, tokens=10**6, distinct_bigrams=line)
+    assert (below.bigram_min_count, below.bigram_buckets) == (0, 131_072)
+    # What the user set wins: a min count (0 too), or the size of the table, whose every bucket is then a row.
+    assert TrainConfig(bigram_min_count=0).resolved(1000, 10**6, line + 1).bigram_min_count == 0
+    assert TrainConfig(bigram_min_count=3).resolved(1000, 10**6, 0).bigram_min_count == 3
+    sized = TrainConfig(bigram_buckets=4096).resolved(1000, 10**6, line + 1)
+    assert (sized.bigram_min_count, sized.bigram_buckets) == (0, 4096)
+    assert TrainConfig(bigram_buckets=0).resolved(1000, 10**6, line + 1).bigram_min_count == 0

@@ -102,12 +102,13 @@ def train_cli(
     ] = None,
     bigram_dim: Annotated[int, typer.Option(help="Width of the bigram embeddings.")] = DEFAULTS.bigram_dim,
     bigram_min_count: Annotated[
-        int,
+        int | None,
         typer.Option(
             help="Only the bigram buckets seen this many times in the training rows get an embedding; the others "
-            "are left out of the mean (0: every bucket gets one). 2 helps long reviews."
+            "are left out of the mean (0: every bucket gets one) [default: auto, 2 when the training rows hold "
+            "more than 200,000 distinct bigrams and --bigram-buckets is automatic, else 0]."
         ),
-    ] = DEFAULTS.bigram_min_count,
+    ] = None,
     dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
