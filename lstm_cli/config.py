@@ -172,7 +172,7 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("dropout", 0.0, 1.0, True),
     ("recurrent_dropout", 0.0, 1.0, True),
     ("embedding_dropout", 0.0, 1.0, True),
-    ("bigram_buckets", 0, None, False),
+    ("bigram_buckets", 0, BIGRAM_HASH_SPACE, False),
     ("bigram_dim", 1, None, False),
     ("bigram_min_count", 0, None, False),
     ("dense_units", 0, None, False),

@@ -172,12 +172,12 @@ class BigramVocabulary(layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
-def bigram_counts(texts, buckets: int) -> tuple[np.ndarray, np.ndarray]:
-    """The buckets (sorted) the bigrams of `texts` fall in, and how many bigrams fall in each: pairs of
-    adjacent tokens within a row, hashed as BigramIds hashes them. `texts`: EncodedTexts (token ids and row
-    splits), e.g. a token cache's shards, read one at a time: memory grows with the distinct buckets, not
-    the data."""
-    seen, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+def bigram_counts(texts, buckets: int) -> np.ndarray:
+    """How many bigrams of `texts` fall in each bucket (index 0, padding's, stays 0): pairs of adjacent
+    tokens within a row, hashed as BigramIds hashes them. `texts`: EncodedTexts (token ids and row splits),
+    e.g. a token cache's shards, read one at a time. Memory: one uint32 per bucket (64 MiB for the 2^24
+    hash space), whatever the size of the corpus; a count saturates at 2^32 - 1."""
+    counts = np.zeros(buckets, dtype=np.uint32)
     for encoded in texts:
         ids = encoded.values.astype(np.int64)
         if len(ids) < 2:
@@ -186,26 +186,23 @@ def bigram_counts(texts, buckets: int) -> tuple[np.ndarray, np.ndarray]:
         starts = encoded.row_splits[1:-1]
         within[starts[starts > 0] - 1] = False
         hashed = (ids[:-1] * BIGRAM_MULTIPLIER + ids[1:]) % (buckets - 1) + 1
-        shard_seen, shard_counts = np.unique(hashed[within], return_counts=True)
-        seen, position = np.unique(np.concatenate([seen, shard_seen]), return_inverse=True)
-        counts = np.bincount(position, weights=np.concatenate([counts, shard_counts]), minlength=len(seen))
-        counts = counts.astype(np.int64)
-    return seen, counts
+        seen, shard_counts = np.unique(hashed[within], return_counts=True)
+        counts[seen] = np.minimum(counts[seen] + shard_counts, np.iinfo(np.uint32).max)
+    return counts
 
 
-def kept_bigrams(seen: np.ndarray, counts: np.ndarray, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
+def kept_bigrams(counts: np.ndarray, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
     """The buckets of `bigram_counts` filled at least `min_count` times, the most frequent max_rows of them
     (ties: the lower bucket), sorted after 0, the padding bucket: what BigramVocabulary keeps."""
-    often = counts >= max(min_count, 1)
-    kept, counts = seen[often], counts[often]
+    kept = np.flatnonzero(counts >= max(min_count, 1))
     if len(kept) > max_rows:
-        kept = np.sort(kept[np.lexsort((kept, -counts))[:max_rows]])
+        kept = np.sort(kept[np.lexsort((kept, -counts[kept].astype(np.int64)))[:max_rows]])
     return np.concatenate([[0], kept]).astype(np.int32)
 
 
 def bigram_vocabulary(texts, buckets: int, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
     """The buckets BigramVocabulary keeps for the bigrams of `texts` (see bigram_counts, kept_bigrams)."""
-    return kept_bigrams(*bigram_counts(texts, buckets), min_count, max_rows)
+    return kept_bigrams(bigram_counts(texts, buckets), min_count, max_rows)
 
 
 def _l2(config: TrainConfig):

@@ -448,7 +448,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     bigram_counted = None
     if config.bigram_min_count is None and config.bigram_buckets is None:
         bigram_counted = bigram_counts(train_source.texts(), BIGRAM_HASH_SPACE)
-    distinct_bigrams = 0 if bigram_counted is None else len(bigram_counted[0])
+    distinct_bigrams = 0 if bigram_counted is None else int(np.count_nonzero(bigram_counted))
     config = config.resolved(train_source.rows, train_source.tokens, distinct_bigrams)
     weights = _class_weights(config, labels, prepared.train_label_counts, data.path)
     embeddings, vectors_meta = _pretrained(config, vectors, vocabulary, prepared.token_counts)
@@ -483,12 +483,12 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     if config.bigram_buckets and config.bigram_min_count:
         if bigram_counted is None:
             bigram_counted = bigram_counts(train_source.texts(), config.bigram_buckets)
-        bigrams = kept_bigrams(*bigram_counted, config.bigram_min_count)
+        bigrams = kept_bigrams(bigram_counted, config.bigram_min_count)
         why = (f" (automatic: the training rows hold {distinct_bigrams:,} distinct bigrams; --bigram-min-count 0 "
                "gives every one a row)" if distinct_bigrams else "")  # fmt: skip
         stage(f"Bigrams: {len(bigrams) - 1:,} hash buckets seen at least {config.bigram_min_count} times get an "
               f"embedding row; the rest are left out{why}")  # fmt: skip
-    bigram_counted = None  # up to 2^24 buckets and their counts: not kept through training
+    bigram_counted = None  # a count per bucket of the hash space (64 MiB): not kept through training
     keras.utils.set_random_seed(config.seed)
     with strategy.scope(), dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),

@@ -280,7 +280,7 @@ def test_label_smoothing_caps_the_confidence_training_aims_for(tmp_path):
 
 def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_over_every_shard():
     from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
-    from lstm_cli.model import bigram_vocabulary
+    from lstm_cli.model import bigram_counts, bigram_vocabulary
 
     rng = np.random.default_rng(5)
     buckets = 97
@@ -290,6 +290,8 @@ def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_ov
         for a, b in zip(row, row[1:], strict=False):
             bucket = (int(a) * BIGRAM_MULTIPLIER + int(b)) % (buckets - 1) + 1
             counts[bucket] = counts.get(bucket, 0) + 1
+    counted = bigram_counts((encoded(shard) for shard in shards), buckets)
+    assert counted.tolist() == [counts.get(bucket, 0) for bucket in range(buckets)]  # every shard's, added up
     for min_count in (1, 2, 3):
         kept = bigram_vocabulary((encoded(shard) for shard in shards), buckets, min_count)
         expected = sorted(bucket for bucket, n in counts.items() if n >= min_count)

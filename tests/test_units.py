@@ -244,3 +244,7 @@ def test_the_bigram_min_count_is_two_for_a_corpus_with_more_distinct_bigrams_tha
     sized = TrainConfig(bigram_buckets=4096).resolved(1000, 10**6, line + 1)
     assert (sized.bigram_min_count, sized.bigram_buckets) == (0, 4096)
     assert TrainConfig(bigram_buckets=0).resolved(1000, 10**6, line + 1).bigram_min_count == 0
+    # The buckets are counted in an array of the hash space's size: no table or hash space beyond it.
+    assert TrainConfig(bigram_buckets=BIGRAM_HASH_SPACE).bigram_buckets == BIGRAM_HASH_SPACE
+    with pytest.raises(ValueError, match="--bigram-buckets must be <= 16777216"):
+        TrainConfig(bigram_buckets=BIGRAM_HASH_SPACE + 1)
