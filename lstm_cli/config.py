@@ -192,19 +192,16 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
 )
 
 
+# The fields whose default is None: made concrete from the data (TrainConfig.resolved) or left unset.
+AUTOMATIC = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.default is None)
+
+
 def config_problems(config: TrainConfig) -> list[str]:
     """Human-readable problems with a configuration, as `--option: reason` strings."""
     problems = []
     for name, low, high, high_open in _RANGES:
         value = getattr(config, name)
-        if value is None and name in (
-            "batch_size",
-            "learning_rate",
-            "steps_per_epoch",
-            "max_steps",
-            "bigram_buckets",
-            "bigram_min_count",
-        ):
+        if value is None and name in AUTOMATIC:
             continue  # automatic
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -200,11 +200,6 @@ def kept_bigrams(counts: np.ndarray, min_count: int, max_rows: int = BIGRAM_MAX_
     return np.concatenate([[0], kept]).astype(np.int32)
 
 
-def bigram_vocabulary(texts, buckets: int, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:
-    """The buckets BigramVocabulary keeps for the bigrams of `texts` (see bigram_counts, kept_bigrams)."""
-    return kept_bigrams(bigram_counts(texts, buckets), min_count, max_rows)
-
-
 def _l2(config: TrainConfig):
     return keras.regularizers.L2(config.l2) if config.l2 else None
 

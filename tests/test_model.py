@@ -106,13 +106,13 @@ def test_no_row_is_all_padding_and_truncation_applies():
     ],
 )
 def test_network_options_build_and_stay_padding_invariant(options, layer_names):
-    from lstm_cli.model import bigram_vocabulary, build_network
+    from lstm_cli.model import bigram_counts, build_network, kept_bigrams
 
     config = TrainConfig(embedding_dim=4, units=3, dense_units=options.pop("dense_units", 5), **options)
     bigrams = None
     if config.bigram_buckets and config.bigram_min_count:
         # Half the buckets these texts fill get a row (the others are left out): both kinds are in the batch.
-        filled = bigram_vocabulary([encoded([list(np.arange(1, 61) % 29 + 1)] * 2)], config.bigram_buckets, 1)
+        filled = kept_bigrams(bigram_counts([encoded([list(np.arange(1, 61) % 29 + 1)] * 2)], config.bigram_buckets), 1)
         bigrams = filled[::2]
         layer_names = [*layer_names, "bigram_vocabulary"]
     network = build_network(config, vocabulary_size=30, num_classes=4, bigrams=bigrams)
@@ -280,7 +280,7 @@ def test_label_smoothing_caps_the_confidence_training_aims_for(tmp_path):
 
 def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_over_every_shard():
     from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
-    from lstm_cli.model import bigram_counts, bigram_vocabulary
+    from lstm_cli.model import bigram_counts, kept_bigrams
 
     rng = np.random.default_rng(5)
     buckets = 97
@@ -293,18 +293,18 @@ def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_ov
     counted = bigram_counts((encoded(shard) for shard in shards), buckets)
     assert counted.tolist() == [counts.get(bucket, 0) for bucket in range(buckets)]  # every shard's, added up
     for min_count in (1, 2, 3):
-        kept = bigram_vocabulary((encoded(shard) for shard in shards), buckets, min_count)
+        kept = kept_bigrams(counted, min_count)
         expected = sorted(bucket for bucket, n in counts.items() if n >= min_count)
         assert kept.dtype == np.int32 and kept.tolist() == [0, *expected]
     assert len(expected) < len(counts)  # the threshold left some out
     # A cap on the rows keeps the most frequent buckets (ties: the lower bucket), in sorted order.
     by_count = sorted(counts, key=lambda bucket: (-counts[bucket], bucket))
-    capped = bigram_vocabulary((encoded(shard) for shard in shards), buckets, 1, max_rows=6)
+    capped = kept_bigrams(counted, 1, max_rows=6)
     assert capped.tolist() == [0, *sorted(by_count[:6])]
     # A bigram split across two rows or two shards is two unigrams, not a bigram.
-    straddle = bigram_vocabulary([encoded([[3], [4]]), encoded([[3], [4]])], buckets, 1)
+    straddle = kept_bigrams(bigram_counts([encoded([[3], [4]]), encoded([[3], [4]])], buckets), 1)
     assert straddle.tolist() == [0]
-    assert bigram_vocabulary([], buckets, 2).tolist() == [0]
+    assert kept_bigrams(bigram_counts([], buckets), 2).tolist() == [0]
 
 
 def test_bigram_vocabulary_layer_maps_kept_buckets_to_their_rows_and_the_rest_to_padding():
@@ -325,14 +325,14 @@ def test_bigrams_seen_too_rarely_do_not_count_in_the_mean():
     """A text with a bigram that has no row predicts as if that pair were not there: the bigram mean of
     [5, 6, 7] with (6, 7) left out equals that of [5, 6] (no recurrent layer reads past the first token, no
     SWEM); with (6, 7) given a row, they differ."""
-    from lstm_cli.model import bigram_vocabulary, build_network
+    from lstm_cli.model import bigram_counts, build_network, kept_bigrams
 
     config = TrainConfig(embedding_dim=4, units=3, dense_units=5, embedding_pooling=(), max_length=8,
                          recurrent_length=1, bigram_buckets=101, bigram_dim=3, bigram_min_count=1)  # fmt: skip
 
     def outputs(seen: list[int]) -> np.ndarray:
         """[5, 6, 7] and [5, 6] through a network whose bigram rows are those of the text `seen`."""
-        bigrams = bigram_vocabulary([encoded([seen])], config.bigram_buckets, 1)
+        bigrams = kept_bigrams(bigram_counts([encoded([seen])], config.bigram_buckets), 1)
         network = build_network(config, vocabulary_size=30, num_classes=4, bigrams=bigrams)
         rng = np.random.default_rng(1)
         network.set_weights([w if w.dtype.kind == "i" else rng.normal(0, 1, w.shape).astype(np.float32)
