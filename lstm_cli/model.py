@@ -150,7 +150,7 @@ class BigramVocabulary(layers.Layer):
     embedding masks: the bigram mean is over the pairs the model has rows for.
 
     `kept` is a weight set after building (see build_network), filled from the training rows by
-    `bigram_vocabulary`; `size` is its length."""
+    `kept_bigrams`; `size` is its length."""
 
     def __init__(self, size: int, **kwargs):
         super().__init__(**kwargs)
@@ -230,7 +230,7 @@ def build_network(
     """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels.
 
     `embeddings`: a [vocabulary_size, embedding_dim] matrix to start the embedding from (pretrained vectors).
-    `bigrams`: with bigram_min_count, the buckets that get a row (`bigram_vocabulary`); None: none does."""
+    `bigrams`: with bigram_min_count, the buckets that get a row (`kept_bigrams`); None: none does."""
     ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     # mask_zero: padding positions are skipped by the recurrent layers, not read as tokens.
     embedding = layers.Embedding(
