@@ -121,7 +121,7 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
         "vectorizer": {
             "vocabulary_size": len(result.vocabulary),
             "vocabulary_file": VOCABULARY,
-            "standardize": "lower_and_strip_punctuation",
+            "standardize": result.config.standardization,
             "split": "whitespace",
             "max_length": result.config.max_length,
         },
@@ -214,7 +214,12 @@ def _write_engine_files(result, directory: Path) -> None:
 
     from lstm_cli.engine.export import describe
 
-    description, weights = describe(result.network, vocabulary_file=VOCABULARY, max_length=result.config.max_length)
+    description, weights = describe(
+        result.network,
+        vocabulary_file=VOCABULARY,
+        max_length=result.config.max_length,
+        standardize=result.config.standardization,
+    )
     description["weights_file"] = ENGINE_WEIGHTS
     (directory / ENGINE_FILE).write_text(json.dumps(description, indent=1, ensure_ascii=False), encoding="utf-8")
     with (directory / ENGINE_WEIGHTS).open("wb") as f:

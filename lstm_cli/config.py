@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 CELLS = ("lstm", "gru")
+# --punctuation: how the tokenizer treats ASCII punctuation, and the standardization a model records for it
+# (lstm_cli.engine.tokenizer's names; not imported from there: the engine package loads numpy, --help must not)
+PUNCTUATION = {"split": "lower_and_split_punctuation", "strip": "lower_and_strip_punctuation"}
 POOLS = ("last", "max", "mean")
 OPTIMIZERS = ("adam", "lazy-adam")
 
@@ -21,6 +24,10 @@ class TrainConfig:
     # table every step; --optimizer lazy-adam makes a big one cost no more per step than a small one.
     max_tokens: int = 100_000
     min_count: int = 2  # tokens seen fewer times in training are out of vocabulary (one sighting teaches noise)
+    # "split": punctuation separates words ('long-term' -> long, term; 'U.S.' -> u, s), apostrophes are deleted
+    # ("don't" -> dont), as TF-IDF's tokenizer sees them. "strip": Keras's TextVectorization default, every
+    # punctuation character deleted ('long-term' -> longterm): one rare token where there were two common ones.
+    punctuation: str = "split"
     max_length: int = 2_000  # tokens kept per text; longer texts are truncated (bucketing: short texts cost no more)
     # The recurrent layers read the first this many tokens (the costly part of a long text); the pooled
     # embeddings and bigrams read all max_length: a whole article's words, at little cost.
@@ -94,6 +101,11 @@ class TrainConfig:
             self, batch_size=batch, learning_rate=rate, bigram_buckets=buckets, bigram_min_count=min_count
         )
 
+    @property
+    def standardization(self) -> str:
+        """The tokenizer's standardization (lstm_cli.engine.tokenizer), as the model's metadata names it."""
+        return PUNCTUATION[self.punctuation]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -103,6 +115,8 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        # A configuration saved before --punctuation existed was tokenized the Keras way.
+        values = {"punctuation": "strip", **values}
         # JSON has no tuples: lists come back as the tuples the fields hold.
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
@@ -224,6 +238,8 @@ def config_problems(config: TrainConfig) -> list[str]:
         problems.append("--bigram-buckets must be 0 (no bigrams) or >= 2, got 1")
     if config.optimizer not in OPTIMIZERS:
         problems.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}")
+    if config.punctuation not in PUNCTUATION:
+        problems.append(f"--punctuation must be one of {', '.join(PUNCTUATION)}, got {config.punctuation!r}")
     if config.cell not in CELLS:
         problems.append(f"--cell must be one of {', '.join(CELLS)}, got {config.cell!r}")
     problems.extend(class_weight_problems(config.class_weight))

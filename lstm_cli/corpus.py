@@ -51,6 +51,7 @@ def scan(
     stream: Iterable[tuple[str, str]],
     *,
     max_length: int,
+    standardize: str,
     on_progress: Callable[[int], None] | None = None,
     max_distinct: int = MAX_DISTINCT,
 ) -> CorpusStats:
@@ -60,7 +61,7 @@ def scan(
     or below the smallest threshold that leaves at most half of `max_distinct` (lossy counting; the
     threshold is added to `max_undercount`). Halving makes pruning rare (amortised O(1) per token), and
     on natural text the dropped tokens are the long tail of once-seen words, far below any vocabulary cut."""
-    words = Tokenizer(RESERVED, max_length=max_length).words
+    words = Tokenizer(RESERVED, max_length=max_length, standardize=standardize).words
     counts: Counter[str] = Counter()
     labels: Counter[str] = Counter()
     undercount = 0

@@ -12,6 +12,7 @@ import numpy as np
 
 from lstm_cli.config import BIGRAM_MAX_ROWS, TrainConfig
 from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
+from lstm_cli.engine.tokenizer import SEPARATORS, SPLIT_PUNCTUATION, STRIP_PUNCTUATION
 from lstm_cli.tf_setup import import_tf
 
 tf, keras = import_tf()
@@ -32,11 +33,24 @@ def dtype_policy(name: str):
         keras.config.set_dtype_policy(previous)
 
 
-def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None):
-    """A string -> ragged token ids layer; pass `vocabulary` (with '' and '[UNK]' first) to rebuild one."""
+def split_punctuation(texts):
+    """lstm-cli's standardization (SPLIT_PUNCTUATION; engine/tokenizer.py has the rules): ASCII lowercase,
+    apostrophes deleted, the rest of TextVectorization's punctuation turned into spaces, which then split."""
+    texts = tf.strings.regex_replace(tf.strings.lower(texts), "'", "")
+    return tf.strings.regex_replace(texts, _SEPARATORS, " ")
+
+
+_SEPARATORS = "[" + "".join("\\" + c for c in SEPARATORS) + "]"  # RE2: a backslash makes any punctuation literal
+
+
+def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None, *, standardize: str):
+    """A string -> ragged token ids layer; pass `vocabulary` (with '' and '[UNK]' first) to rebuild one.
+    `standardize`: lstm_cli.engine.tokenizer.STRIP_PUNCTUATION (Keras's own) or SPLIT_PUNCTUATION."""
+    if standardize not in (STRIP_PUNCTUATION, SPLIT_PUNCTUATION):
+        raise ValueError(f"unknown standardization {standardize!r}")
     vectorizer = layers.TextVectorization(
         max_tokens=max_tokens,
-        standardize="lower_and_strip_punctuation",
+        standardize=split_punctuation if standardize == SPLIT_PUNCTUATION else standardize,
         split="whitespace",
         output_mode="int",
         ragged=True,

@@ -31,6 +31,7 @@ from lstm_cli.artifact import (
 from lstm_cli.atomic import swap_in_progress
 from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.engine import Engine, Tokenizer, Unsupported
+from lstm_cli.engine.tokenizer import STRIP_PUNCTUATION
 from lstm_cli.errors import ArtifactError, DataError
 
 # Lines read, predicted and written at a time (sorted by length within). Larger batches pad less and wait
@@ -241,7 +242,13 @@ class Predictor:
         """The model's tokenizer in Python (exactly the SavedModel's), whichever engine serves it."""
         if self.backend.tokenizer is None:
             vocabulary = json.loads(read_verified(self.path, self.metadata, VOCABULARY))
-            self.backend.tokenizer = Tokenizer(vocabulary, max_length=self.metadata["config"]["max_length"])
+            standardize = self.metadata["vectorizer"].get("standardize", STRIP_PUNCTUATION)
+            try:
+                self.backend.tokenizer = Tokenizer(
+                    vocabulary, max_length=self.metadata["config"]["max_length"], standardize=standardize
+                )
+            except ValueError as e:
+                raise ArtifactError(f"{self.path}: {e}; a newer lstm-cli saved this model") from None
         return self.backend.tokenizer
 
     def probabilities(self, texts: list[str]) -> np.ndarray:

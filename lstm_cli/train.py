@@ -136,7 +136,7 @@ def encode_texts(vectorizer, texts: list[str], max_length: int) -> EncodedTexts:
 def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[str], EncodedTexts]:
     """(vectorizer, vocabulary, the texts encoded): the most frequent tokens of `texts` seen at least
     `min_count` times, at most `max_tokens` entries with padding and OOV."""
-    full = make_vectorizer(None)
+    full = make_vectorizer(None, standardize=config.standardization)
     full.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(ENCODE_BATCH))
     every = [str(t) for t in full.get_vocabulary()]  # padding, OOV, then by descending frequency
     encoded = encode_texts(full, texts, config.max_length)
@@ -148,7 +148,7 @@ def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[s
     new_id[kept] = np.arange(2, 2 + len(kept), dtype=np.int32)
     vocabulary = every[:2] + [every[i] for i in kept]
     return (
-        make_vectorizer(config.max_tokens, vocabulary),
+        make_vectorizer(config.max_tokens, vocabulary, standardize=config.standardization),
         vocabulary,
         EncodedTexts(new_id[encoded.values], encoded.row_splits),
     )
@@ -177,14 +177,16 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
         held = split().held
         return ((text, label) for text, label in data if not held(label))
 
-    stats = scan(training_rows(), max_length=config.max_length, on_progress=on_progress)
+    stats = scan(training_rows(), max_length=config.max_length, standardize=config.standardization,
+                 on_progress=on_progress)  # fmt: skip
     vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
     index = {label: i for i, label in enumerate(labels)}
-    tokenizer = Tokenizer(vocabulary, max_length=config.max_length)
+    tokenizer = Tokenizer(vocabulary, max_length=config.max_length, standardize=config.standardization)
     identity = {"data": data.sha256, "validation": validation.sha256 if validation is not None else None,
                 "labels": labels, "vocabulary": len(vocabulary),
                 **{k: getattr(config, k)
-                   for k in ("max_tokens", "min_count", "max_length", "validation_split", "seed")}}  # fmt: skip
+                   for k in ("max_tokens", "min_count", "punctuation", "max_length", "validation_split",
+                             "seed")}}  # fmt: skip
 
     def cache(name: str, rows: Callable[[], Iterator[tuple[str, str]]], expected: int) -> TokenCache:
         fingerprint = {**identity, "part": name}
@@ -442,7 +444,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
            on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard) -> TrainResult:  # fmt: skip
     labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
     train_source, val_source = prepared.train, prepared.validation
-    vectorizer = make_vectorizer(config.max_tokens, vocabulary)
+    vectorizer = make_vectorizer(config.max_tokens, vocabulary, standardize=config.standardization)
     # The automatic bigram min count depends on how many distinct bigrams the training rows hold: counted
     # here once, in the hash space that min count uses, and reused below for the buckets that get a row.
     bigram_counted = None

@@ -174,8 +174,8 @@ from lstm_cli.data import stream_labeled
 from lstm_cli.engine.tokenizer import Tokenizer
 
 stream = stream_labeled(sys.argv[1])
-stats = scan(stream, max_length=64)
-tokenizer = Tokenizer(stats.vocabulary(5000, 1), max_length=64)
+stats = scan(stream, max_length=64, standardize="lower_and_split_punctuation")
+tokenizer = Tokenizer(stats.vocabulary(5000, 1), max_length=64, standardize="lower_and_split_punctuation")
 index = {label: i for i, label in enumerate(stats.labels)}
 rows = ((tokenizer.ids(text), index[label]) for text, label in stream)
 cache = TokenCache.build(Path(sys.argv[2]), rows, fingerprint=stream.fingerprint(), seed=0, shard_rows=4096,

@@ -296,3 +296,36 @@ def test_a_model_path_that_is_not_a_model_directory_is_refused_untouched(data_di
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert (tmp_path / "file.txt").read_text() == "keep me too"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "standardize", "present", "absent"),
+    [
+        ([], "lower_and_split_punctuation", {"long", "term", "state", "run", "dont"}, {"longterm", "staterun"}),
+        (["--punctuation", "strip"], "lower_and_strip_punctuation", {"longterm", "staterun", "dont"}, {"term"}),
+    ],
+)
+def test_punctuation_splits_words_by_default_and_both_engines_agree(tmp_path, flag, standardize, present, absent):
+    rows = [(f"Long-term gains, state-run firms don't {w}", "pos" if i % 2 else "neg")
+            for i, w in enumerate(["up", "down", "U.S.", "e-mail", "a/b", "x"] * 4)]  # fmt: skip
+    write_csv(tmp_path / "train.csv", rows)
+    model = tmp_path / "m"
+    result = runner.invoke(app, ["train", str(tmp_path / "train.csv"), *TINY, "--epochs", "1", *flag, "-m", str(model)])
+    assert result.exit_code == 0, result.output
+    vocabulary = set(json.loads((model / "vocabulary.json").read_text(encoding="utf-8")))
+    assert present <= vocabulary and not absent & vocabulary
+    meta = json.loads((model / "metadata.json").read_text(encoding="utf-8"))
+    engine = json.loads((model / "engine.json").read_text(encoding="utf-8"))
+    assert meta["vectorizer"]["standardize"] == engine["tokenizer"]["standardize"] == standardize
+    texts = ["Long-term, state-run", "don't e-mail U.S.", "long term state run"]
+    out = {e: runner.invoke(app, ["predict", "-m", str(model), "--engine", e, "--format", "json", *texts])
+           for e in ("numpy", "tensorflow")}  # fmt: skip
+    probabilities = {e: [json.loads(line)["probabilities"] for line in r.stdout.splitlines()] for e, r in out.items()}
+    for got, expected in zip(probabilities["numpy"], probabilities["tensorflow"], strict=True):
+        assert got == pytest.approx(expected, abs=1e-5)
+    # split: the hyphenated text is the spaced one, token for token
+    if not flag:
+        assert probabilities["numpy"][0] == probabilities["numpy"][2]
+    explained = runner.invoke(app, ["explain", "-m", str(model), "--format", "json", "Long-term!"])
+    tokens = [t["token"] for t in json.loads(explained.stdout)["tokens"]]
+    assert tokens == (["long", "term"] if not flag else ["longterm"])

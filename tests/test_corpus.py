@@ -9,31 +9,36 @@ from collections import Counter
 import pytest
 
 from lstm_cli.corpus import CorpusStats, ValidationSplit, scan
-from lstm_cli.engine.tokenizer import Tokenizer
+from lstm_cli.engine.tokenizer import SPLIT_PUNCTUATION, STRIP_PUNCTUATION, Tokenizer
+
+SPLIT = {"standardize": SPLIT_PUNCTUATION}
 
 
 def test_scan_counts_rows_labels_and_the_first_max_length_tokens():
-    rows = [("The cat, the HAT!", "a"), ("hat hat hat cat dog", "b"), ("...", "a"), ("Été été", "a")]
-    stats = scan(rows, max_length=3)
-    assert stats.rows == 4 and stats.labels == ["a", "b"] and stats.label_counts == {"a": 3, "b": 1}
+    rows = [("The cat, the HAT!", "a"), ("hat hat hat cat dog", "b"), ("...", "a"), ("Été été", "a"), ("it's A-b", "b")]
+    stats = scan(rows, max_length=3, standardize=STRIP_PUNCTUATION)
+    assert stats.rows == 5 and stats.labels == ["a", "b"] and stats.label_counts == {"a": 3, "b": 2}
     # TextVectorization's standardization: ASCII lowercase, ASCII punctuation stripped; 'dog' is past max_length
-    assert stats.token_counts == {"the": 2, "cat": 1, "hat": 3, "Été": 1, "été": 1}
+    assert stats.token_counts == {"the": 2, "cat": 1, "hat": 3, "Été": 1, "été": 1, "its": 1, "ab": 1}
     assert stats.max_undercount == 0
+    # lstm-cli's: the same, but punctuation other than the apostrophe separates words
+    split = scan(rows, max_length=3, **SPLIT).token_counts
+    assert split == {"the": 2, "cat": 1, "hat": 3, "Été": 1, "été": 1, "its": 1, "a": 1, "b": 1}
 
 
 def test_vocabulary_orders_by_count_then_token_and_honours_min_count_and_max_tokens():
-    stats = scan([("b a c b a d e e e", "x"), ("c f", "y")], max_length=50)
+    stats = scan([("b a c b a d e e e", "x"), ("c f", "y")], max_length=50, **SPLIT)
     # e:3, a:2, b:2, c:2, d:1, f:1
     assert stats.vocabulary(100, 1) == ["", "[UNK]", "e", "a", "b", "c", "d", "f"]
     assert stats.vocabulary(100, 2) == ["", "[UNK]", "e", "a", "b", "c"]
     assert stats.vocabulary(4, 1) == ["", "[UNK]", "e", "a"]
     shuffled = [("f c", "y"), ("e e e d a b a b c", "x")]
-    assert scan(shuffled, max_length=50).vocabulary(100, 1) == stats.vocabulary(100, 1)
+    assert scan(shuffled, max_length=50, **SPLIT).vocabulary(100, 1) == stats.vocabulary(100, 1)
 
 
 def test_vocabulary_gives_the_ids_the_tokenizer_uses():
-    stats = scan([("good good bad", "p"), ("good fine", "n")], max_length=10)
-    tokenizer = Tokenizer(stats.vocabulary(10, 1), max_length=10)
+    stats = scan([("good good bad", "p"), ("good fine", "n")], max_length=10, **SPLIT)
+    tokenizer = Tokenizer(stats.vocabulary(10, 1), max_length=10, **SPLIT)
     assert tokenizer.ids("Good, unknown bad!") == [2, 1, 3]
 
 
@@ -48,7 +53,7 @@ def skewed_corpus(rows: int, seed: int = 0) -> list[tuple[str, str]]:
 def test_pruning_bounds_the_counts_and_keeps_the_top_exact():
     corpus = skewed_corpus(3000)
     truth = Counter(w for text, _ in corpus for w in text.split())
-    stats = scan(corpus, max_length=50, max_distinct=200)
+    stats = scan(corpus, max_length=50, **SPLIT, max_distinct=200)
     assert len(stats.token_counts) <= 200 < len(truth)
     assert stats.max_undercount > 0
     for word in (f"w{i}" for i in range(30)):
@@ -59,7 +64,7 @@ def test_pruning_bounds_the_counts_and_keeps_the_top_exact():
 
 def test_progress_is_reported_every_ten_thousand_rows_and_at_the_end():
     seen = []
-    scan((("a b", "x") for _ in range(25_000)), max_length=5, on_progress=seen.append)
+    scan((("a b", "x") for _ in range(25_000)), max_length=5, **SPLIT, on_progress=seen.append)
     assert seen == [10_000, 20_000, 25_000]
 
 

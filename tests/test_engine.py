@@ -22,20 +22,23 @@ from lstm_cli.engine import Engine, Unsupported
 PARITY = 1e-5  # max abs difference allowed between engine and SavedModel probabilities
 
 VOCABULARY = ["", "[UNK]", "good", "bad", "the", "café", "ÉtÉ", "été", "a\u00a0good", "🙂", "שלום", "okayish",
-              "x\x1cy", "naïve", "e\u0301", "don’t", "«quoted»", "ab", "tab", "日本語", "movie"]  # fmt: skip
+              "x\x1cy", "naïve", "e\u0301", "don’t", "«quoted»", "ab", "tab", "日本語", "movie", "dont", "long", "term",
+              "o", "longterm"]  # fmt: skip
 
 # Pieces that stress each tokenizer rule: ASCII-only lowercasing, ASCII-only punctuation, ASCII-only
 # whitespace, truncation, empty texts; plus controls, lone surrogates, RTL, emoji and combining marks.
 PIECES = [*VOCABULARY[2:], "GOOD", "Café ÉTÉ", "CAFÉ", "BAD!!", "g-o-o-d", "(the)", "[UNK]", "'", "--", "...",
           " ", "  ", "\t", "\n", "\r\n", "\v", "\f", "\u00a0", "\u2003", "\u3000", "\x1c", "\x1f", "\x85", "\u2028",
           "\x00", "\x1b[31m", "\u202e", "\u200f", "مرحبا", "👩‍👩‍👧", "\u0301", "\ud800", "\udcff", "İ", "ß", "Σ", "Ǆ",
-          "ﬁ", "К", "«", "»", "—", "’", "\\", "_", "^", "`", "|", "~"]  # fmt: skip
+          "ﬁ", "К", "«", "»", "—", "’", "\\", "_", "^", "`", "|", "~", "long-term", "don't", "U.S.", "a,b",
+          "it's", "''"]  # fmt: skip
 
 fuzz_text = st.lists(st.one_of(st.sampled_from(PIECES), st.characters()), max_size=40).map("".join)
 
 # Every layer option lstm-cli trains, in combinations (overrides of TINY_DIMS).
 VARIANTS = {
     "lstm": {},
+    "lstm-keras-punctuation": {"punctuation": "strip"},
     "gru-stacked-no-dense": {"cell": "gru", "layers": 2, "dense_units": 0},
     "lstm-bidirectional-stacked": {"bidirectional": True, "layers": 2},
     "gru-bidirectional": {"cell": "gru", "bidirectional": True},
@@ -66,11 +69,17 @@ def tensorflow_token_ids(vectorizer, texts: list[str], max_length: int) -> list[
     return ragged.to_list()
 
 
-@pytest.fixture(scope="module")
-def vectorizer():
+STANDARDIZATIONS = ["lower_and_strip_punctuation", "lower_and_split_punctuation"]
+
+
+@pytest.fixture(scope="module", params=STANDARDIZATIONS)
+def vectorizer(request):
+    """TextVectorization as a model of each standardization exports it; `.standardize` names which."""
     from lstm_cli.model import make_vectorizer
 
-    return make_vectorizer(len(VOCABULARY), VOCABULARY)
+    layer = make_vectorizer(len(VOCABULARY), VOCABULARY, standardize=request.param)
+    layer.standardization = request.param
+    return layer
 
 
 def export_model(config: TrainConfig, directory: Path, *, seed: int = 0) -> Path:
@@ -86,7 +95,7 @@ def export_model(config: TrainConfig, directory: Path, *, seed: int = 0) -> Path
     # The kept bigram buckets (integers) stay as they are.
     network.set_weights([w if w.dtype.kind == "i" else rng.normal(0, 0.8, w.shape).astype(np.float32)
                          for w in network.get_weights()])  # fmt: skip
-    vectorizer = make_vectorizer(len(VOCABULARY), VOCABULARY)
+    vectorizer = make_vectorizer(len(VOCABULARY), VOCABULARY, standardize=config.standardization)
     vectorizer(["build"])  # export needs a built layer
     result = SimpleNamespace(
         config=config, network=network, vectorizer=vectorizer, vocabulary=VOCABULARY, labels=labels
@@ -131,21 +140,46 @@ def pair(request, tmp_path_factory) -> Pair:
 
 
 @pytest.mark.parametrize(
-    ("text", "tokens"),
+    ("text", "stripped", "split"),
     [
-        ("Café ÉTÉ", ["café", "ÉtÉ"]),  # A-Z lowercased, É kept
-        ("a\u00a0good a\u2003b a\u3000b x\x1cy", ["a\u00a0good", "a\u2003b", "a\u3000b", "x\x1cy"]),  # no split
-        ("GOOD!!! (bad) «quoted» don’t", ["good", "bad", "«quoted»", "don’t"]),  # ASCII punctuation only
-        (" \t\n\v\f\r ", []),
-        ("g-o-o-d -- ...", ["good"]),
+        ("Café ÉTÉ", ["café", "ÉtÉ"], ["café", "ÉtÉ"]),  # A-Z lowercased, É kept
+        (
+            "a\u00a0good a\u2003b a\u3000b x\x1cy",
+            ["a\u00a0good", "a\u2003b", "a\u3000b", "x\x1cy"],
+            ["a\u00a0good", "a\u2003b", "a\u3000b", "x\x1cy"],
+        ),  # no split
+        (
+            "GOOD!!! (bad) «quoted» don’t",
+            ["good", "bad", "«quoted»", "don’t"],
+            ["good", "bad", "«quoted»", "don’t"],
+        ),  # ASCII punctuation only
+        (" \t\n\v\f\r ", [], []),
+        ("g-o-o-d -- ...", ["good"], ["g", "o", "o", "d"]),
+        (
+            "Long-term U.S.-based, don't a,b it's ''",
+            ["longterm", "usbased", "dont", "ab", "its"],
+            ["long", "term", "u", "s", "based", "dont", "a", "b", "its"],
+        ),  # the apostrophe never splits
+        ("x\\y[z]^w_v`u{t}|s~r", ["xyzwvutsr"], ["x", "y", "z", "w", "v", "u", "t", "s", "r"]),
     ],
 )
-def test_tokenizer_rules_match_textvectorization(vectorizer, text, tokens):
+def test_tokenizer_rules_match_textvectorization(vectorizer, text, stripped, split):
     from lstm_cli.engine import Tokenizer
 
-    tokenizer = Tokenizer(VOCABULARY, max_length=50)
-    assert tokenizer.words(text) == tokens
+    tokenizer = Tokenizer(VOCABULARY, max_length=50, standardize=vectorizer.standardization)
+    assert tokenizer.words(text) == (stripped if vectorizer.standardization == STANDARDIZATIONS[0] else split)
     assert tokenizer.ids(text) == tensorflow_token_ids(vectorizer, [text], 50)[0]
+
+
+def test_the_config_names_every_standardization_the_engine_knows():
+    from lstm_cli.config import PUNCTUATION
+    from lstm_cli.engine.tokenizer import STANDARDIZATIONS as KNOWN
+    from lstm_cli.engine.tokenizer import Tokenizer
+
+    assert sorted(PUNCTUATION.values()) == sorted(KNOWN) == sorted(STANDARDIZATIONS)
+    assert TrainConfig().standardization == "lower_and_split_punctuation"
+    with pytest.raises(ValueError, match="unknown standardization"):
+        Tokenizer(VOCABULARY, max_length=5, standardize="lower")
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -154,25 +188,25 @@ def test_token_ids_equal_textvectorization_on_fuzzed_text(vectorizer, texts, max
     from lstm_cli.engine import Tokenizer
 
     cleaned = [clean_text(t) for t in texts]
-    tokenizer = Tokenizer(VOCABULARY, max_length=max_length)
+    tokenizer = Tokenizer(VOCABULARY, max_length=max_length, standardize=vectorizer.standardization)
     assert [tokenizer.ids(t) for t in cleaned] == tensorflow_token_ids(vectorizer, cleaned, max_length)
 
 
 def test_token_ids_of_a_ten_megabyte_text(vectorizer):
     from lstm_cli.engine import Tokenizer
 
-    text = ("Café ÉTÉ good,bad\u00a0the 🙂 " * 400_000)[: 10 * 2**20]
-    tokenizer = Tokenizer(VOCABULARY, max_length=200)
+    text = ("Café ÉTÉ good,bad\u00a0the 🙂 long-term don't " * 300_000)[: 10 * 2**20]
+    tokenizer = Tokenizer(VOCABULARY, max_length=200, standardize=vectorizer.standardization)
     assert tokenizer.ids(text) == tensorflow_token_ids(vectorizer, [text], 200)[0]
 
 
 @settings(max_examples=100, deadline=None)
-@given(text=fuzz_text)
-def test_token_positions_point_into_the_original_text(text):
+@given(text=fuzz_text, standardize=st.sampled_from(STANDARDIZATIONS))
+def test_token_positions_point_into_the_original_text(text, standardize):
     from lstm_cli.engine import Tokenizer
 
     text = clean_text(text)
-    tokenizer = Tokenizer(VOCABULARY, max_length=10)
+    tokenizer = Tokenizer(VOCABULARY, max_length=10, standardize=standardize)
     tokens = tokenizer.tokens(text)
     assert [t.id for t in tokens] == (tokenizer.ids(text) if tokens else [])
     for token in tokens:
@@ -272,7 +306,9 @@ def test_a_model_trained_with_a_bigram_min_count_keeps_the_bigrams_seen_that_oft
     assert (config["bigram_min_count"], config["bigram_buckets"]) == (2, buckets)
     with (data_dir / "train.csv").open(newline="", encoding="utf-8") as f:
         texts = [row["text"] for row in csv.DictReader(f)]
-    tokenizer = Tokenizer(json.loads((model / "vocabulary.json").read_text(encoding="utf-8")), max_length=2_000)
+    vocabulary = json.loads((model / "vocabulary.json").read_text(encoding="utf-8"))
+    standardize = json.loads((model / "metadata.json").read_text(encoding="utf-8"))["vectorizer"]["standardize"]
+    tokenizer = Tokenizer(vocabulary, max_length=2_000, standardize=standardize)
     counts: dict[int, int] = {}
     for ids in map(tokenizer.ids, texts):
         for a, b in zip(ids, ids[1:], strict=False):

@@ -76,7 +76,7 @@ def test_no_row_is_all_padding_and_truncation_applies():
 
     from lstm_cli.model import OOV_ID, make_vectorizer, token_ids
 
-    vectorizer = make_vectorizer(20)
+    vectorizer = make_vectorizer(20, standardize="lower_and_split_punctuation")
     vectorizer.adapt(tf.constant(["a b c", "b c d"]))
     ids = token_ids(vectorizer, tf.constant(["", "?!", "a b c d a b", "zzz"]), 4)
     rows = ids.to_list()

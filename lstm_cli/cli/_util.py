@@ -34,6 +34,11 @@ class Cell(StrEnum):
     gru = "gru"
 
 
+class Punctuation(StrEnum):
+    split = "split"
+    strip = "strip"
+
+
 class Optimizer(StrEnum):
     adam = "adam"
     lazy_adam = "lazy-adam"

@@ -25,6 +25,7 @@ from lstm_cli.cli._util import (
     LabelColumnOpt,
     ModelOpt,
     Optimizer,
+    Punctuation,
     QuietOpt,
     SkipBadOpt,
     TextColumnOpt,
@@ -68,6 +69,13 @@ def train_cli(
     min_count: Annotated[
         int, typer.Option(help="Tokens seen fewer times in the training texts are out of vocabulary.")
     ] = DEFAULTS.min_count,
+    punctuation: Annotated[
+        Punctuation,
+        typer.Option(
+            help="split: ASCII punctuation separates words (long-term: long, term), apostrophes are dropped "
+            "(don't: dont); strip: Keras's default, all of it deleted (long-term: longterm)."
+        ),
+    ] = Punctuation.split,  # TrainConfig.punctuation
     max_length: Annotated[
         int, typer.Option(help="Tokens kept per text (longer texts are truncated); the pooled views read them all.")
     ] = DEFAULTS.max_length,
@@ -182,7 +190,8 @@ def train_cli(
     extra = pretrained_options(vectors, freeze_vectors, class_weight)
     try:
         config = TrainConfig(
-            max_tokens=max_tokens, min_count=min_count, max_length=max_length, recurrent_length=recurrent_length,
+            max_tokens=max_tokens, min_count=min_count, punctuation=punctuation.value, max_length=max_length,
+            recurrent_length=recurrent_length,
             embedding_dim=embedding_dim, units=units,
             layers=layers, cell=cell.value, bidirectional=bidirectional, dropout=dropout,
             recurrent_dropout=recurrent_dropout, embedding_dropout=embedding_dropout,

@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib import format as npy
 
 from lstm_cli.engine.network import Network, Unsupported
-from lstm_cli.engine.tokenizer import Token, Tokenizer
+from lstm_cli.engine.tokenizer import STANDARDIZATIONS, STRIP_PUNCTUATION, Token, Tokenizer
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -84,7 +84,11 @@ def _stored_arrays(data: bytes) -> dict[str, np.ndarray] | None:
 class Engine:
     def __init__(self, description: dict[str, Any], weights: Mapping[str, np.ndarray], vocabulary: Sequence[str]):
         self.network = Network(description, weights)
-        self.tokenizer = Tokenizer(vocabulary, max_length=description["tokenizer"]["max_length"])
+        settings = description["tokenizer"]
+        standardize = settings.get("standardize", STRIP_PUNCTUATION)
+        if standardize not in STANDARDIZATIONS:  # a newer lstm-cli's: TensorFlow can still serve the model
+            raise Unsupported(f"text standardization {standardize!r}")
+        self.tokenizer = Tokenizer(vocabulary, max_length=settings["max_length"], standardize=standardize)
         self.threads = THREADS  # batches run at once (1: on the calling thread)
         self._pool: ThreadPoolExecutor | None = None
 

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from lstm_cli.engine.network import FORMAT, FORMAT_VERSION
-from lstm_cli.engine.tokenizer import OOV_ID, PAD_ID, SPLIT, STANDARDIZE
+from lstm_cli.engine.tokenizer import OOV_ID, PAD_ID, SPLIT
 
 
 def _plain(value) -> Any:
@@ -27,8 +27,11 @@ def _plain(value) -> Any:
     return value
 
 
-def describe(network, *, vocabulary_file: str, max_length: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(engine description, weights by name) for a Keras functional `network` over token ids."""
+def describe(
+    network, *, vocabulary_file: str, max_length: int, standardize: str
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(engine description, weights by name) for a Keras functional `network` over token ids, whose texts are
+    standardized by `standardize` (lstm_cli.engine.tokenizer.STANDARDIZATIONS)."""
     config = network.get_config()
     operations = {op.name: op for op in network.operations}
     nodes, weights = [], {}
@@ -58,7 +61,7 @@ def describe(network, *, vocabulary_file: str, max_length: int) -> tuple[dict[st
         "format_version": FORMAT_VERSION,
         "tokenizer": {
             "vocabulary_file": vocabulary_file,
-            "standardize": STANDARDIZE,
+            "standardize": standardize,
             "split": SPLIT,
             "max_length": max_length,
             "pad_id": PAD_ID,

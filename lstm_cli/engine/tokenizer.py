@@ -10,7 +10,12 @@ checking it):
   NBSP, U+2003 and U+3000 do not split, and neither do \\x1c-\\x1f, which Python's `str.split` splits on.
 Then the first `max_length` tokens are kept, and a text with none becomes one out-of-vocabulary token
 (model.token_ids: a fully masked row breaks cuDNN). All of these are ASCII-only rules, and UTF-8 never
-uses ASCII bytes inside a multi-byte character, so working on `str` gives the same tokens as on bytes."""
+uses ASCII bytes inside a multi-byte character, so working on `str` gives the same tokens as on bytes.
+
+lstm-cli's own standardization, `lower_and_split_punctuation` (the default since models record it), differs
+in one rule: the same punctuation separates words instead of vanishing inside them ('long-term' ->
+'long term', 'U.S.' -> 'u s', 'a,b' -> 'a b'), except the apostrophe, which is deleted as before ("don't" ->
+'dont', "BBC's" -> 'bbcs'). lstm_cli.model.split_punctuation is the same rule in TensorFlow."""
 
 from __future__ import annotations
 
@@ -21,18 +26,28 @@ from dataclasses import dataclass
 
 PAD_ID = 0
 OOV_ID = 1
-STANDARDIZE = "lower_and_strip_punctuation"
+STRIP_PUNCTUATION = "lower_and_strip_punctuation"  # Keras's
+SPLIT_PUNCTUATION = "lower_and_split_punctuation"  # lstm-cli's: punctuation but the apostrophe splits words
 SPLIT = "whitespace"
 PUNCTUATION = "!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~'"  # exactly the characters TextVectorization's regex strips
+SEPARATORS = PUNCTUATION.replace("'", "")  # what splits words in lower_and_split_punctuation
 ASCII_WHITESPACE = " \t\n\v\f\r"
 
-# One translate() call lowercases A-Z, deletes punctuation and turns every ASCII whitespace into ' '.
-_TABLE = str.maketrans(
-    string.ascii_uppercase + ASCII_WHITESPACE[1:],
-    string.ascii_lowercase + " " * len(ASCII_WHITESPACE[1:]),
-    PUNCTUATION,
-)
-_CHUNK = re.compile(f"[^{re.escape(ASCII_WHITESPACE)}]+")
+
+def _table(splitting: str) -> dict[int, int | None]:
+    """One translate() call: A-Z lowercased, every ASCII whitespace and each of `splitting` turned into ' ',
+    the rest of the punctuation deleted."""
+    spaces = ASCII_WHITESPACE[1:] + splitting
+    deleted = "".join(c for c in PUNCTUATION if c not in splitting)
+    return str.maketrans(string.ascii_uppercase + spaces, string.ascii_lowercase + " " * len(spaces), deleted)
+
+
+# Per standardization: its translate table, and what a token's characters cannot be (tokens() finds them).
+_RULES = {
+    STRIP_PUNCTUATION: (_table(""), re.compile(f"[^{re.escape(ASCII_WHITESPACE)}]+")),
+    SPLIT_PUNCTUATION: (_table(SEPARATORS), re.compile(f"[^{re.escape(ASCII_WHITESPACE + SEPARATORS)}]+")),
+}
+STANDARDIZATIONS = tuple(_RULES)
 
 
 @dataclass(frozen=True)
@@ -44,15 +59,21 @@ class Token:
 
 
 class Tokenizer:
-    def __init__(self, vocabulary: Sequence[str], *, max_length: int):
-        """`vocabulary[i]` is the token of id i; ids 0 and 1 are padding and out-of-vocabulary."""
+    def __init__(self, vocabulary: Sequence[str], *, max_length: int, standardize: str):
+        """`vocabulary[i]` is the token of id i; ids 0 and 1 are padding and out-of-vocabulary. `standardize`:
+        one of STANDARDIZATIONS, as the model's metadata names it (models saved before lstm-cli had its own
+        standardization name none: they used Keras's, STRIP_PUNCTUATION)."""
+        if standardize not in _RULES:
+            raise ValueError(f"unknown standardization {standardize!r}; this lstm-cli knows {STANDARDIZATIONS}")
         self.vocabulary = list(vocabulary)
         self.max_length = max_length
+        self.standardize = standardize
+        self._table, self._chunk = _RULES[standardize]
         self._ids = dict(zip(self.vocabulary[OOV_ID + 1 :], range(OOV_ID + 1, len(self.vocabulary)), strict=True))
 
     def words(self, text: str) -> list[str]:
         """The standardized tokens of `text`, before truncation."""
-        return [w for w in text.translate(_TABLE).split(" ") if w]
+        return [w for w in text.translate(self._table).split(" ") if w]
 
     def ids(self, text: str) -> list[int]:
         """Token ids the model reads for `text` (valid Unicode: see data.clean_text)."""
@@ -64,10 +85,11 @@ class Tokenizer:
         """The tokens the model sees (after truncation), with where each came from in `text`.
 
         Splitting before stripping punctuation gives the same tokens (punctuation is not whitespace), and
-        keeps each token's place: a chunk that is all punctuation ('--') is no token."""
+        keeps each token's place: a chunk that is all punctuation ('--') is no token. With the punctuation that
+        splits words, chunks end at it too."""
         found = []
-        for chunk in _CHUNK.finditer(text):
-            word = chunk.group().translate(_TABLE)
+        for chunk in self._chunk.finditer(text):
+            word = chunk.group().translate(self._table)
             if word:
                 found.append(Token(word, self._ids.get(word, OOV_ID), chunk.start(), chunk.end()))
                 if len(found) == self.max_length:
