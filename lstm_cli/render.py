@@ -242,13 +242,15 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     training = metadata.get("training", {})
     data = training.get("data", {})
     versions = metadata.get("versions", {})
+    vectorizer = metadata.get("vectorizer", {})
     table = Table(show_header=False, box=None, padding=(0, 2))
     rows = [
         ("model", str(model_dir)),
         ("format", f"{metadata.get('format')} v{metadata.get('format_version')}"),
         ("created", str(metadata.get("created_at"))),
         ("labels", ", ".join(metadata["labels"])),
-        ("vocabulary", f"{metadata.get('vectorizer', {}).get('vocabulary_size', '?'):,} tokens"),
+        ("vocabulary", f"{vectorizer.get('vocabulary_size', 0):,} tokens, standardized "
+                       f"{vectorizer.get('standardize', 'lower_and_strip_punctuation')}"),  # fmt: skip
         ("parameters", f"{metadata.get('parameters', 0):,}"),
         ("config", ", ".join(f"{k}={v}" for k, v in metadata.get("config", {}).items())),
         ("trained on", f"{data.get('path')} ({data.get('rows', 0):,} rows, sha256 {str(data.get('sha256'))[:12]})"),

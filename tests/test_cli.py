@@ -135,6 +135,7 @@ def test_info_describes_the_model(trained_model):
     assert "val_accuracy" in meta["metrics"]
     human = runner.invoke(app, ["info", "-m", str(trained_model)])
     assert "meh, neg, pos" in human.stdout and "tensorflow" in human.stdout
+    assert "standardized lower_and_split_punctuation" in " ".join(human.stdout.split())
 
 
 def test_model_env_var_selects_the_model(trained_model, monkeypatch):
