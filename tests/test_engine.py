@@ -443,6 +443,16 @@ def test_unknown_layers_and_settings_are_refused(trained_model, change, message)
         Engine.from_bytes(json.dumps(description).encode(), *parts)
 
 
+def test_a_standardization_the_engine_does_not_know_is_refused_and_a_missing_one_is_keras(trained_model):
+    description = json.loads((trained_model / "engine.json").read_text(encoding="utf-8"))
+    parts = [(trained_model / n).read_bytes() for n in ("engine.npz", "vocabulary.json")]
+    description["tokenizer"]["standardize"] = "lower_and_fold_accents"  # say, from a newer lstm-cli
+    with pytest.raises(Unsupported, match="lower_and_fold_accents"):
+        Engine.from_bytes(json.dumps(description).encode(), *parts)
+    del description["tokenizer"]["standardize"]  # as no lstm-cli wrote it, but read as the first engines meant
+    assert Engine.from_bytes(json.dumps(description).encode(), *parts).tokenizer.words("a-b") == ["ab"]
+
+
 # --- the command line ---------------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ Then the first `max_length` tokens are kept, and a text with none becomes one ou
 (model.token_ids: a fully masked row breaks cuDNN). All of these are ASCII-only rules, and UTF-8 never
 uses ASCII bytes inside a multi-byte character, so working on `str` gives the same tokens as on bytes.
 
-lstm-cli's own standardization, `lower_and_split_punctuation` (the default since models record it), differs
+lstm-cli's own standardization, `lower_and_split_punctuation` (new models' default; each model names its own), differs
 in one rule: the same punctuation separates words instead of vanishing inside them ('long-term' ->
 'long term', 'U.S.' -> 'u s', 'a,b' -> 'a b'), except the apostrophe, which is deleted as before ("don't" ->
 'dont', "BBC's" -> 'bbcs'). lstm_cli.model.split_punctuation is the same rule in TensorFlow."""
