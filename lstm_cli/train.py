@@ -253,7 +253,7 @@ def _pretrained(config: TrainConfig, vectors: WordVectors | None, vocabulary: li
     """(embedding matrix, vectors metadata) for --vectors, or (None, None)."""
     if config.vectors is None:
         return None, None
-    vectors = vectors or read_vectors(Path(config.vectors), set(vocabulary[2:]))
+    vectors = vectors or read_vectors(Path(config.vectors), set(vocabulary[2:]), config.standardization)
     matrix, coverage = embedding_matrix(vectors, vocabulary, counts, seed=config.seed)
     described = {**vectors.describe(), "coverage": coverage.to_dict(), "summary": coverage.describe(),
                  "frozen": config.freeze_vectors, "malformed_lines": vectors.malformed}  # fmt: skip

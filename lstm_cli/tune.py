@@ -177,7 +177,8 @@ def _shared_vectors(base: TrainConfig, space: dict[str, tuple[Any, ...]], texts:
     largest = max([base.max_tokens, *space.get("max_tokens", ())])
     vectorizer = make_vectorizer(largest, standardize=base.standardization)
     vectorizer.adapt(tf.data.Dataset.from_tensor_slices(texts).batch(ENCODE_BATCH))
-    return read_vectors(Path(base.vectors), {str(w) for w in vectorizer.get_vocabulary()[2:]})
+    vocabulary = {str(w) for w in vectorizer.get_vocabulary()[2:]}
+    return read_vectors(Path(base.vectors), vocabulary, base.standardization)
 
 
 def tune(

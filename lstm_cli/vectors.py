@@ -16,14 +16,16 @@ from typing import BinaryIO
 
 import numpy as np
 
+from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError
 
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
-
-def token_key(word: str) -> str:
-    """The vocabulary entry a word of the file would be: the tokenizer lowercases ASCII letters only."""
-    return word.translate(_ASCII_LOWER)
+def token_key(word: str, tokenizer: Tokenizer) -> str | None:
+    """The vocabulary entry a word of the file would be, read by the model's tokenizer (ASCII letters
+    lowercased, punctuation deleted or splitting: "Don't" -> dont), or None when it makes no token or
+    several ("e-mail" under --punctuation split)."""
+    tokens = tokenizer.words(word)
+    return tokens[0] if len(tokens) == 1 else None
 
 
 @dataclass
@@ -34,7 +36,7 @@ class WordVectors:
     vectors: dict[str, np.ndarray]  # vocabulary entry -> float32 vector, only for the words asked for
     words_in_file: int  # lines read as vectors (malformed ones excluded)
     malformed: int  # lines skipped: wrong number of fields or numbers that do not parse
-    exact: set[str] = field(default_factory=set)  # entries taken from an exact (already lowercase) word
+    exact: set[str] = field(default_factory=set)  # entries taken from a word written exactly as the entry
 
     def describe(self) -> dict[str, object]:
         return {"file": Path(self.path).name, "sha256": self.sha256, "dimension": self.dimension}
@@ -98,11 +100,13 @@ def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace").rstrip("\r\n\t ")
 
 
-def read_vectors(path: Path | str, wanted: set[str]) -> WordVectors:
-    """Stream the file; keep the vectors of words whose `token_key` is in `wanted` (an exact entry, already
-    lowercase, beats a case variant: "apple" over "Apple"). Malformed lines are skipped and counted; a file
-    whose first lines are not vectors at all fails with file:line."""
+def read_vectors(path: Path | str, wanted: set[str], standardize: str) -> WordVectors:
+    """Stream the file; keep the vectors of words whose `token_key` under the model's standardization is in
+    `wanted` (a word written exactly as the entry beats its variants: "apple" over "Apple", "dont" over
+    "don't"). Malformed lines are skipped and counted; a file whose first lines are not vectors at all fails
+    with file:line."""
     path = Path(path)
+    tokenizer = Tokenizer(["", "[UNK]"], max_length=2, standardize=standardize)
     hashing, stream = _open(path)
     found: dict[str, np.ndarray] = {}
     exact: set[str] = set()
@@ -127,7 +131,7 @@ def read_vectors(path: Path | str, wanted: set[str]) -> WordVectors:
                 if len(fields) != dimension + 1 or not fields[0]:
                     malformed += 1
                     continue
-                key = token_key(fields[0])
+                key = token_key(fields[0], tokenizer)
                 if key in wanted and (key not in found or (fields[0] == key and key not in exact)):
                     vector = _numbers(fields[1:])
                     if vector is None:

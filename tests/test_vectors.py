@@ -14,11 +14,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
+from lstm_cli.config import PUNCTUATION
 from lstm_cli.errors import DataError
 from lstm_cli.vectors import embedding_matrix, peek_dimension, read_vectors
 
 runner = CliRunner()
 DIM = 6
+SPLIT = "lower_and_split_punctuation"
 
 
 def _vector(word: str) -> np.ndarray:
@@ -43,7 +45,7 @@ def write_vectors(path: Path, words: list[str], *, header: bool = True, extra_li
 @pytest.mark.parametrize("name,header", [("v.txt", True), ("v.vec", False), ("v.txt.gz", True), ("v.gz", False)])
 def test_reads_text_vectors_with_or_without_header_and_gzipped(tmp_path, name, header):
     path = write_vectors(tmp_path / name, ["apple", "pear", "plum"], header=header)
-    vectors = read_vectors(path, {"apple", "plum", "fig"})
+    vectors = read_vectors(path, {"apple", "plum", "fig"}, SPLIT)
     assert vectors.dimension == DIM == peek_dimension(path)
     assert set(vectors.vectors) == {"apple", "plum"}  # only the words asked for are kept
     np.testing.assert_array_equal(vectors.vectors["plum"], _vector("plum"))
@@ -56,18 +58,34 @@ def test_reads_text_vectors_with_or_without_header_and_gzipped(tmp_path, name, h
 def test_case_insensitive_match_prefers_the_exact_lowercase_entry(tmp_path):
     path = tmp_path / "v.txt"
     path.write_text("Apple 1 1\napple 2 2\nAPPLE 3 3\nPear 4 4\nPEAR 5 5\nÉté 6 6\nété 7 7\n", encoding="utf-8")
-    vectors = read_vectors(path, {"apple", "pear", "Été"})
+    vectors = read_vectors(path, {"apple", "pear", "Été"}, SPLIT)
     assert vectors.vectors["apple"].tolist() == [2, 2]  # exact lowercase wins wherever it is in the file
     assert vectors.vectors["pear"].tolist() == [4, 4]  # no exact entry: the first case variant
     # the tokenizer lowercases ASCII only, so "Été" stays a vocabulary entry of its own
     assert vectors.vectors["Été"].tolist() == [6, 6]
 
 
+@pytest.mark.parametrize("punctuation", ["split", "strip"])
+def test_words_are_matched_as_the_models_tokenizer_reads_them(tmp_path, punctuation):
+    path = tmp_path / "v.txt"
+    path.write_text("Don't 1 1\ndont 2 2\nIt's 3 3\nU.S. 4 4\ne-mail 5 5\n--- 6 6\nnew york 7 7\n", encoding="utf-8")
+    wanted = {"dont", "its", "us", "u", "email", "e", "mail", "new", "york", "newyork"}
+    vectors = read_vectors(path, wanted, PUNCTUATION[punctuation])
+    found = {word: vector.tolist() for word, vector in vectors.vectors.items()}
+    # apostrophes are deleted either way; the word written as the entry wins over its variants
+    assert found["dont"] == [2, 2] and found["its"] == [3, 3]
+    if punctuation == "split":  # "U.S." and "e-mail" are two tokens each: no one entry to give them to
+        assert found == {"dont": [2, 2], "its": [3, 3]}
+    else:
+        assert found == {"dont": [2, 2], "its": [3, 3], "us": [4, 4], "email": [5, 5]}
+    assert "dont" in vectors.exact and "its" not in vectors.exact
+
+
 def test_malformed_lines_are_skipped_and_counted(tmp_path):
     path = write_vectors(
         tmp_path / "v.txt", ["apple", "pear"], extra_lines=("plum 1 2", "fig 1 2 3 4 5 x", "", "kiwi " + "0 " * DIM)
     )
-    vectors = read_vectors(path, {"apple", "plum", "fig", "kiwi"})
+    vectors = read_vectors(path, {"apple", "plum", "fig", "kiwi"}, SPLIT)
     assert set(vectors.vectors) == {"apple", "kiwi"}
     assert vectors.malformed == 2
 
@@ -84,7 +102,7 @@ def test_a_file_that_is_not_vectors_fails_with_file_and_line(tmp_path, content, 
     path = tmp_path / "v.txt"
     path.write_bytes(content.encode("latin-1"))
     with pytest.raises(DataError, match=rf"v\.txt:{line}: not a word vectors file") as error:
-        read_vectors(path, {"apple"})
+        read_vectors(path, {"apple"}, SPLIT)
     assert "\n" not in str(error.value)
 
 
@@ -232,7 +250,7 @@ def test_any_file_gives_vectors_of_one_width_or_one_clear_error(tmp_path, lines,
     path = tmp_path / "fuzz.txt"
     path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
     try:
-        vectors = read_vectors(path, wanted)
+        vectors = read_vectors(path, wanted, SPLIT)
     except DataError as e:
         assert str(e).startswith(str(path)) and "\n" not in str(e)
         return
