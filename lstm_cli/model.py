@@ -12,7 +12,7 @@ import numpy as np
 
 from lstm_cli.config import BIGRAM_MAX_ROWS, TrainConfig
 from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
-from lstm_cli.engine.tokenizer import SEPARATORS, SPLIT_PUNCTUATION, STRIP_PUNCTUATION
+from lstm_cli.engine.tokenizer import SEPARATORS, SPLIT_PUNCTUATION, STANDARDIZATIONS
 from lstm_cli.tf_setup import import_tf
 
 tf, keras = import_tf()
@@ -46,7 +46,7 @@ _SEPARATORS = "[" + "".join("\\" + c for c in SEPARATORS) + "]"  # RE2: a backsl
 def make_vectorizer(max_tokens: int | None, vocabulary: list[str] | None = None, *, standardize: str):
     """A string -> ragged token ids layer; pass `vocabulary` (with '' and '[UNK]' first) to rebuild one.
     `standardize`: lstm_cli.engine.tokenizer.STRIP_PUNCTUATION (Keras's own) or SPLIT_PUNCTUATION."""
-    if standardize not in (STRIP_PUNCTUATION, SPLIT_PUNCTUATION):
+    if standardize not in STANDARDIZATIONS:
         raise ValueError(f"unknown standardization {standardize!r}")
     vectorizer = layers.TextVectorization(
         max_tokens=max_tokens,
