@@ -342,17 +342,26 @@ def _textbook_lstm(x, mask, kernel, recurrent_kernel, bias, *, backwards, sequen
     return np.stack(results)
 
 
+# Masks of right-padded texts: in the engine's own order (sorted by length, so the rows still running at a step
+# are the last ones, which the engine computes alone), in any order, and with holes (no text has those).
+MASKS = {
+    "sorted": np.arange(9)[None, :] < np.array([1, 4, 7, 9, 9, 9])[:, None],
+    "unsorted": np.arange(9)[None, :] < np.array([9, 9, 7, 4, 1, 9])[:, None],
+    "holes": np.random.default_rng(11).random((6, 9)) < 0.6,
+}
+
+
 @pytest.mark.parametrize("backwards", [False, True])
 @pytest.mark.parametrize("sequences", [False, True])
 @pytest.mark.parametrize("zero_output", [False, True])
-def test_lstm_step_in_place_equals_the_textbook_lstm(backwards, sequences, zero_output):
+@pytest.mark.parametrize("layout", MASKS)
+def test_lstm_step_in_place_equals_the_textbook_lstm(backwards, sequences, zero_output, layout):
     from lstm_cli.engine import layers
 
     rng = np.random.default_rng(7)
     batch, steps, dim, units = 6, 9, 5, 4
     x = rng.normal(0, 1, (batch, steps, dim)).astype(np.float32)
-    lengths = np.array([9, 9, 7, 4, 1, 9])  # right-padded texts; some end early
-    mask = np.arange(steps)[None, :] < lengths[:, None]
+    mask = MASKS[layout]
     weights = [rng.normal(0, 0.9, s).astype(np.float32) for s in ((dim, 4 * units), (units, 4 * units), (4 * units,))]
     config = {"activation": "tanh", "recurrent_activation": "sigmoid", "use_bias": True, "go_backwards": backwards,
               "return_sequences": sequences, "zero_output_for_mask": zero_output}  # fmt: skip
@@ -362,16 +371,17 @@ def test_lstm_step_in_place_equals_the_textbook_lstm(backwards, sequences, zero_
 
 
 @pytest.mark.parametrize("mode", ["max", "mean"])
-def test_time_pooling_ignores_masked_steps(mode):
+@pytest.mark.parametrize("layout", ["sorted", "unsorted"])
+def test_time_pooling_ignores_masked_steps(mode, layout):
     from lstm_cli.engine import layers
 
     rng = np.random.default_rng(3)
-    x = rng.normal(0, 1, (5, 8, 3)).astype(np.float32)
-    mask = np.arange(8)[None, :] < np.array([8, 3, 8, 1, 5])[:, None]
+    x = rng.normal(0, 1, (6, 9, 3)).astype(np.float32)
+    mask = MASKS[layout]
     x[~mask] = 1e6  # padding that would win a max or swamp a mean
     expected = [getattr(np, mode)(row[keep], axis=0) for row, keep in zip(x, mask, strict=True)]
     np.testing.assert_allclose(layers.time_pooling({"mode": mode}, [], x, mask=mask), expected, rtol=1e-6)
-    whole = np.ones((5, 8), dtype=bool)
+    whole = np.ones((6, 9), dtype=bool)
     np.testing.assert_allclose(layers.time_pooling({"mode": mode}, [], x, mask=whole), getattr(np, mode)(x, axis=1),
                                rtol=1e-6)  # fmt: skip
 
