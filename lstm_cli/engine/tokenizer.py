@@ -77,8 +77,8 @@ class Tokenizer:
 
     def ids(self, text: str) -> list[int]:
         """Token ids the model reads for `text` (valid Unicode: see data.clean_text)."""
-        get = self._ids.get
-        ids = [get(w, OOV_ID) for w in self.words(text)[: self.max_length]]
+        get = self._ids.get  # words() written out: this runs once per text streamed
+        ids = [get(w, OOV_ID) for w in text.translate(self._table).split(" ") if w][: self.max_length]
         return ids or [OOV_ID]
 
     def tokens(self, text: str) -> list[Token]:
