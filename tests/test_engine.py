@@ -184,12 +184,38 @@ def test_the_config_names_every_standardization_the_engine_knows():
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=st.lists(fuzz_text, min_size=1, max_size=20), max_length=st.integers(1, 15))
-def test_token_ids_equal_textvectorization_on_fuzzed_text(vectorizer, texts, max_length):
+def test_token_ids_equal_textvectorization_on_fuzzed_text(vectorizer, texts, max_length, monkeypatch):
     from lstm_cli.engine import Tokenizer
+    from lstm_cli.engine import tokenizer as module
 
     cleaned = [clean_text(t) for t in texts]
     tokenizer = Tokenizer(VOCABULARY, max_length=max_length, standardize=vectorizer.standardization)
-    assert [tokenizer.ids(t) for t in cleaned] == tensorflow_token_ids(vectorizer, cleaned, max_length)
+    expected = tensorflow_token_ids(vectorizer, cleaned, max_length)
+    assert [tokenizer.ids(t) for t in cleaned] == expected
+    monkeypatch.setattr(module, "JOINED_FROM", 1)  # every batch as one string (text by text if one holds a NUL)
+    assert batch_rows(tokenizer.batch_ids(cleaned)) == expected
+
+
+def batch_rows(batch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[list[int]]:
+    flat, starts, lengths = batch
+    return [flat[start : start + length].tolist() for start, length in zip(starts, lengths, strict=True)]
+
+
+@pytest.mark.parametrize("standardize", STANDARDIZATIONS)
+def test_a_joined_batch_gives_each_text_its_own_ids(standardize):
+    from lstm_cli.engine import Tokenizer
+    from lstm_cli.engine.tokenizer import JOINED_FROM
+
+    tokenizer = Tokenizer(VOCABULARY, max_length=4, standardize=standardize)
+    texts = ["good bad", "", "!!! --", "GOOD the café ÉTÉ good bad", "\ud800 x\x1cy", "a\u00a0good 🙂", "don't"]
+    texts = (texts * JOINED_FROM)[:JOINED_FROM]  # just enough texts to be joined
+    joined = batch_rows(tokenizer.batch_ids(texts))
+    assert joined == [tokenizer.ids(t) for t in texts]
+    assert joined[1] == joined[2] == [1]  # no tokens: one out-of-vocabulary token
+    assert joined[3] == [2, 4, 5, 6]  # truncated
+    with_nul = [*texts, "good\x00bad"]  # a NUL inside a text: the batch goes text by text
+    assert batch_rows(tokenizer.batch_ids(with_nul)) == [tokenizer.ids(t) for t in with_nul]
+    assert tokenizer.ids("good\x00bad") == [1]  # one token, as TextVectorization reads it
 
 
 def test_token_ids_of_a_ten_megabyte_text(vectorizer):

@@ -23,6 +23,9 @@ import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
 
 PAD_ID = 0
 OOV_ID = 1
@@ -42,12 +45,32 @@ def _table(splitting: str) -> dict[int, int | None]:
     return str.maketrans(string.ascii_uppercase + spaces, string.ascii_lowercase + " " * len(spaces), deleted)
 
 
-# Per standardization: its translate table, and what a token's characters cannot be (tokens() finds them).
+def _byte_table(splitting: str) -> tuple[bytes, bytes]:
+    """_table for UTF-8 bytes: bytes.translate's table and the bytes it deletes."""
+    spaces = (ASCII_WHITESPACE[1:] + splitting).encode()
+    upper, lower = string.ascii_uppercase.encode(), string.ascii_lowercase.encode()
+    table = bytes.maketrans(upper + spaces, lower + b" " * len(spaces))
+    return table, "".join(c for c in PUNCTUATION if c not in splitting).encode()
+
+
+# Per standardization: its translate table, what a token's characters cannot be (tokens() finds them), and
+# the translate table for UTF-8 bytes (batch_ids).
 _RULES = {
-    STRIP_PUNCTUATION: (_table(""), re.compile(f"[^{re.escape(ASCII_WHITESPACE)}]+")),
-    SPLIT_PUNCTUATION: (_table(SEPARATORS), re.compile(f"[^{re.escape(ASCII_WHITESPACE + SEPARATORS)}]+")),
+    STRIP_PUNCTUATION: (_table(""), re.compile(f"[^{re.escape(ASCII_WHITESPACE)}]+"), _byte_table("")),
+    SPLIT_PUNCTUATION: (
+        _table(SEPARATORS),
+        re.compile(f"[^{re.escape(ASCII_WHITESPACE + SEPARATORS)}]+"),
+        _byte_table(SEPARATORS),
+    ),
 }
 STANDARDIZATIONS = tuple(_RULES)
+
+# batch_ids standardizes a batch as one string, texts apart by a NUL (which neither standardization changes or
+# splits on), when it has at least this many texts: below, building its byte-keyed vocabulary is not worth it
+# (a one-off predict never does).
+JOINED_FROM = 64
+_JOIN = "\x00"
+_JOIN_ID = -1
 
 
 @dataclass(frozen=True)
@@ -68,8 +91,9 @@ class Tokenizer:
         self.vocabulary = list(vocabulary)
         self.max_length = max_length
         self.standardize = standardize
-        self._table, self._chunk = _RULES[standardize]
+        self._table, self._chunk, (self._byte_table, self._byte_deleted) = _RULES[standardize]
         self._ids = dict(zip(self.vocabulary[OOV_ID + 1 :], range(OOV_ID + 1, len(self.vocabulary)), strict=True))
+        self._byte_ids: dict[bytes, int] | None = None  # built by the first joined batch_ids
 
     def words(self, text: str) -> list[str]:
         """The standardized tokens of `text`, before truncation."""
@@ -80,6 +104,32 @@ class Tokenizer:
         get = self._ids.get  # words() written out: this runs once per text streamed
         ids = [get(w, OOV_ID) for w in text.translate(self._table).split(" ") if w][: self.max_length]
         return ids or [OOV_ID]
+
+    def batch_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ids() of every text, as (flat, starts, lengths): text i's ids are flat[starts[i] : starts[i] + lengths[i]].
+
+        A batch of JOINED_FROM texts or more is standardized as one UTF-8 string, the texts apart by a NUL: every
+        rule is ASCII-only and UTF-8 never uses an ASCII byte inside a multi-byte character, so bytes give the
+        same tokens as characters, at a fraction of the calls (twice as fast on SST-2 sentences). A batch in
+        which a text holds a NUL itself goes text by text."""
+        joined = f" {_JOIN} ".join(texts)
+        if len(texts) < JOINED_FROM or joined.count(_JOIN) != len(texts) - 1:
+            rows = [self.ids(t) for t in texts]
+            lengths = np.fromiter(map(len, rows), np.int64, len(rows))
+            flat = np.fromiter(chain.from_iterable(rows), np.int32, int(lengths.sum()))
+            return flat, np.cumsum(lengths) - lengths, lengths
+        if self._byte_ids is None:
+            self._byte_ids = {w.encode("utf-8", "surrogatepass"): i for w, i in self._ids.items()}
+            self._byte_ids[_JOIN.encode()] = _JOIN_ID  # no vocabulary entry can be met in a batch without NULs
+        get = self._byte_ids.get
+        words = joined.encode("utf-8", "surrogatepass").translate(self._byte_table, self._byte_deleted).split(b" ")
+        found = np.fromiter([get(w, OOV_ID) for w in words if w], np.int32)
+        joins = np.flatnonzero(found == _JOIN_ID)
+        starts = np.concatenate([[0], joins + 1])
+        lengths = np.minimum(np.append(joins, len(found)) - starts, self.max_length)
+        empty = lengths == 0  # a text with no tokens: one out-of-vocabulary token, kept at the end
+        starts[empty], lengths[empty] = len(found), 1
+        return np.append(found, np.int32(OOV_ID)), starts, lengths
 
     def tokens(self, text: str) -> list[Token]:
         """The tokens the model sees (after truncation), with where each came from in `text`.
