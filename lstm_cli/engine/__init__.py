@@ -12,14 +12,13 @@ import os
 import struct
 import zipfile
 from collections.abc import Mapping, Sequence
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.lib import format as npy
 
 from lstm_cli.engine.network import Network, Unsupported
-from lstm_cli.engine.tokenizer import STANDARDIZATIONS, STRIP_PUNCTUATION, Token, Tokenizer
+from lstm_cli.engine.tokenizer import STANDARDIZATIONS, STRIP_PUNCTUATION, Token, Tokenizer, flattened
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -106,9 +105,7 @@ class Engine:
 
     def probabilities_of_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
         """As `probabilities`, for token id sequences (each non-empty, at most max_length long)."""
-        lengths = np.fromiter(map(len, rows), np.int64, len(rows))
-        flat = np.fromiter(chain.from_iterable(rows), np.int32, int(lengths.sum()))
-        return self._run(flat, np.cumsum(lengths) - lengths, lengths)
+        return self._run(*flattened(rows))
 
     def _run(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Probabilities of the rows flat[starts[i] : starts[i] + lengths[i]], in batches of similar length."""
