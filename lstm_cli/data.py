@@ -82,8 +82,9 @@ class LabeledStream:
     """Re-iterable (text, label) pairs of a labeled file, in bounded memory: one chunk and one row at a time.
 
     After a complete pass, `rows`, `skipped` and `sha256` (of the raw bytes) describe the file; a later pass
-    that sees different bytes raises DataError. stdin ('-') cannot be read twice, so it is copied once
-    into a spooled temporary file (memory up to 32 MiB, disk beyond) that lives as long as this object."""
+    that sees different bytes raises DataError. stdin ('-'), and a path that is no regular file (a pipe,
+    as `<(zcat data.csv.gz)` gives, or a device), cannot be read twice, so it is copied once into a spooled
+    temporary file (memory up to 32 MiB, disk beyond) that lives as long as this object."""
 
     def __init__(
         self,
@@ -109,6 +110,11 @@ class LabeledStream:
             if p.is_dir():
                 raise DataError(f"{p}: is a directory, expected a CSV or TSV file")
             self._name = str(p)
+            if not p.is_file():
+                spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+                with self._open() as source:
+                    shutil.copyfileobj(source, spool, _CHUNK_BYTES)
+                self._spool = spool
         self.path = self._name if self._spool is not None else str(Path(self._name).resolve())
         try:
             info = codecs.lookup(encoding)

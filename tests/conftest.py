@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def pipe_path(content: bytes) -> Path:
+    """A path to a pipe that a writer fills with `content` once, as bash's `<(cat file)` gives: /dev/fd/N of
+    this process (read after the writer closed it, a second open finds it empty). The read end stays open
+    for the rest of the test session: a few descriptors."""
+    read, write = os.pipe()
+
+    def write_once() -> None:
+        with open(write, "wb") as pipe:
+            pipe.write(content)
+
+    threading.Thread(target=write_once, daemon=True).start()
+    return Path(f"/dev/fd/{read}")

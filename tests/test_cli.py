@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, toy_rows, write_csv
+from conftest import TINY, pipe_path, toy_rows, write_csv
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
@@ -235,6 +235,20 @@ def test_predict_usage_errors(trained_model, tmp_path):
     assert both.exit_code == 2 and "not both" in both.stderr
     missing = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", "nope.txt"])
     assert missing.exit_code == 1 and "nope.txt: file not found" in missing.stderr
+    folder = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", str(tmp_path)])
+    assert folder.exit_code == 1 and folder.stderr.count("\n") == 1 and "is a directory" in folder.stderr
+
+
+def test_predict_and_evaluate_read_pipes(trained_model, data_dir, tmp_path):
+    """`--input <(cut -f2 tickets.tsv)` and `evaluate <(zcat test.csv.gz)`: a path that is a pipe."""
+    piped = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", str(pipe_path(b"good\nbad\n"))])
+    assert piped.exit_code == 0 and len(piped.stdout.splitlines()) == 2
+    test_csv = (data_dir / "test.csv").read_bytes()
+    from_pipe = runner.invoke(app, ["evaluate", str(pipe_path(test_csv)), "-m", str(trained_model), "--json"])
+    from_file = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "--json"])
+    assert from_pipe.exit_code == 0, from_pipe.stderr
+    assert json.loads(from_pipe.stdout)["accuracy"] == json.loads(from_file.stdout)["accuracy"]
+    assert json.loads(from_pipe.stdout)["rows"] == json.loads(from_file.stdout)["rows"]
 
 
 # --- options that had no test ---------------------------------------------------------------------------

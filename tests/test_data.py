@@ -7,6 +7,7 @@ import io
 import sys
 
 import pytest
+from conftest import pipe_path
 
 import lstm_cli.data
 from lstm_cli.data import iter_lines, read_labeled, stream_labeled
@@ -193,6 +194,13 @@ def test_stdin_is_read_once_and_can_be_streamed_again(monkeypatch):
     stream = stream_labeled("-")
     assert list(stream) == list(stream) == [("hello", "a"), ("bye", "b")]
     assert stream.path == "<stdin>" and stream.sha256 == hashlib.sha256(content).hexdigest()
+
+
+def test_a_pipe_is_read_once_and_can_be_streamed_again():
+    content = b"text,label\nhello,a\nbye,b\n"
+    stream = stream_labeled(pipe_path(content))  # read a second time, a pipe would be empty
+    assert list(stream) == list(stream) == [("hello", "a"), ("bye", "b")]
+    assert stream.sha256 == hashlib.sha256(content).hexdigest()
 
 
 def test_a_file_that_changes_between_passes_is_refused(tmp_path):

@@ -21,9 +21,14 @@ def _texts(texts: list[str] | None, input_file: Path | None):
     if input_file is not None and texts:
         raise typer.BadParameter("give texts as arguments or --input FILE, not both")
     if input_file is not None and str(input_file) != "-":
-        if not input_file.is_file():
+        if not input_file.exists():
             raise LstmCliError(f"{input_file}: file not found (--input)")
-        return iter_lines(input_file.open("rb"))
+        if input_file.is_dir():
+            raise LstmCliError(f"{input_file}: is a directory, expected a file of one text per line (--input)")
+        try:
+            return iter_lines(input_file.open("rb"))  # a pipe too: `--input <(cut -f2 tickets.tsv)`
+        except OSError as e:
+            raise LstmCliError(f"{input_file}: cannot read: {e.strerror} (--input)") from None
     if input_file is not None or texts == ["-"]:
         return iter_lines(sys.stdin.buffer)
     if texts:
