@@ -62,6 +62,10 @@ def _open(path: Path) -> tuple[_Hashing, BinaryIO]:
         raise DataError(f"{path}: file not found (--vectors)")
     if path.is_dir():
         raise DataError(f"{path}: is a directory; --vectors expects a word vectors file (text format, .gz allowed)")
+    if not path.is_file():  # a pipe: `<(zcat vectors.gz)` cannot be read twice (its width first, then its words)
+        raise DataError(
+            f"{path}: is a pipe or device; --vectors reads its file twice: save it to a file (.gz is read as is)"
+        )
     try:
         raw = path.open("rb")
         compressed = raw.read(2) == b"\x1f\x8b"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -197,11 +198,13 @@ def test_token_coverage_counts_training_occurrences(tmp_path):
         (["--freeze-vectors"], "--freeze-vectors needs --vectors FILE", 2),
         (["--vectors", "csv.txt"], "csv.txt:1: not a word vectors file", 1),
         (["--vectors", "nowords.txt"], "none of the", 1),
+        (["--vectors", "pipe.txt"], "pipe.txt: is a pipe or device; --vectors reads its file twice", 1),
     ],
 )
 def test_vectors_errors_are_one_line(tmp_path, args, message, code):
     data = _toy(tmp_path)
     (tmp_path / "csv.txt").write_text("text,label\nhi,pos\n")
+    os.mkfifo(tmp_path / "pipe.txt")  # as <(zcat vectors.gz) would give: refused before it is opened
     write_vectors(tmp_path / "nowords.txt", ["zebra", "yak"])
     result = _train(data, tmp_path / "m", *args)
     assert result.exit_code == code, result.output
