@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -78,6 +79,20 @@ def stream_labeled(
     )
 
 
+def open_file(path: Path, expected: str, option: str = "") -> BinaryIO:
+    """`path` opened for reading (a pipe too), or one DataError naming what is wrong: missing, a directory,
+    unreadable. `expected` says what it should be, `option` which option named it."""
+    named = f" ({option})" if option else ""
+    if not path.exists():
+        raise DataError(f"{path}: file not found{named}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected {expected}{named}")
+    try:
+        return path.open("rb")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e.strerror}{named}") from None
+
+
 class LabeledStream:
     """Re-iterable (text, label) pairs of a labeled file, in bounded memory: one chunk and one row at a time.
 
@@ -99,22 +114,12 @@ class LabeledStream:
         self._columns = (text_column, label_column)
         self._skip_bad_rows = skip_bad_rows
         self._spool: tempfile.SpooledTemporaryFile | None = None
-        if str(path) == "-":
-            self._name = "<stdin>"
-            self._spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
-            shutil.copyfileobj(sys.stdin.buffer, self._spool, _CHUNK_BYTES)
-        else:
-            p = Path(path)
-            if not p.exists():
-                raise DataError(f"{p}: file not found")
-            if p.is_dir():
-                raise DataError(f"{p}: is a directory, expected a CSV or TSV file")
-            self._name = str(p)
-            if not p.is_file():
-                spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
-                with self._open() as source:
-                    shutil.copyfileobj(source, spool, _CHUNK_BYTES)
-                self._spool = spool
+        stdin = str(path) == "-"
+        self._name = "<stdin>" if stdin else str(path)
+        if stdin or not Path(path).is_file():  # stdin, a pipe (or a missing file: open_file says so): read once
+            with nullcontext(sys.stdin.buffer) if stdin else open_file(Path(path), "a CSV or TSV file") as source:
+                self._spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+                shutil.copyfileobj(source, self._spool, _CHUNK_BYTES)
         self.path = self._name if self._spool is not None else str(Path(self._name).resolve())
         try:
             info = codecs.lookup(encoding)

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from lstm_cli.data import open_file
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError
 
@@ -58,16 +59,13 @@ class _Hashing(io.RawIOBase):
 
 
 def _open(path: Path) -> tuple[_Hashing, BinaryIO]:
-    if not path.exists():
-        raise DataError(f"{path}: file not found (--vectors)")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory; --vectors expects a word vectors file (text format, .gz allowed)")
-    if not path.is_file():  # a pipe: `<(zcat vectors.gz)` cannot be read twice (its width first, then its words)
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # a pipe: `<(zcat vectors.gz)` cannot be read twice (its width first, then its words)
         raise DataError(
             f"{path}: is a pipe or device; --vectors reads its file twice: save it to a file (.gz is read as is)"
         )
+    raw = open_file(path, "a word vectors file (text format, .gz allowed)", "--vectors")
     try:
-        raw = path.open("rb")
         compressed = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
     except OSError as e:

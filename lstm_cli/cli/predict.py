@@ -11,24 +11,16 @@ import typer
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, OutputFormat, VerboseOpt, _engine_note, _errors, app
-from lstm_cli.errors import LstmCliError
 
 
 def _texts(texts: list[str] | None, input_file: Path | None):
     """Where predict reads from: --input FILE, '-' (stdin), arguments, or a piped stdin."""
-    from lstm_cli.data import iter_lines
+    from lstm_cli.data import iter_lines, open_file
 
     if input_file is not None and texts:
         raise typer.BadParameter("give texts as arguments or --input FILE, not both")
-    if input_file is not None and str(input_file) != "-":
-        if not input_file.exists():
-            raise LstmCliError(f"{input_file}: file not found (--input)")
-        if input_file.is_dir():
-            raise LstmCliError(f"{input_file}: is a directory, expected a file of one text per line (--input)")
-        try:
-            return iter_lines(input_file.open("rb"))  # a pipe too: `--input <(cut -f2 tickets.tsv)`
-        except OSError as e:
-            raise LstmCliError(f"{input_file}: cannot read: {e.strerror} (--input)") from None
+    if input_file is not None and str(input_file) != "-":  # a pipe too: `--input <(cut -f2 tickets.tsv)`
+        return iter_lines(open_file(input_file, "a file of one text per line", "--input"))
     if input_file is not None or texts == ["-"]:
         return iter_lines(sys.stdin.buffer)
     if texts:
