@@ -191,12 +191,10 @@ def _lstm_tanh_sigmoid(config: Config, weights, x: np.ndarray, mask, cache: Cach
     for k, t in enumerate(order):
         first = first_row[t]
         new = outputs[k] if sequences else h  # h @ U is done before h is overwritten: the new 2h can take its place
-        if first == 0:  # every row runs
-            _lstm_step(z, h, c, new, xw(t), recurrent_kernel, units)
-        elif first > 0:  # rows from `first` on run; the others keep their state, and output it (or zeros, below)
+        if first >= 0:  # the rows from `first` on run (all of them when 0)
             if first < batch:
                 _lstm_step(z[first:], h[first:], c[first:], new[first:], xw(t, first), recurrent_kernel, units)
-            if new is not h:
+            if first and new is not h:  # the others keep their state, and output it (or zeros, below)
                 new[:first] = h[:first]
         else:
             keep = mask[:, t, None]

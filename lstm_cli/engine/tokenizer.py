@@ -37,31 +37,23 @@ SEPARATORS = PUNCTUATION.replace("'", "")  # what splits words in lower_and_spli
 ASCII_WHITESPACE = " \t\n\v\f\r"
 
 
-def _table(splitting: str) -> dict[int, int | None]:
-    """One translate() call: A-Z lowercased, every ASCII whitespace and each of `splitting` turned into ' ',
-    the rest of the punctuation deleted."""
+def _tables(splitting: str) -> tuple[dict[int, int | None], tuple[bytes, bytes]]:
+    """The standardization as translate tables, for str and for UTF-8 bytes (table, deleted bytes): A-Z
+    lowercased, every ASCII whitespace and each of `splitting` turned into ' ', the rest of the punctuation
+    deleted."""
+    upper, lower = string.ascii_uppercase, string.ascii_lowercase
     spaces = ASCII_WHITESPACE[1:] + splitting
     deleted = "".join(c for c in PUNCTUATION if c not in splitting)
-    return str.maketrans(string.ascii_uppercase + spaces, string.ascii_lowercase + " " * len(spaces), deleted)
+    text = str.maketrans(upper + spaces, lower + " " * len(spaces), deleted)
+    utf8 = bytes.maketrans((upper + spaces).encode(), (lower + " " * len(spaces)).encode()), deleted.encode()
+    return text, utf8
 
 
-def _byte_table(splitting: str) -> tuple[bytes, bytes]:
-    """_table for UTF-8 bytes: bytes.translate's table and the bytes it deletes."""
-    spaces = (ASCII_WHITESPACE[1:] + splitting).encode()
-    upper, lower = string.ascii_uppercase.encode(), string.ascii_lowercase.encode()
-    table = bytes.maketrans(upper + spaces, lower + b" " * len(spaces))
-    return table, "".join(c for c in PUNCTUATION if c not in splitting).encode()
-
-
-# Per standardization: its translate table, what a token's characters cannot be (tokens() finds them), and
-# the translate table for UTF-8 bytes (batch_ids).
+# Per standardization: its translate tables (str, bytes), and what a token's characters cannot be (tokens()
+# finds them).
 _RULES = {
-    STRIP_PUNCTUATION: (_table(""), re.compile(f"[^{re.escape(ASCII_WHITESPACE)}]+"), _byte_table("")),
-    SPLIT_PUNCTUATION: (
-        _table(SEPARATORS),
-        re.compile(f"[^{re.escape(ASCII_WHITESPACE + SEPARATORS)}]+"),
-        _byte_table(SEPARATORS),
-    ),
+    STRIP_PUNCTUATION: (*_tables(""), re.compile(f"[^{re.escape(ASCII_WHITESPACE)}]+")),
+    SPLIT_PUNCTUATION: (*_tables(SEPARATORS), re.compile(f"[^{re.escape(ASCII_WHITESPACE + SEPARATORS)}]+")),
 }
 STANDARDIZATIONS = tuple(_RULES)
 
@@ -98,7 +90,7 @@ class Tokenizer:
         self.vocabulary = list(vocabulary)
         self.max_length = max_length
         self.standardize = standardize
-        self._table, self._chunk, (self._byte_table, self._byte_deleted) = _RULES[standardize]
+        self._table, (self._byte_table, self._byte_deleted), self._chunk = _RULES[standardize]
         self._ids = dict(zip(self.vocabulary[OOV_ID + 1 :], range(OOV_ID + 1, len(self.vocabulary)), strict=True))
         self._byte_ids: dict[bytes, int] | None = None  # built by the first joined batch_ids
 
@@ -108,8 +100,8 @@ class Tokenizer:
 
     def ids(self, text: str) -> list[int]:
         """Token ids the model reads for `text` (valid Unicode: see data.clean_text)."""
-        get = self._ids.get  # words() written out: this runs once per text streamed
-        ids = [get(w, OOV_ID) for w in text.translate(self._table).split(" ") if w][: self.max_length]
+        get = self._ids.get
+        ids = [get(w, OOV_ID) for w in self.words(text)[: self.max_length]]
         return ids or [OOV_ID]
 
     def batch_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
