@@ -1,0 +1,96 @@
+"""The README is a short front door whose links land, CI runs exactly its test command, and no prose block
+in the README, docs/ or CHANGELOG.md runs long. (mkdocs build --strict checks the links inside docs/.)"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+LONGEST_RUN = 15  # lines of one paragraph or list without a blank line
+PROSE = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def slugify(heading: str) -> str:
+    """A heading's anchor as Python-Markdown's toc extension (which MkDocs uses) makes it."""
+    text = re.sub(r"`([^`]*)`", r"\1", heading)
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^\w\s-]", "", text).strip().lower()
+    return re.sub(r"[-\s]+", "-", text)
+
+
+def anchors(markdown: Path) -> set[str]:
+    found, fence = set(), False
+    for line in markdown.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        elif not fence and (m := re.match(r"#{1,6}\s+(.*?)\s*#*$", line)):
+            found.add(slugify(m.group(1)))
+    return found
+
+
+def longest_run(markdown: Path) -> tuple[int, int]:
+    """(length, first line) of the longest run of non-blank lines outside code fences and tables."""
+    best, run, start, fence = (0, 0), 0, 0, False
+    for number, line in enumerate(markdown.read_text(encoding="utf-8").splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            fence, run = not fence, 0
+            continue
+        if fence or not stripped or stripped.startswith("|"):
+            run = 0
+            continue
+        start = number if run == 0 else start
+        run += 1
+        best = max(best, (run, start))
+    return best
+
+
+def test_the_readme_is_a_front_door_of_at_most_300_lines():
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 300
+
+
+def test_every_relative_link_in_the_readme_lands_on_a_file_and_heading():
+    text = re.sub(r"```.*?```", "", README.read_text(encoding="utf-8"), flags=re.S)
+    links = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", t)]
+    assert len(links) >= 10  # the parser found the links; the README points into the docs
+    for link in links:
+        path, _, anchor = link.partition("#")
+        target = (ROOT / path) if path else README
+        assert target.exists(), f"README links to {link}: no such file"
+        if anchor:
+            assert anchor in anchors(target), f"README links to {link}: no such heading in {path}"
+
+
+def test_the_three_first_hour_questions_are_answered_from_the_readme():
+    text = README.read_text(encoding="utf-8").lower()
+    for question in ("how do i pass a tab?", "can i predict a csv?", "is there a python api?"):
+        assert question in text, question
+
+
+def test_ci_runs_exactly_the_readmes_test_command():
+    readme_commands = re.findall(r"^python3 -m venv .*$", README.read_text(encoding="utf-8"), flags=re.M)
+    test_command = [c for c in readme_commands if "pytest" in c]
+    assert len(test_command) == 1, readme_commands
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert ci == test_command[0]
+    assert "python -m pytest" in ci and "mkdocs build --strict" in ci
+
+
+@pytest.mark.parametrize("markdown", PROSE, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_paragraph_or_list_runs_longer_than_15_lines(markdown):
+    length, start = longest_run(markdown)
+    assert length <= LONGEST_RUN, f"{markdown.relative_to(ROOT)}:{start}: {length} lines without a break"
+
+
+def test_the_checks_above_can_fail(tmp_path):
+    long = tmp_path / "long.md"
+    long.write_text("# Title `x`\n\n" + "- item\n" * 16 + "\n```\n" + "code\n" * 40 + "```\n", encoding="utf-8")
+    assert longest_run(long) == (16, 3)
+    assert anchors(long) == {"title-x"}
+    assert slugify("Delimiters: tabs, semicolons, pipes") == "delimiters-tabs-semicolons-pipes"
