@@ -7,6 +7,7 @@ fits the baseline in the same run: scikit-learn TfidfVectorizer (word 1-2-grams,
 
     python benchmarks/accuracy.py ../shared/datasets/* [--seeds 1337 1 2] [--json] [--markdown]
         [--train-args "--epochs 5"]
+    python benchmarks/accuracy.py --from-json accuracy.jsonl --markdown    # a saved --json result as Markdown
 
 Prints one row per data set: accuracy mean ± std over the seeds, macro-F1, training wall time (and CPU
 time, steadier on a shared machine), and the baseline's accuracy and macro-F1. Nothing here asserts anything."""
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tables import load_json, render
 
 LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
 
@@ -105,7 +108,7 @@ def measure(folder: Path, seeds: list[int], train_args: list[str]) -> dict:
     }
 
 
-def table(rows: list[dict], markdown: bool) -> str:
+def table(rows: list[dict], *, as_markdown: bool) -> str:
     header = ["data", "lstm-cli accuracy", "macro-F1", "train wall time (CPU)", "TF-IDF + LR accuracy", "macro-F1",
               "gap"]  # fmt: skip
     lines = []
@@ -117,22 +120,24 @@ def table(rows: list[dict], markdown: bool) -> str:
             f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
             f"{r['accuracy_mean'] - b['accuracy']:+.3f}",
         ])  # fmt: skip
-    if markdown:
-        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        out += ["| " + " | ".join(line) + " |" for line in lines]
-        return "\n".join(out)
-    widths = [max(len(x) for x in column) for column in zip(header, *lines, strict=True)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths, strict=True)) for line in [header, *lines])
+    return render(header, lines, as_markdown=as_markdown)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folders", nargs="+", type=Path, help="folders holding train.csv and test.csv")
+    parser.add_argument("folders", nargs="*", type=Path, help="folders holding train.csv and test.csv")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1337, 1, 2])
     parser.add_argument("--train-args", default="", help="extra options for lstm-cli train, e.g. '--epochs 5'")
     parser.add_argument("--json", action="store_true", help="one JSON object per data set instead of a table")
-    parser.add_argument("--markdown", action="store_true", help="the table as Markdown (for the README)")
+    parser.add_argument("--markdown", action="store_true", help="the table as Markdown (for the docs)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE", help="print the table of a saved --json result")
     args = parser.parse_args()
+    if args.from_json:
+        saved = load_json(args.from_json)
+        print(table(saved if isinstance(saved, list) else [saved], as_markdown=args.markdown))
+        return
+    if not args.folders:
+        parser.error("give the data folders (or --from-json FILE)")
     try:
         import sklearn  # noqa: F401
     except ImportError:
@@ -147,7 +152,7 @@ def main() -> None:
         print(json.dumps(row) if args.json else f"done: {folder.name}", file=sys.stdout if args.json else sys.stderr,
               flush=True)  # fmt: skip
     if not args.json:
-        print(table(rows, args.markdown))
+        print(table(rows, as_markdown=args.markdown))
 
 
 if __name__ == "__main__":

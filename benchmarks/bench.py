@@ -12,6 +12,7 @@ lstm_cli's bytecode is compiled first (`compileall`, as `pip install` does), so 
 PYTHONDONTWRITEBYTECODE=1 does not time Python compiling lstm-cli's sources on every start (about 40 ms).
 
     python benchmarks/bench.py --data ../shared/datasets/sst2 [--json] [--repeats 3] [--model DIR] [--before REV]
+    python benchmarks/bench.py --from-json result.json --markdown     # a saved --json result as Markdown
 
 `--before REV` also streams through lstm-cli as it was at that git revision, on a model that revision
 trains with its own defaults: the product before a change, measured in the same run.
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tables import load_json, markdown
 
 HERE = Path(__file__).resolve().parent
 LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
@@ -227,16 +229,23 @@ def before_figures(args, train_csv: Path, lines: list[str], stream: Path, one: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="directory with train.csv and test.csv")
+    parser.add_argument("--data", type=Path, help="directory with train.csv and test.csv")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stream-lines", type=int, default=100_000)
     parser.add_argument("--recipe-steps", type=int, default=150)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the docs)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE", help="print the table of a saved --json result")
     parser.add_argument("--model", type=Path, help="serve this trained model; skips the training and recipe rows")
     parser.add_argument("--before", metavar="REV", help="also stream through lstm-cli as it was at this git "
                         "revision (809977e: the last before the engine), on a model it trains itself")  # fmt: skip
     parser.add_argument("--before-model", type=Path, help="with --before: serve this model, trained by that revision")
     args = parser.parse_args()
+    if args.from_json:
+        print(table(load_json(args.from_json), as_markdown=args.markdown))
+        return
+    if not args.data:
+        parser.error("--data is required (or --from-json FILE)")
     train_csv, test_csv = args.data / "train.csv", args.data / "test.csv"
     r = {"data": str(args.data), "cpus": os.cpu_count(), "load_average_start": load_average()}
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(HERE.parent / "lstm_cli")], check=True)
@@ -255,7 +264,7 @@ def main() -> None:
         if args.model:  # only the serving rows: predict, explain, --help
             predict_figures(r, args, model, train_csv, tmp)
             r["load_average_end"] = load_average()
-            print(json.dumps(r, indent=2) if args.json else table(r))
+            print(json.dumps(r, indent=2) if args.json else table(r, as_markdown=args.markdown))
             return
         r["train"] = train_figures(train_csv, model, [], flops_per_token)
         _, _, out = run([*LSTM_CLI, "evaluate", str(test_csv), "-m", str(model), "--json"])
@@ -275,7 +284,7 @@ def main() -> None:
     r["speedup_vs_recipe"] = r["train"]["tokens_per_s"] / r["keras_recipe"]["tokens_per_s"]
     r["long_speedup_vs_recipe"] = r["long"]["tokens_per_s"] / r["keras_recipe"]["tokens_per_s"]
     r["load_average_end"] = load_average()
-    print(json.dumps(r, indent=2) if args.json else table(r))
+    print(json.dumps(r, indent=2) if args.json else table(r, as_markdown=args.markdown))
 
 
 def before_rows(r: dict) -> list[tuple[str, str]]:
@@ -290,7 +299,7 @@ def before_rows(r: dict) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
-def table(r: dict) -> str:
+def table(r: dict, *, as_markdown: bool = False) -> str:
     p, pt = r["predict"], r["predict_tensorflow"]
     rows = [
         ("machine: fp32 matmul (numpy, 2048^2)", f"{r['matmul_gflops']:.0f} GFLOP/s on {r['cpus']} CPUs"),
@@ -332,6 +341,8 @@ def table(r: dict) -> str:
         rows.append(
             ("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)")
         )
+    if as_markdown:
+        return markdown(["measure", f"{r['data']}"], [[a.strip(), b] for a, b in rows])
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 

@@ -5,7 +5,8 @@ layer option lstm-cli trains, a small model is trained, saved, and its test text
 engines; the table shows the largest absolute difference between their probabilities and how often the
 predicted labels differ. Models are small (the question is exactness, not accuracy).
 
-    python benchmarks/parity.py ../shared/datasets/* [--rows 4000] [--json]
+    python benchmarks/parity.py ../shared/datasets/* [--rows 4000] [--json | --markdown]
+    python benchmarks/parity.py --from-json parity.json --markdown     # a saved --json result as Markdown
 
 Nothing here asserts anything; tests/test_engine.py holds the 1e-5 bound on tiny models."""
 
@@ -25,6 +26,7 @@ from pathlib import Path
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy, as the command line does (lstm_cli/cli)
 
 import numpy as np  # noqa: E402
+from tables import load_json, render  # noqa: E402
 
 LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
 SMALL = ["--embedding-dim", "32", "--units", "32", "--dense-units", "32", "--epochs", "1", "--max-length", "200", "-q"]
@@ -73,13 +75,43 @@ def compare(model: Path, texts: list[str]) -> dict:
     }
 
 
+def per_data_set(results: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """One row per data set: its largest difference over the layer options, and which option gave it."""
+    header = ["data set", "test texts", "layer options compared", "max abs difference (which option)",
+              "predicted labels differing"]  # fmt: skip
+    rows = []
+    for name in dict.fromkeys(r["data"] for r in results):
+        mine = [r for r in results if r["data"] == name]
+        worst = max(mine, key=lambda r: r["max_abs_diff"])
+        rows.append([name, f"{mine[0]['texts']:,}", str(len(mine)), f"{worst['max_abs_diff']:.1e} ({worst['variant']})",
+                     str(sum(r["label_disagreements"] for r in mine))])  # fmt: skip
+    return header, rows
+
+
+def table(results: list[dict], *, as_markdown: bool) -> str:
+    if as_markdown:
+        return render(*per_data_set(results), as_markdown=True)
+    header = ["data set", "layers", "texts", "max |numpy - TF|", "labels differ"]
+    rows = [[r["data"], r["variant"], f"{r['texts']:,}", f"{r['max_abs_diff']:.2e}", str(r["label_disagreements"])]
+            for r in results]  # fmt: skip
+    overall = max(r["max_abs_diff"] for r in results)
+    return render(header, rows, as_markdown=False) + f"\nlargest difference overall: {overall:.2e}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, nargs="+", help="data folders with test.csv (and train.csv)")
+    parser.add_argument("data", type=Path, nargs="*", help="data folders with test.csv (and train.csv)")
     parser.add_argument("--rows", type=int, default=4000, help="training rows sampled per model")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="one Markdown row per data set (for the docs)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE", help="print the table of a saved --json result")
     args = parser.parse_args()
+    if args.from_json:
+        print(table(load_json(args.from_json), as_markdown=args.markdown))
+        return
+    if not args.data:
+        parser.error("give the data folders (or --from-json FILE)")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for folder in args.data:
@@ -97,11 +129,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'data set':<24}{'layers':<22}{'texts':>7}  {'max |numpy - TF|':>17}  {'labels differ':>13}")
-    for r in results:
-        print(f"{r['data']:<24}{r['variant']:<22}{r['texts']:>7,}  {r['max_abs_diff']:>17.2e}  "
-              f"{r['label_disagreements']:>13}")  # fmt: skip
-    print(f"largest difference overall: {max(r['max_abs_diff'] for r in results):.2e}")
+    print(table(results, as_markdown=args.markdown))
 
 
 if __name__ == "__main__":

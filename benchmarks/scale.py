@@ -2,7 +2,8 @@
 against the code before it (issue 8), all in one run.
 
     python benchmarks/scale.py [--source ../shared/datasets/sst2/train.csv] [--sizes 0.25,1,4]
-        [--workdir DIR] [--keep] [--old-src DIR] [--skip sizes,workers,speed] [--json]
+        [--workdir DIR] [--keep] [--old-src DIR] [--skip sizes,workers,speed] [--json | --markdown]
+    python benchmarks/scale.py --from-json scale.json --markdown     # a saved --json result as Markdown
 
 Sizes: a CSV of each size (GB) made by repeating the source's rows; every 8th row of copy k gains the
 tokens `w<k>` and `v<k>x<row % 32>`, so the vocabulary keeps growing with the file. Each is trained with
@@ -32,6 +33,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+
+from tables import load_json, render  # noqa: E402
 
 LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
 PHASES = [  # (name, stderr line that ends it)
@@ -215,37 +218,34 @@ def speed(args, work: Path) -> dict:
     return out
 
 
-def table(r: dict) -> str:
+def table(r: dict, *, as_markdown: bool = False) -> str:
     parts = []
     if "sizes" in r:
-        parts.append("| CSV | rows | peak RSS | wall | CPU | token cache | phases (s) | load |\n" + "|---" * 8 + "|")
-        for s in r["sizes"]:
-            ph = ", ".join(f"{k} {v:.0f}" for k, v in s["phases"].items())
-            parts.append(f"| {s['bytes'] / 1e9:.2f} GB | {s['rows']:,} | {s['peak_rss_mib']:,.0f} MiB | "
-                         f"{s['wall_s']:.0f} s | {s['cpu_s']:.0f} s | {s['cache_bytes'] / 1e6:,.0f} MB | {ph} | "
-                         f"{s['load_before']} |")  # fmt: skip
+        header = ["CSV", "rows", "peak RSS", "wall", "CPU", "token cache on disk", "phases (s)", "load"]
+        rows = [[f"{s['bytes'] / 1e9:.2f} GB", f"{s['rows']:,}", f"{s['peak_rss_mib']:,.0f} MiB",
+                 f"{s['wall_s']:.0f} s", f"{s['cpu_s']:.0f} s", f"{s['cache_bytes'] / 1e6:,.0f} MB",
+                 ", ".join(f"{k} {v:.0f}" for k, v in s["phases"].items()), str(s["load_before"])]
+                for s in r["sizes"]]  # fmt: skip
+        parts.append(render(header, rows, as_markdown=as_markdown))
     if "workers" in r:
         w = r["workers"]
-        parts.append(
-            "\n| 200 steps of 256 rows | rows/s (epochs) | epoch s | wall | CPU | peak RSS |\n" + "|---" * 6 + "|"
-        )
-        for name in ("one", "chief", "worker"):
-            x = w[name]
-            parts.append(f"| {name} | {x['rows_per_s']:,.0f} | {', '.join(f'{e:.1f}' for e in x['epoch_s'])} | "
-                         f"{x['wall_s']:.1f} s | {x['cpu_s']:.1f} s | {x['peak_rss_mib']:,.0f} MiB |")  # fmt: skip
+        header = ["200 steps of 256 rows", "rows/s (epochs)", "epoch s", "wall", "CPU", "peak RSS"]
+        names = {"one": "one process", "chief": "chief of two", "worker": "worker of two"}
+        rows = [[label, f"{w[name]['rows_per_s']:,.0f}", ", ".join(f"{e:.1f}" for e in w[name]["epoch_s"]),
+                 f"{w[name]['wall_s']:.1f} s", f"{w[name]['cpu_s']:.1f} s", f"{w[name]['peak_rss_mib']:,.0f} MiB"]
+                for name, label in names.items()]  # fmt: skip
+        parts.append(render(header, rows, as_markdown=as_markdown))
         parts.append(f"load {w['load_before']} before, {w['load_after']} after")
     if "speed" in r:
         sp = r["speed"]
-        parts.append("\n| code | useful tokens/s (epochs 2+) | rows/s | epoch s (first) | batch | wall | peak RSS |\n"
-                     "|---|---|---|---|---|---|---|")  # fmt: skip
-        for name in ("old", "new"):
-            if name in sp:
-                t = sp[name]
-                parts.append(f"| {name} | {t['tokens_per_s']:,.0f} | {t['rows_per_s']:,.0f} | {t['epoch_s']:.1f} "
-                             f"({t['first_epoch_s']:.1f}) | {t['batch_size']} | {t['wall_s']:.1f} s | "
-                             f"{t['peak_rss_mib']:,.0f} MiB |")  # fmt: skip
+        header = ["code", "useful tokens/s (epochs 2+)", "rows/s", "epoch s (first)", "batch", "wall", "peak RSS"]
+        rows = [[name, f"{t['tokens_per_s']:,.0f}", f"{t['rows_per_s']:,.0f}",
+                 f"{t['epoch_s']:.1f} ({t['first_epoch_s']:.1f})", str(t["batch_size"]), f"{t['wall_s']:.1f} s",
+                 f"{t['peak_rss_mib']:,.0f} MiB"]
+                for name, t in ((n, sp[n]) for n in ("old", "new") if n in sp)]  # fmt: skip
+        parts.append(render(header, rows, as_markdown=as_markdown))
         parts.append(f"load {sp['load_before']} before, {sp['load_after']} after")
-    return "\n".join(parts)
+    return "\n\n".join(parts)
 
 
 def main() -> None:
@@ -257,7 +257,12 @@ def main() -> None:
     parser.add_argument("--old-src", type=Path, help="a directory holding an older lstm_cli package to compare")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: sizes, workers, speed")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for the docs)")
+    parser.add_argument("--from-json", type=Path, metavar="FILE", help="print the tables of a saved --json result")
     args = parser.parse_args()
+    if args.from_json:
+        print(table(load_json(args.from_json), as_markdown=args.markdown))
+        return
     args.source = args.source.resolve()
     skip = set(filter(None, args.skip.split(",")))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="lstm-cli-scale-"))
@@ -273,7 +278,7 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(r, indent=2) if args.json else table(r))
+    print(json.dumps(r, indent=2) if args.json else table(r, as_markdown=args.markdown))
 
 
 if __name__ == "__main__":
