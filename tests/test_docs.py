@@ -3,6 +3,7 @@ in the README, docs/ or CHANGELOG.md runs long. (mkdocs build --strict checks th
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from pathlib import Path
@@ -94,3 +95,55 @@ def test_the_checks_above_can_fail(tmp_path):
     assert longest_run(long) == (16, 3)
     assert anchors(long) == {"title-x"}
     assert slugify("Delimiters: tabs, semicolons, pipes") == "delimiters-tabs-semicolons-pipes"
+    example = tmp_path / "example.md"
+    example.write_text("```\n$ cat x | lstm-cli predict -m m --nope 'a --b' - | jq\nlstm-cli train \\\n  -q\n```\n")
+    assert [c[:2] for c in _lstm_cli_calls(example)] == [("predict", ["-m", "--nope"]), ("train", ["-q"])]
+
+
+@functools.cache
+def _command_options() -> dict[str, set[str]]:
+    import typer
+
+    from lstm_cli.cli import app
+
+    group = typer.main.get_command(app)
+    return {
+        name: {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+        for name, command in group.commands.items()
+    }
+
+
+def _lstm_cli_calls(markdown: Path) -> list[tuple[str, list[str], str]]:
+    """(command, options, line) for every `lstm-cli COMMAND ...` in the code blocks of a page."""
+    calls, fence = [], False
+    text = markdown.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            continue
+        if not fence:
+            continue
+        unquoted = re.sub(r"\"[^\"]*\"|'[^']*'", '""', line)
+        for command, rest in re.findall(r"\blstm-cli\s+([a-z][\w-]*)([^|&;)<>\n]*)", unquoted):
+            calls.append((command, re.findall(r"(?<!\S)(--?[A-Za-z][\w-]*)", rest), line.strip()))
+    return calls
+
+
+def test_every_command_and_option_in_the_docs_examples_exists():
+    options = _command_options()
+    calls = [(page, *call) for page in PROSE for call in _lstm_cli_calls(page)]
+    assert len(calls) > 30  # the parser found the examples
+    for page, command, used, line in calls:
+        where = f"{page.relative_to(ROOT)}: {line}"
+        assert command in options, f"{where}: no command {command!r}"
+        unknown = [o for o in used if o not in options[command]]
+        assert not unknown, f"{where}: {command} has no option {unknown}"
+
+
+def test_every_command_has_a_page_in_the_docs_nav_and_a_row_in_the_readme():
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
+    for command in _command_options():
+        assert (ROOT / "docs" / "commands" / f"{command}.md").is_file(), f"no docs/commands/{command}.md"
+        assert f"commands/{command}.md" in nav, f"docs/commands/{command}.md is not in mkdocs.yml's nav"
+        assert f"(docs/commands/{command}.md)" in readme, f"the README's table of commands has no {command}"
