@@ -6,13 +6,18 @@ next reader or writer of the target puts it back (`recover`)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
+
+from lstm_cli.errors import LstmCliError
 
 
 def fsync_tree(root: Path) -> None:
@@ -54,6 +59,28 @@ def install(staging: Path, target: Path) -> None:
     # A kill here leaves nothing at `target`: `recover` finds `retired` by its name and puts it back.
     os.rename(staging, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def replacing_file(path: Path, *, newline: str | None = None) -> Iterator[TextIO]:
+    """A UTF-8 text file to write that appears at `path` (replacing what was there) only once it is complete
+    and on disk: a crash or an error midway leaves `path` as it was and no temporary file behind.
+
+    A path that cannot be written (missing folder, no permission) raises LstmCliError naming it."""
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        try:
+            with open(temporary, "x", encoding="utf-8", newline=newline) as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+    except OSError as e:  # a missing folder, no permission, a full disk, a directory at `path`
+        raise LstmCliError(f"{path}: cannot write this file ({e.strerror or e}); check the folder") from None
 
 
 def _dead_siblings(target: Path, kind: str) -> list[Path]:

@@ -268,9 +268,16 @@ class Predictor:
             yield Predictions(cleaned, self._probabilities(cleaned))
 
 
-def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH) -> dict[str, Any]:
-    """Metrics on rows whose label the model knows; rows with other labels are counted, by label."""
-    from lstm_cli.metrics import classification_report
+def evaluate(
+    predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH, misclassified: bool = False
+) -> dict[str, Any]:
+    """Metrics on rows whose label the model knows; rows with other labels are counted, by label.
+
+    The report is sparse in the number of labels (lstm_cli.metrics): "confusion" holds the non-zero cells as
+    [true, predicted, count]; "confusion_matrix", the full grid, only up to metrics.DENSE_LABELS labels.
+    With `misclassified`, "misclassified" lists the rows predicted wrongly, in input order, as records of
+    text, label, predicted_label and probability (of the predicted label, a float32)."""
+    from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion
 
     index = {label: i for i, label in enumerate(predictor.labels)}
     known = [i for i, label in enumerate(data.labels) if label in index]
@@ -284,11 +291,15 @@ def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDI
         )
     texts = [data.texts[i] for i in known]
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
-    predicted = np.concatenate(
-        [predictor.probabilities(batch).argmax(axis=1) for batch in batched(texts, batch_size, PREDICT_CHARS)]
-        or [np.zeros(0, np.int64)]
-    )
+    predicted, probability = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    for batch in batched(texts, batch_size, PREDICT_CHARS):
+        probabilities = predictor.probabilities(batch)
+        predicted.append(probabilities.argmax(axis=1))
+        probability.append(probabilities.max(axis=1))
+    predicted, probability = np.concatenate(predicted), np.concatenate(probability)
     report = classification_report(truth, predicted, predictor.labels)
+    if len(predictor.labels) <= DENSE_LABELS:
+        report["confusion_matrix"] = dense_confusion(report)
     report["rows"] = {
         "read": len(data) + sum(data.skipped.values()),
         "evaluated": len(known),
@@ -298,4 +309,15 @@ def evaluate(predictor: Predictor, data: LabeledData, *, batch_size: int = PREDI
     report["unknown_labels"] = unknown
     report["data"] = data.fingerprint()
     report["model"] = str(predictor.path)
+    if misclassified:
+        wrong = np.flatnonzero(truth != predicted)
+        report["misclassified"] = [
+            {
+                "text": texts[row],
+                "label": predictor.labels[truth[row]],
+                "predicted_label": predictor.labels[predicted[row]],
+                "probability": probability[row],
+            }
+            for row in wrong.tolist()
+        ]
     return report

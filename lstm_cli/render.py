@@ -127,33 +127,49 @@ def tune_summary(result, model_dir: Path) -> Text:
     )  # fmt: skip
 
 
-def prediction_lines(batch, labels: list[str], output_format: str, k: int) -> list[str]:
-    """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path)."""
+def probability_values(probabilities) -> list | float:
+    """Probabilities (any shape) as Python floats whose repr is the shortest decimal that reads back as the same
+    float32: the digits the model's float32 output carries, no more (0.98764235, not 0.9876423478126526).
+    tsv and JSON both print these (repr, json.dumps), so they agree digit for digit."""
+    import numpy as np
+
+    shortest = np.asarray(probabilities, dtype=np.float32).astype(str)  # numpy: shortest round-trip per float32
+    if shortest.ndim == 2:
+        return [list(map(float, row)) for row in shortest.tolist()]
+    return list(map(float, shortest.tolist())) if shortest.ndim == 1 else float(shortest)
+
+
+def prediction_lines(batch, labels: list[str], output_format: str, k: int, *, all_probabilities: bool = False) -> list[str]:
+    """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path).
+
+    tsv and label: the `k` most probable labels (with their probabilities for tsv). json: one object with the
+    label and its probability, "top" (the k most probable) when k > 1, and "probabilities" (every label, in the
+    model's order) only with `all_probabilities`."""
     best, scores = batch.top(k)
     if output_format == "json":
-        return [_json_line(text, row, score, p, labels) for text, row, score, p in
-                zip(batch.texts, best, scores, batch.probabilities, strict=True)]  # fmt: skip
-    best, scores = best.tolist(), scores.tolist()  # Python numbers format twice as fast as numpy's, same text
+        scores = probability_values(scores)
+        every = probability_values(batch.probabilities) if all_probabilities else None
+        return [_json_line(text, row, s, every[i] if every else None, labels) for i, (text, row, s) in
+                enumerate(zip(batch.texts, best.tolist(), scores, strict=True))]  # fmt: skip
+    best = best.tolist()
     labels = [tsv_field(label) for label in labels]
     if output_format == "label":
         return ["\t".join(labels[i] for i in row) for row in best]
+    scores = probability_values(scores)
     if k == 1:
-        return [f"{labels[i]}\t{p:.4f}" for (i,), (p,) in zip(best, scores, strict=True)]
+        return [f"{labels[i]}\t{p!r}" for (i,), (p,) in zip(best, scores, strict=True)]
     return [
-        "\t".join(f"{labels[i]}\t{p:.4f}" for i, p in zip(row, s, strict=True))
+        "\t".join(f"{labels[i]}\t{p!r}" for i, p in zip(row, s, strict=True))
         for row, s in zip(best, scores, strict=True)
     ]
 
 
-def _json_line(text: str, best, scores, probabilities, labels: list[str]) -> str:
-    record = {
-        "text": text,
-        "label": labels[best[0]],
-        "probability": float(scores[0]),
-        "probabilities": dict(zip(labels, probabilities.tolist(), strict=True)),
-    }
+def _json_line(text: str, best: list[int], scores: list[float], every: list[float] | None, labels: list[str]) -> str:
+    record = {"text": text, "label": labels[best[0]], "probability": scores[0]}
     if len(best) > 1:
-        record["top"] = [{"label": labels[i], "probability": float(p)} for i, p in zip(best, scores, strict=True)]
+        record["top"] = [{"label": labels[i], "probability": p} for i, p in zip(best, scores, strict=True)]
+    if every is not None:
+        record["probabilities"] = dict(zip(labels, every, strict=True))
     return json.dumps(record, ensure_ascii=False)
 
 
@@ -174,33 +190,83 @@ def evaluation_warnings(report: dict[str, Any]) -> list[str]:
     return warnings
 
 
-def print_report(report: dict[str, Any]) -> None:
+# evaluate's tables: the confusion grid up to this many classes (and only if it fits the width), else a table
+# of the most-confused pairs; beyond PER_CLASS_ALL classes the per-class table lists the weakest by F1.
+GRID_CLASSES = 15
+CONFUSED_PAIRS = 20
+PER_CLASS_ALL = 100
+PER_CLASS_WEAKEST = 30
+
+
+def print_report(report: dict[str, Any], console=None) -> None:
+    """evaluate's tables, every line within the console's width (COLUMNS; 80 when not a terminal)."""
     from rich.console import Console, Group
-    from rich.table import Table
     from rich.text import Text
 
-    console = Console(highlight=False, emoji=False)
+    from lstm_cli.metrics import most_confused
+
+    console = console or Console(highlight=False, emoji=False)
     labels = report["labels"]
     summary = Text.assemble(
         ("accuracy ", "bold"), f"{report['accuracy']:.4f}   ",
         ("macro-F1 ", "bold"), f"{report['macro_f1']:.4f}   ",
-        ("rows ", "bold"), f"{report['rows']['evaluated']:,}",
+        ("rows ", "bold"), f"{report['rows']['evaluated']:,}   ",
+        ("classes ", "bold"), f"{len(labels):,}",
     )  # fmt: skip
-    per_class = Table(title="Per class", title_justify="left")
-    for column in ("label", "precision", "recall", "f1", "support"):
-        per_class.add_column(column, justify="left" if column == "label" else "right")
-    for label in labels:
+    shown_labels, title = labels, "Per class"
+    if len(labels) > PER_CLASS_ALL:
+        present = [label for label in labels if report["per_class"][label]["support"]]
+        shown_labels = sorted(present, key=lambda label: report["per_class"][label]["f1"])[:PER_CLASS_WEAKEST]
+        title = f"Per class: the {len(shown_labels)} lowest F1 of {len(labels):,} (all in --format json)"
+    per_class = _table(title)
+    per_class.add_column("label", overflow="fold", ratio=1)
+    for column in ("precision", "recall", "f1", "support"):
+        per_class.add_column(column, justify="right", no_wrap=True)
+    for label in shown_labels:
         c = report["per_class"][label]
         per_class.add_row(
             literal(label), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['support']:,}"
         )
-    confusion = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
-    confusion.add_column("")
-    for label in labels:
-        confusion.add_column(literal(label), justify="right")
-    for label, row in zip(labels, report["confusion_matrix"], strict=True):
-        confusion.add_row(literal(label), *(f"{n:,}" for n in row))
+    if len(labels) <= GRID_CLASSES and "confusion_matrix" in report and _grid_fits(report, console.width):
+        confusion = _table("Confusion matrix (rows: true, columns: predicted)")
+        confusion.add_column("", overflow="fold")
+        for label in labels:
+            confusion.add_column(literal(label), justify="right", overflow="fold")
+        for label, row in zip(labels, report["confusion_matrix"], strict=True):
+            confusion.add_row(literal(label), *(f"{n:,}" for n in row))
+    else:
+        pairs = most_confused(report, CONFUSED_PAIRS)
+        wrong = sum(c for t, p, c in report["confusion"] if t != p)
+        confusion = _table(
+            f"Most confused: {len(pairs)} largest of {wrong:,} errors (full matrix: --format json, --confusion-csv)"
+        )
+        confusion.add_column("true", overflow="fold", ratio=1)
+        confusion.add_column("predicted", overflow="fold", ratio=1)
+        confusion.add_column("count", justify="right", no_wrap=True)
+        confusion.add_column("of true", justify="right", no_wrap=True)
+        for true, predicted, count, share in pairs:
+            confusion.add_row(literal(true), literal(predicted), f"{count:,}", f"{share:.1%}")
+        if not pairs:
+            confusion.add_row("(none)", "", "", "")
     console.print(Group(summary, per_class, confusion))
+
+
+def _table(title: str):
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+
+
+def _grid_fits(report: dict[str, Any], width: int) -> bool:
+    """Whether the confusion grid fits `width` with counts unbroken and headers folded to at most 3 lines."""
+    from rich.cells import cell_len
+
+    labels = report["labels"]
+    count_width = max(len(f"{n:,}") for row in report["confusion_matrix"] for n in row)
+    longest = min(max(cell_len(shown(label)) for label in labels), 24)
+    column = max(count_width, -(-longest // 3))
+    return longest + len(labels) * (column + 2) <= width
 
 
 def _span(window) -> str:
@@ -235,6 +301,14 @@ def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+INFO_LABELS = 40  # info lists this many labels, then says how many more (all of them: --format json)
+
+
+def _labels_text(labels: list[str]) -> str:
+    more = f", ... ({len(labels) - INFO_LABELS:,} more; all: --format json)" if len(labels) > INFO_LABELS else ""
+    return f"{len(labels):,}: " + ", ".join(labels[:INFO_LABELS]) + more
+
+
 def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -249,7 +323,7 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
         ("model", str(model_dir)),
         ("format", f"{metadata.get('format')} v{metadata.get('format_version')}"),
         ("created", str(metadata.get("created_at"))),
-        ("labels", ", ".join(metadata["labels"])),
+        ("labels", _labels_text(metadata["labels"])),
         ("vocabulary", f"{vectorizer.get('vocabulary_size', 0):,} tokens, standardized "
                        f"{vectorizer.get('standardize', 'lower_and_strip_punctuation')}"),  # fmt: skip
         ("parameters", f"{metadata.get('parameters', 0):,}"),
@@ -278,6 +352,16 @@ def explanation_line(explanation) -> str:
         extra.append(f"completeness gap {explanation.completeness_gap:.2g}")
     note = f"  ({'; '.join(extra)})" if extra else ""
     return f"{tsv_field(explanation.label)}\t{explanation.probability:.4f}\t{tsv_field(tokens)}{note}"
+
+
+def explanation_record(explanation) -> dict[str, Any]:
+    """An explanation as a JSON-ready record, its probability and scores to the digits float32 carries."""
+    record = explanation.to_dict()
+    record["probability"] = probability_values(record["probability"])
+    scores = probability_values([t["score"] for t in record["tokens"]])
+    for token, score in zip(record["tokens"], scores, strict=True):
+        token["score"] = score
+    return record
 
 
 def explanation_text(explanation) -> Text:

@@ -35,7 +35,7 @@ def test_train_prints_only_the_model_path_and_reports_on_stderr(data_dir):
 @pytest.mark.parametrize("mode", ["argument", "file", "stdin", "piped"])
 def test_predict_input_modes_give_one_line_per_input_in_order(trained_model, tmp_path, mode):
     texts = ["good great lovely", "", "bad awful", "okay plain", "good great lovely"]
-    args, stdin = ["predict", "-m", str(trained_model), "--format", "json"], None
+    args, stdin = ["predict", "-m", str(trained_model), "--format", "json", "--all-probabilities"], None
     if mode == "argument":
         args += texts
     elif mode == "file":
@@ -333,7 +333,7 @@ def test_punctuation_splits_words_by_default_and_both_engines_agree(tmp_path, fl
     engine = json.loads((model / "engine.json").read_text(encoding="utf-8"))
     assert meta["vectorizer"]["standardize"] == engine["tokenizer"]["standardize"] == standardize
     texts = ["Long-term, state-run", "don't e-mail U.S.", "long term state run"]
-    out = {e: runner.invoke(app, ["predict", "-m", str(model), "--engine", e, "--format", "json", *texts])
+    out = {e: runner.invoke(app, ["predict", "-m", str(model), "--engine", e, "--format", "json", "--all-probabilities", *texts])
            for e in ("numpy", "tensorflow")}  # fmt: skip
     probabilities = {e: [json.loads(line)["probabilities"] for line in r.stdout.splitlines()] for e, r in out.items()}
     for got, expected in zip(probabilities["numpy"], probabilities["tensorflow"], strict=True):

@@ -65,7 +65,8 @@ def _texts(count: int, seed: int) -> list[str]:
 
 
 def _predict(model: Path, stdin: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-c", PREDICT, "predict", "-m", str(model), "-", "--format", "json", *args]
+    command = [sys.executable, "-c", PREDICT, "predict", "-m", str(model), "-", "--format", "json",
+               "--all-probabilities", *args]  # fmt: skip
     return subprocess.run(command, input=stdin.encode(), capture_output=True, timeout=300,
                           env={**os.environ, **(env or {})})  # fmt: skip
 

@@ -56,6 +56,17 @@ class OutputFormat(StrEnum):
     label = "label"
 
 
+class ReportFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+ReportFormatOpt = Annotated[
+    ReportFormat, typer.Option("--format", "-f", help="table: for people (fits COLUMNS); json: one JSON object.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as --format json.")]
+
+
 class EngineChoice(StrEnum):
     auto = "auto"
     numpy = "numpy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -16,16 +16,55 @@ from lstm_cli.cli._util import (
     EncodingOpt,
     EngineChoice,
     EngineOpt,
+    JsonOpt,
     LabelColumnOpt,
     ModelOpt,
+    ReportFormat,
+    ReportFormatOpt,
     SkipBadOpt,
     TextColumnOpt,
     VerboseOpt,
     _console,
-    _engine_note,
     _errors,
+    _engine_note,
     app,
 )
+
+DENSE_LABELS = 1_000  # lstm_cli.metrics.DENSE_LABELS, not imported: --help must not load numpy
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    """Refuse an output path whose folder does not exist before the evaluation runs, not after."""
+    if path is not None and not path.parent.is_dir():
+        raise typer.BadParameter(f"{path}: the folder {path.parent} does not exist", param_hint=option)
+
+
+def _write_confusion_csv(path: Path, report: dict[str, Any]) -> None:
+    """The confusion grid as CSV: a header of predicted labels, then a row per true label led by its name."""
+    import csv
+
+    from lstm_cli.atomic import replacing_file
+
+    with replacing_file(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true\\predicted", *report["labels"]])
+        for label, row in zip(report["labels"], report["confusion_matrix"], strict=True):
+            writer.writerow([label, *row])
+
+
+def _write_errors_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The misclassified rows as CSV: text, label, predicted_label, probability (float32's digits)."""
+    import csv
+
+    from lstm_cli.atomic import replacing_file
+    from lstm_cli.render import probability_values
+
+    probabilities = probability_values([row["probability"] for row in rows])
+    with replacing_file(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label", "predicted_label", "probability"])
+        for row, p in zip(rows, probabilities, strict=True):
+            writer.writerow([row["text"], row["label"], row["predicted_label"], repr(p)])
 
 
 @app.command("evaluate", cls=PlainCommand)
@@ -37,15 +76,33 @@ def evaluate_cli(
     delimiter: DelimiterOpt = None,
     encoding: EncodingOpt = "utf-8",
     skip_bad_rows: SkipBadOpt = False,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout instead of tables.")] = False,
+    output_format: ReportFormatOpt = ReportFormat.table,
+    as_json: JsonOpt = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")] = None,
+    confusion_csv: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"Write the full confusion matrix here as a CSV grid (rows: true, columns: predicted; "
+            f"at most {DENSE_LABELS:,} labels)."
+        ),
+    ] = None,
+    errors: Annotated[
+        Path | None,
+        typer.Option(help="Write the misclassified rows here as CSV: text, label, predicted_label, probability."),
+    ] = None,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
     """Measure a model on labeled data: accuracy, macro-F1, per-class P/R/F1, confusion matrix.
 
-    Example: lstm-cli evaluate sample_data/test.csv --json | jq .accuracy
+    Tables fit the terminal's width; beyond 15 classes the confusion matrix is shown as the most-confused pairs.
+
+    Example: lstm-cli evaluate sample_data/test.csv --format json | jq .accuracy
     """
+    if as_json:
+        output_format = ReportFormat.json
+    for path, option in ((output, "--output"), (confusion_csv, "--confusion-csv"), (errors, "--errors")):
+        _check_writable(path, option)
     console = _console()
     with _errors(verbose):
         from lstm_cli.data import read_labeled
@@ -58,12 +115,27 @@ def evaluate_cli(
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
-        report = evaluate_model(predictor, dataset)
+        if confusion_csv is not None and len(predictor.labels) > DENSE_LABELS:
+            raise typer.BadParameter(
+                f"the model has {len(predictor.labels):,} labels, a grid of that many squared cells; "
+                f"--confusion-csv writes at most {DENSE_LABELS:,}: use the JSON report's \"confusion\" "
+                "(non-zero [true, predicted, count] cells) from --format json or -o",
+                param_hint="--confusion-csv",
+            )
+        report = evaluate_model(predictor, dataset, misclassified=errors is not None)
+        misclassified = report.pop("misclassified", None)
         for warning in render.evaluation_warnings(report):
-            console.print(render.warning(warning))
+            console.print(render.warning(warning), soft_wrap=False)
         if output is not None:
-            output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        if as_json:
+            from lstm_cli.atomic import replacing_file
+
+            with replacing_file(output) as f:
+                f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        if confusion_csv is not None:
+            _write_confusion_csv(confusion_csv, report)
+        if errors is not None:
+            _write_errors_csv(errors, misclassified)
+        if output_format is ReportFormat.json:
             typer.echo(json.dumps(report, ensure_ascii=False))
         else:
             render.print_report(report)

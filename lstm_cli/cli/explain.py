@@ -80,8 +80,8 @@ def explain_cli(
             if console is not None:
                 console.print(render.explanation_text(result))
                 continue
-            line = json.dumps(result.to_dict(), ensure_ascii=False) if output_format is ExplainFormat.json else (
-                render.explanation_line(result)
-            )  # fmt: skip
+            line = json.dumps(render.explanation_record(result), ensure_ascii=False) if (
+                output_format is ExplainFormat.json
+            ) else render.explanation_line(result)  # fmt: skip
             out.write((line + "\n").encode("utf-8"))
             out.flush()

@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
-from lstm_cli.cli._util import ModelOpt, _errors, app
+from lstm_cli.cli._util import JsonOpt, ModelOpt, ReportFormat, ReportFormatOpt, _errors, app
 
 
 @app.command("info", cls=PlainCommand)
 def info_cli(
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
-    as_json: Annotated[bool, typer.Option("--json", help="The metadata as JSON on stdout.")] = False,
+    output_format: ReportFormatOpt = ReportFormat.table,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show what a saved model is: labels, hyperparameters, vocabulary, training data, metrics, versions.
 
-    Example: lstm-cli info -m lstm-model --json | jq .labels
+    --format json prints the whole metadata.json as it is.
+
+    Example: lstm-cli info -m lstm-model --format json | jq .labels
     """
     with _errors():
         from lstm_cli.artifact import read_metadata
 
         metadata = read_metadata(model)
-        if as_json:
+        if as_json or output_format is ReportFormat.json:
             typer.echo(json.dumps(metadata, ensure_ascii=False, indent=2))
         else:
             from lstm_cli import render

@@ -41,7 +41,11 @@ def predict_cli(
     output_format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="tsv: label<TAB>probability; json: JSON lines; label.")
     ] = OutputFormat.tsv,
-    top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels.")] = 1,
+    top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels, most probable first.")] = 1,
+    all_probabilities: Annotated[
+        bool,
+        typer.Option(help="Every label's probability: json adds \"probabilities\" (model's label order); tsv lists all."),
+    ] = False,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -63,11 +67,15 @@ def predict_cli(
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
         predictor.share_out()
-        k = min(top_k, len(predictor.labels))
+        n = len(predictor.labels)
+        # json keeps its --top-k list and adds every probability; tsv and label list every label.
+        k = n if all_probabilities and output_format is not OutputFormat.json else min(top_k, n)
         out = sys.stdout.buffer  # UTF-8 whatever the locale
         try:
             for batch in predictor.predict(source, batch_size=batch_size):
-                lines = prediction_lines(batch, predictor.labels, output_format.value, k)
+                lines = prediction_lines(
+                    batch, predictor.labels, output_format.value, k, all_probabilities=all_probabilities
+                )
                 out.write(("\n".join(lines) + "\n").encode("utf-8"))
                 out.flush()
         finally:

@@ -20,6 +20,8 @@ from lstm_cli.cli._util import (
     LabelColumnOpt,
     ModelOpt,
     QuietOpt,
+    ReportFormat,
+    ReportFormatOpt,
     SkipBadOpt,
     TextColumnOpt,
     VectorsOpt,
@@ -85,6 +87,12 @@ def tune_cli(
     vectors: VectorsOpt = None,
     freeze_vectors: FreezeVectorsOpt = False,
     class_weight: ClassWeightOpt = None,
+    output_format: Annotated[
+        ReportFormat,
+        typer.Option(
+            "--format", "-f", help="table: the model's directory on stdout; json: it and every trial, as one object."
+        ),
+    ] = ReportFormat.table,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -140,4 +148,9 @@ def tune_cli(
         save(result.best, model, data_fingerprint=dataset.fingerprint(), validation=split,
              skipped=dict(dataset.skipped), extra={"tuning": result.metadata(trials)})  # fmt: skip
         say(render.tune_summary(result, model))
-    typer.echo(str(model))
+    if output_format is ReportFormat.json:
+        import json
+
+        typer.echo(json.dumps({"model": str(model), **result.metadata(trials)}, ensure_ascii=False))
+    else:
+        typer.echo(str(model))
