@@ -147,3 +147,14 @@ def test_every_command_has_a_page_in_the_docs_nav_and_a_row_in_the_readme():
         assert (ROOT / "docs" / "commands" / f"{command}.md").is_file(), f"no docs/commands/{command}.md"
         assert f"commands/{command}.md" in nav, f"docs/commands/{command}.md is not in mkdocs.yml's nav"
         assert f"(docs/commands/{command}.md)" in readme, f"the README's table of commands has no {command}"
+
+
+def test_the_python_examples_in_the_docs_run(trained_model, tmp_path, monkeypatch, capsys):
+    """Every ```python block of docs/python.md runs as printed, from a directory holding `lstm-model`."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "python.md").read_text(encoding="utf-8"), re.S)
+    assert blocks
+    (tmp_path / "lstm-model").symlink_to(trained_model, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "docs/python.md", "exec"), {"__name__": "docs_example"})
+        assert capsys.readouterr().out.strip(), f"this example printed nothing:\n{block}"
