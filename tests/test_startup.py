@@ -14,7 +14,7 @@ import typer.main
 from lstm_cli.cli import app
 from lstm_cli.cli._coerce import RuntimeParam
 
-LAZY = ("tensorflow", "keras", "rich", "pydantic")
+LAZY = ("tensorflow", "keras", "rich", "pydantic", "starlette", "uvicorn", "anyio", "httptools", "uvloop")
 
 
 @pytest.mark.parametrize(
@@ -27,11 +27,18 @@ LAZY = ("tensorflow", "keras", "rich", "pydantic")
     ],
 )
 def test_plain_output_imports_none_of_the_heavy_modules(trained_model, args):
+    out = run_reporting_imports([*args, "-m", str(trained_model)])
+    assert out.stdout.strip()
+
+
+def run_reporting_imports(args: list[str]) -> subprocess.CompletedProcess:
+    """`lstm-cli ARGS` through the entry point in a fresh interpreter, checked to import none of LAZY."""
     script = textwrap.dedent(f"""
         import sys
-        from lstm_cli.cli import app
+        from lstm_cli.cli import main
+        sys.argv = ["lstm-cli", *{args!r}]
         try:
-            app({[*args, "-m", str(trained_model)]!r})
+            main()
         except SystemExit as e:
             assert not e.code, e.code
         print("IMPORTED", sorted({{m.split(".")[0] for m in sys.modules}} & {set(LAZY)!r}), file=sys.stderr)
@@ -39,7 +46,7 @@ def test_plain_output_imports_none_of_the_heavy_modules(trained_model, args):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "IMPORTED []" in out.stderr
-    assert out.stdout.strip()
+    return out
 
 
 VALUES = ["", "-", "0", "1", "7", "010", "+3", " 3", "3.0", "1e3", "1_000", "9" * 30, "tsv", "TSV", "json", "auto",
@@ -47,8 +54,13 @@ VALUES = ["", "-", "0", "1", "7", "010", "+3", " 3", "3.0", "1e3", "1_000", "9" 
           "\udcff", 0, 5, -1, True, Path("p"), None]  # fmt: skip
 
 
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["predict", "--help"]])
+def test_help_imports_none_of_the_heavy_modules(args):
+    assert "Usage" in run_reporting_imports(args).stdout
+
+
 @pytest.mark.skipif(RuntimeParam is None, reason="this typer converts values without pydantic adapters")
-@pytest.mark.parametrize("command", ["predict", "explain", "evaluate", "info"])
+@pytest.mark.parametrize("command", ["predict", "explain", "evaluate", "info", "serve"])
 def test_values_convert_as_typer_converts_them(command):
     from typer._coercion import build_runtime_param
 

@@ -22,10 +22,13 @@ from lstm_cli.cli.predict import predict_cli
 from lstm_cli.cli.evaluate import evaluate_cli
 from lstm_cli.cli.explain import explain_cli
 from lstm_cli.cli.info import info_cli
+from lstm_cli.cli.serve import serve_cli
 
 # isort: on
 
-__all__ = ["app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "train_cli", "tune_cli"]
+__all__ = [
+    "app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "serve_cli", "train_cli", "tune_cli",
+]  # fmt: skip
 
 
 def main() -> None:
