@@ -139,7 +139,9 @@ def probability_values(probabilities) -> list | float:
     return list(map(float, shortest.tolist())) if shortest.ndim == 1 else float(shortest)
 
 
-def prediction_lines(batch, labels: list[str], output_format: str, k: int, *, all_probabilities: bool = False) -> list[str]:
+def prediction_lines(
+    batch, labels: list[str], output_format: str, k: int, *, all_probabilities: bool = False
+) -> list[str]:
     """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path).
 
     tsv and label: the `k` most probable labels (with their probabilities for tsv). json: one object with the

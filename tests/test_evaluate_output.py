@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from lstm_cli.cli import app
 from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion, most_confused
-from conftest import TINY, write_csv
+from conftest import TINY, unescape_tsv, write_csv
 
 runner = CliRunner()
 
@@ -25,9 +25,10 @@ ODD_LABELS = [
     "new\nline",
     "宽字符的标签名字",
     "ünïcødé ✓",
+    'quote"d',
     "card_payment_wrong_exchange_rate_for_a_transfer_abroad_that_was_declined_twice_" * 2,
 ]
-MANY_LABELS = ODD_LABELS + [f"class_{i:02d}" for i in range(18)]  # 24 classes
+MANY_LABELS = ODD_LABELS + [f"class_{i:02d}" for i in range(17)]  # 24 classes
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_every_line_fits_the_terminal_and_many_classes_show_the_most_confused_pa
     assert "Most confused" in result.stdout and "Confusion matrix" not in result.stdout
     # labels are shown literally: markup as typed, control characters as escapes, nothing lost
     flat = "".join(line.strip() for line in result.stdout.splitlines())
-    for label in ("[bold]loud[/bold]", "tab\\there", "new\\nline", "宽字符的标签名字", "ünïcødé ✓"):
+    for label in ("[bold]loud[/bold]", "tab\\there", "new\\nline", "宽字符的标签名字", "ünïcødé ✓", 'quote"d'):
         assert label in flat
     report = json.loads(_evaluate(many, "--format", "json").stdout)
     pairs = most_confused(report, 20)
@@ -163,6 +164,22 @@ def test_confusion_csv_is_refused_above_the_dense_limit(trained_model, data_dir,
     assert result.exit_code == 2 and result.stdout == "" and not grid.exists()
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and '"confusion"' in errors[0] and "Traceback" not in result.stderr
+
+
+def test_odd_labels_reach_predict_json_exactly_and_tsv_escaped(many):
+    d, model = many
+    texts = [f"w{i} n1" for i in range(len(MANY_LABELS))]
+    args = ["predict", "-m", str(model), "--top-k", "30", *texts]
+    as_json = runner.invoke(app, [*args, "-f", "json", "--all-probabilities"])
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert len(records) == len(texts)
+    for record in records:
+        assert list(record["probabilities"]) == sorted(MANY_LABELS)
+        assert sorted(t["label"] for t in record["top"]) == sorted(MANY_LABELS)  # --top-k above the label count
+    tsv = runner.invoke(app, args).stdout.splitlines()
+    assert len(tsv) == len(texts)
+    for line, record in zip(tsv, records, strict=True):
+        assert [unescape_tsv(f) for f in line.split("\t")[0::2]] == [t["label"] for t in record["top"]]
 
 
 def test_info_format_json_equals_the_json_alias(many):

@@ -44,7 +44,10 @@ def predict_cli(
     top_k: Annotated[int, typer.Option(min=1, help="Show the K most probable labels, most probable first.")] = 1,
     all_probabilities: Annotated[
         bool,
-        typer.Option(help="Every label's probability: json adds \"probabilities\" (model's label order); tsv lists all."),
+        typer.Option(
+            help="Every label's probability: json adds \"probabilities\" (in the model's label order); tsv and "
+            "label list every label, most probable first."
+        ),
     ] = False,
     batch_size: Annotated[
         int,
