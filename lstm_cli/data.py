@@ -1,15 +1,14 @@
-"""Reading labeled CSV/TSV files for training and evaluation, and text lines for prediction.
+"""Reading labeled files (CSV/TSV, JSON Lines, fastText: see lstm_cli.formats) for training and evaluation,
+in bounded memory, and text lines for prediction.
 
 All input validation lives here, and every message names the file and line it is about."""
 
 from __future__ import annotations
 
 import codecs
-import csv
 import hashlib
 import io
 import os
-import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -20,11 +19,21 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO
 
-from lstm_cli.errors import DataError
-
-# Delimiters tried, in order, when none is given and the header does not split on the default one
-# (Excel writes ';' in locales where ',' is the decimal separator).
-_CANDIDATE_DELIMITERS = (",", "\t", ";", "|")
+from lstm_cli.errors import DataError, UsageError
+from lstm_cli.formats import (
+    FASTTEXT_PREFIX,
+    FORMATS,
+    MAX_LINE_CHARS,
+    MAX_TEXT_CHARS,
+    Bad,
+    Columns,
+    LineTooLong,
+    Record,
+    json_label,
+    json_text,
+    open_reader,
+    parse_delimiter,
+)
 
 
 @dataclass
@@ -33,9 +42,10 @@ class LabeledData:
     labels: list[str]
     path: str
     sha256: str
-    delimiter: str
+    delimiter: str | None  # None for the formats without one (JSON Lines, fastText)
     # reason -> rows left out (empty text, empty label, malformed row with --skip-bad-rows)
     skipped: Counter[str] = field(default_factory=Counter)
+    format: str = "csv"
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -48,6 +58,13 @@ class LabeledData:
         return {"path": self.path, "rows": len(self), "sha256": self.sha256}
 
 
+@dataclass
+class Row:
+    line: int  # where the row starts in its file, 1-based
+    text: str
+    labels: tuple[str, ...]  # one, except on fastText lines with several
+
+
 # Bytes read per step while streaming: decoding, line splitting and hashing work on this much at a time,
 # so memory does not grow with the file (only with its longest row).
 _CHUNK_BYTES = 1 << 20
@@ -57,26 +74,12 @@ _TAIL_BYTES = 16
 _SPOOL_BYTES = 32 << 20
 
 
-def stream_labeled(
-    path: Path | str,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    delimiter: str | None = None,
-    encoding: str = "utf-8",
-    skip_bad_rows: bool = False,
-) -> LabeledStream:
-    """The (text, label) rows of a labeled CSV/TSV, read again from the file on every iteration.
+def stream_labeled(path: Path | str, **options) -> LabeledStream:
+    """The (text, label) rows of a labeled file, read again from the file on every iteration.
 
-    The header is checked (and the delimiter chosen) here, so a wrong column fails before any long pass."""
-    return LabeledStream(
-        path,
-        text_column=text_column,
-        label_column=label_column,
-        delimiter=delimiter,
-        encoding=encoding,
-        skip_bad_rows=skip_bad_rows,
-    )
+    The header or first record is checked (and the format and delimiter chosen) here, so a wrong column
+    fails before any long pass. Options as LabeledStream's."""
+    return LabeledStream(path, **options)
 
 
 def open_file(path: Path, expected: str, option: str = "") -> BinaryIO:
@@ -96,6 +99,8 @@ def open_file(path: Path, expected: str, option: str = "") -> BinaryIO:
 class LabeledStream:
     """Re-iterable (text, label) pairs of a labeled file, in bounded memory: one chunk and one row at a time.
 
+    The format is `input_format` (csv, tsv, jsonl, fasttext), else the file's extension (.csv, .tsv,
+    .jsonl/.ndjson), else its first line (`__label__...` is fastText, `{` JSON Lines), else CSV.
     After a complete pass, `rows`, `skipped` and `sha256` (of the raw bytes) describe the file; a later pass
     that sees different bytes raises DataError. stdin ('-'), and a path that is no regular file (a pipe,
     as `<(zcat data.csv.gz)` gives, or a device), cannot be read twice, so it is copied once into a spooled
@@ -105,93 +110,117 @@ class LabeledStream:
         self,
         path: Path | str,
         *,
-        text_column: str,
-        label_column: str,
-        delimiter: str | None,
-        encoding: str,
-        skip_bad_rows: bool,
+        text_column: str | int = "text",
+        label_column: str | int = "label",
+        delimiter: str | None = None,
+        encoding: str = "utf-8",
+        skip_bad_rows: bool = False,
+        input_format: str | None = None,
+        header: bool = True,
     ):
-        self._columns = (text_column, label_column)
+        self._columns = Columns({"--text-column": text_column, "--label-column": label_column}, header=header)
         self._skip_bad_rows = skip_bad_rows
         self._spool: tempfile.SpooledTemporaryFile | None = None
+        if delimiter is not None:
+            delimiter = parse_delimiter(delimiter)
+        if input_format is not None and input_format not in FORMATS:
+            raise UsageError(f"unknown input format {input_format!r}; expected one of {', '.join(FORMATS)}")
+        self._encoding, self._strip_bom = check_encoding(encoding)
         stdin = str(path) == "-"
         self._name = "<stdin>" if stdin else str(path)
         if stdin or not Path(path).is_file():  # stdin, a pipe (or a missing file: open_file says so): read once
-            with nullcontext(sys.stdin.buffer) if stdin else open_file(Path(path), "a CSV or TSV file") as source:
-                self._spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
-                shutil.copyfileobj(source, self._spool, _CHUNK_BYTES)
+            with nullcontext(sys.stdin.buffer) if stdin else open_file(Path(path), "a data file") as source:
+                self._spool = spool(source, self._name)
         self.path = self._name if self._spool is not None else str(Path(self._name).resolve())
-        try:
-            info = codecs.lookup(encoding)
-        except LookupError:
-            raise DataError(f"unknown encoding {encoding!r} given to --encoding") from None
-        # UTF-8 files may start with a byte-order mark; it is skipped by hand (not with utf-8-sig) so that
-        # decoding errors keep their true byte offsets.
-        self._strip_bom = info.name == "utf-8"
-        self._encoding = info.name
-        self._given_delimiter = delimiter
+        self._given = (input_format, delimiter)
         self.sha256: str | None = None
         self.rows: int | None = None
         self.skipped: Counter[str] = Counter()
         with self._open() as raw:
-            self.delimiter, _, _ = self._start(raw, hashlib.sha256())
+            reader = self._start(raw, hashlib.sha256())
+        self.format: str = reader.format
+        self.delimiter: str | None = reader.delimiter
 
     def fingerprint(self) -> dict[str, object]:
         """As LabeledData.fingerprint; valid after a complete pass."""
         return {"path": self.path, "rows": self.rows, "sha256": self.sha256}
 
-    def __iter__(self) -> Iterator[tuple[str, str]]:
+    def reading(self) -> dict[str, object]:
+        """How the file is read (format, delimiter, columns): what, beside its bytes, decides its rows."""
+        columns = {flag.strip("-"): value for flag, value in self._columns.wanted.items()}
+        return {"format": self.format, "delimiter": self.delimiter, "header": self._columns.header,
+                "encoding": self._encoding, "skip_bad_rows": self._skip_bad_rows, **columns}  # fmt: skip
+
+    def labeled_rows(self) -> Iterator[Row]:
+        """Every usable row with all of its labels (fastText lines may carry several), in file order; rows
+        without a text or a label, and malformed rows, are counted in `skipped` (or, malformed, raise)."""
         digest = hashlib.sha256()
         skipped: Counter[str] = Counter()
         rows = 0
-        name, delimiter = self._name, self.delimiter
+        name = self._name
         with self._open() as raw:
-            _, header, lines = self._start(raw, digest)
-            text_index, label_index = header.index(self._columns[0]), header.index(self._columns[1])
-            reader = csv.reader(lines, delimiter=delimiter, strict=True)
-            next(reader)  # the header, parsed in _start
-            line = reader.line_num + 1
-            while True:
-                start = line
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    break
-                except csv.Error as e:
-                    line = reader.line_num + 1
-                    if self._skip_bad_rows:
-                        skipped["malformed row"] += 1
-                        continue
-                    raise DataError(
-                        f"{name}:{start}: malformed CSV ({e}); fix the quoting or pass --skip-bad-rows"
-                    ) from None
-                line = reader.line_num + 1
-                if not row:
-                    continue  # blank line
-                if len(row) != len(header):
-                    if self._skip_bad_rows:
-                        skipped["malformed row"] += 1
-                        continue
-                    raise DataError(
-                        f"{name}:{start}: expected {len(header)} fields, found {len(row)}; quote fields that "
-                        f"contain {_printable(delimiter)}, or pass --skip-bad-rows to skip such rows"
-                    )
-                label = row[label_index].strip()
-                if not row[text_index].strip():
+            reader = self._start(raw, digest)
+            for record in reader.records():
+                row = self._row(reader, record)
+                if isinstance(row, Bad):
+                    if not self._skip_bad_rows:
+                        raise DataError(f"{name}:{row.line}: {row.message}")
+                    skipped[row.reason] += 1
+                elif not row.text.strip():
                     skipped["empty text"] += 1
-                elif not label:
+                elif not row.labels:
                     skipped["empty label"] += 1
                 else:
                     rows += 1
-                    yield row[text_index], label
+                    yield row
         if not rows:
-            what = "has a header but no data rows" if not skipped else "has no usable rows"
+            what = "has a header but no data rows" if not skipped and self._columns.header else "has no usable rows"
+            if not skipped and reader.format != "csv":
+                what = "has no data rows"
             detail = f" ({describe_skipped(skipped)})" if skipped else ""
             raise DataError(f"{name}: {what}{detail}")
         sha256 = digest.hexdigest()
         if self.sha256 is not None and sha256 != self.sha256:
             raise DataError(f"{name}: the file changed while it was being read (its bytes differ from the last pass)")
         self.sha256, self.rows, self.skipped = sha256, rows, skipped
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        """(text, label) of every row, for a single-label model: a row with several labels is malformed."""
+        skip = self._skip_bad_rows
+        several = 0
+        for row in self.labeled_rows():
+            if len(row.labels) == 1:
+                yield row.text, row.labels[0]
+                continue
+            if not skip:
+                shown = " ".join(FASTTEXT_PREFIX + label for label in row.labels)
+                raise DataError(
+                    f"{self._name}:{row.line}: {len(row.labels)} labels ({shown}); lstm-cli trains single-label "
+                    "models: keep one label per line, or pass --skip-bad-rows to skip such lines"
+                )
+            several += 1
+        if several:  # labeled_rows counted them as usable
+            self.rows = (self.rows or 0) - several
+            self.skipped["several labels"] += several
+
+    def _row(self, reader, record: Record | Bad) -> Row | Bad:
+        if isinstance(record, Bad):
+            return record
+        fields = record.fields
+        if reader.format == "fasttext":
+            labels, text = fields
+            return Row(record.line, text[:MAX_TEXT_CHARS], labels)
+        if reader.format == "jsonl":
+            text, problem = json_text(fields, reader.fields["--text-column"], "--text-column")
+            if problem is None:
+                label, problem = json_label(fields, reader.fields["--label-column"], "--label-column")
+            if problem is not None:
+                return Bad(record.line, "bad field", f"{problem}, or pass --skip-bad-rows to skip such lines")
+            label = label.strip()
+            return Row(record.line, text[:MAX_TEXT_CHARS], (label,) if label else ())
+        text_index, label_index = reader.indexes
+        label = fields[label_index].strip()
+        return Row(record.line, fields[text_index][:MAX_TEXT_CHARS], (label,) if label else ())
 
     def _open(self) -> BinaryIO:
         if self._spool is not None:
@@ -202,61 +231,11 @@ class LabeledStream:
         except OSError as e:
             raise DataError(f"{self._name}: cannot read: {e.strerror}") from None
 
-    def _start(self, raw: BinaryIO, digest) -> tuple[str, list[str], Iterator[str]]:
-        """(delimiter, header, lines from the first one) for a file opened at its start."""
-        size = _size(raw)
-        # No per-field limit (csv's default is 128 KiB): a field can never be longer than the file.
-        csv.field_size_limit(max(csv.field_size_limit(), min(size + 1, 2**31 - 1)))
-        lines = _split_lines(self._decoded(raw, digest))
-        replay = _Replay(lines)
-        text_column, label_column = self._columns
-        delimiter, header = _choose_delimiter(replay, self._name, self._given_delimiter, [*self._columns])
-        for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
-            if column not in header:
-                if all(not line.strip() for line in chain(replay.buffer, lines)):
-                    raise DataError(
-                        f"{self._name}: file is empty; expected a header with columns "
-                        f"{text_column!r} and {label_column!r}"
-                    )
-                raise _missing_column_error(self._name, header, column, flag)
-        return delimiter, header, chain(replay.buffer, lines)
-
-    def _decoded(self, raw: BinaryIO, digest) -> Iterator[str]:
-        """The file's text, one chunk at a time, hashing the bytes as they go by."""
-        decoder = codecs.getincrementaldecoder(self._encoding)()
-        offset = 0  # bytes read before `chunk`
-        # Bytes [counted, offset) are kept as `tail`; `newlines` and `last_newline` describe [0, counted).
-        counted, newlines, last_newline, tail = 0, 0, -1, b""
-        while True:
-            chunk = raw.read(_CHUNK_BYTES if offset else max(_CHUNK_BYTES, 3))  # a whole BOM, if any
-            digest.update(chunk)
-            skip = 3 if offset == 0 and self._strip_bom and chunk.startswith(codecs.BOM_UTF8) else 0
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(chunk[skip:] if skip else chunk, final=not chunk)
-            except UnicodeDecodeError as e:
-                window = tail + chunk
-                at = offset + skip - pending + e.start - counted  # position in `window`
-                before = window.rfind(b"\n", 0, at)
-                line = newlines + window.count(b"\n", 0, at) + 1
-                column = at - before if before >= 0 else counted + at - last_newline
-                raise DataError(
-                    f"{self._name}:{line}:{column}: byte 0x{window[at]:02x} at byte offset {counted + at} is not "
-                    f"valid {e.encoding}; if the file uses another encoding, pass it with --encoding "
-                    f"(e.g. --encoding latin-1)"
-                ) from None
-            if text:
-                yield text
-            if not chunk:
-                return
-            window = tail + chunk
-            cut = max(0, len(window) - _TAIL_BYTES)
-            newlines += window.count(b"\n", 0, cut)
-            found = window.rfind(b"\n", 0, cut)
-            if found >= 0:
-                last_newline = counted + found
-            counted, tail = counted + cut, window[cut:]
-            offset += len(chunk)
+    def _start(self, raw: BinaryIO, digest):
+        """The format's reader for a file opened at its start, its header or first record checked."""
+        lines = _Replay(_split_lines(decoded(raw, digest, self._name, self._encoding, self._strip_bom)))
+        input_format, delimiter = self._given
+        return open_reader(lines, self._name, self._columns, input_format=input_format, delimiter=delimiter)
 
 
 class _Unclosed(io.BufferedIOBase):
@@ -271,21 +250,115 @@ class _Unclosed(io.BufferedIOBase):
     def fileno(self) -> int:
         raise io.UnsupportedOperation("fileno")
 
-    def size(self) -> int:
-        position = self._inner.tell()
-        end = self._inner.seek(0, io.SEEK_END)
-        self._inner.seek(position)
-        return end
+
+def check_encoding(encoding: str) -> tuple[str, bool]:
+    """(the codec's name, whether a UTF-8 byte-order mark is skipped by hand) for --encoding; UsageError for
+    a name Python does not know or a codec that does not decode bytes to text (base64, zlib, rot13)."""
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise UsageError(
+            f"unknown encoding {encoding!r} given to --encoding (e.g. utf-8, latin-1, cp1252, utf-16)"
+        ) from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise UsageError(
+            f"--encoding {encoding!r} is not a text encoding (it encodes bytes to bytes); e.g. utf-8, latin-1"
+        )
+    # UTF-8 files may start with a byte-order mark; it is skipped by hand (not with utf-8-sig) so that
+    # decoding errors keep their true byte offsets.
+    return info.name, info.name == "utf-8"
 
 
-def _size(raw) -> int:
-    if isinstance(raw, _Unclosed):
-        return raw.size()
-    return os.fstat(raw.fileno()).st_size
+_BOMS = {"utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)}
+
+
+def decoded(raw: BinaryIO, digest, name: str, encoding: str, strip_bom: bool) -> Iterator[str]:
+    """The text of a file opened at its start, one chunk at a time, hashing the bytes as they go by.
+    A byte that does not decode is a DataError naming its line, column and byte offset."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0  # bytes read before `chunk`
+    # Bytes [counted, offset) are kept as `tail`; `newlines` and `last_newline` describe [0, counted).
+    counted, newlines, last_newline, tail = 0, 0, -1, b""
+    while True:
+        chunk = raw.read(_CHUNK_BYTES if offset else max(_CHUNK_BYTES, 4))  # a whole BOM, if any
+        digest.update(chunk)
+        if offset == 0 and chunk and encoding in _BOMS and not chunk.startswith(_BOMS[encoding]):
+            raise UsageError(
+                f"{name}: no byte-order mark, which --encoding {encoding} needs to know the byte order; "
+                f"pass --encoding {encoding}-le (or {encoding}-be)"
+            )
+        skip = 3 if offset == 0 and strip_bom and chunk.startswith(codecs.BOM_UTF8) else 0
+        pending = len(decoder.getstate()[0])
+        try:
+            text = decoder.decode(chunk[skip:] if skip else chunk, final=not chunk)
+        except UnicodeDecodeError as e:
+            window = tail + chunk
+            at = min(max(0, offset + skip - pending + e.start - counted), len(window) - 1)  # position in `window`
+            before = window.rfind(b"\n", 0, at)
+            line = newlines + window.count(b"\n", 0, at) + 1
+            column = at - before if before >= 0 else counted + at - last_newline
+            raise DataError(
+                f"{name}:{line}:{column}: byte 0x{window[at]:02x} at byte offset {counted + at} is not "
+                f"valid {e.encoding}; if the file uses another encoding, pass it with --encoding "
+                f"(e.g. --encoding latin-1)"
+            ) from None
+        except UnicodeError as e:  # not a decoding error of a byte: what some codecs raise about the stream
+            raise DataError(
+                f"{name}: cannot decode as {encoding} ({e}); pass the file's encoding with --encoding"
+            ) from None
+        if text:
+            yield text
+        if not chunk:
+            return
+        window = tail + chunk
+        cut = max(0, len(window) - _TAIL_BYTES)
+        newlines += window.count(b"\n", 0, cut)
+        found = window.rfind(b"\n", 0, cut)
+        if found >= 0:
+            last_newline = counted + found
+        counted, tail = counted + cut, window[cut:]
+        offset += len(chunk)
+
+
+# A stream copied to the spool may have no line break in this many bytes (4 per character of the longest line).
+_SPOOL_LINE_BYTES = 4 * MAX_LINE_CHARS
+# The spool stops when the disk it is on has less than this left, rather than fill it (`yes | lstm-cli train -`).
+_SPOOL_FREE_BYTES = 1 << 30
+
+
+def spool(source: BinaryIO, name: str) -> tempfile.SpooledTemporaryFile:
+    """A copy of a stream that can be read only once (stdin, a pipe, a device), readable again and again:
+    in memory up to 32 MiB, on disk beyond. A stream without line breaks (/dev/zero, a binary file) or one
+    that would fill the disk stops the copy with a DataError."""
+    copy = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+    since_newline, written, checked = 0, 0, 0
+    while chunk := source.read(_CHUNK_BYTES):
+        copy.write(chunk)
+        written += len(chunk)
+        newline = chunk.rfind(b"\n")
+        since_newline = len(chunk) - newline - 1 if newline >= 0 else since_newline + len(chunk)
+        if since_newline > _SPOOL_LINE_BYTES:
+            copy.close()
+            raise DataError(
+                f"{name}: no line break in {_SPOOL_LINE_BYTES // 2**20} MiB (lstm-cli reads lines of at most "
+                f"{MAX_LINE_CHARS:,} characters); is this a text file?"
+            )
+        if written - checked >= _SPOOL_BYTES and getattr(copy, "_rolled", True):
+            checked = written
+            disk = os.fstatvfs(copy.fileno())
+            if disk.f_bavail * disk.f_frsize < _SPOOL_FREE_BYTES:
+                copy.close()
+                raise DataError(
+                    f"{name}: stopped after copying {written / 2**30:.1f} GiB to a temporary file: less than "
+                    f"{_SPOOL_FREE_BYTES >> 30} GiB left on {tempfile.gettempdir()}; pass the data as a file path "
+                    "(read in place), or point TMPDIR to a larger disk"
+                )
+    return copy
 
 
 class _Replay:
-    """Lines pulled from `source` so far, readable again from the first (to try each delimiter on the header)."""
+    """Lines pulled from `source` so far, readable again from the first (to try each delimiter on the header),
+    then `all()` of them, the buffered ones and the rest."""
 
     def __init__(self, source: Iterator[str]):
         self.source = source
@@ -302,72 +375,54 @@ class _Replay:
             yield self.buffer[i]
             i += 1
 
+    def all(self) -> Iterator[str]:
+        return chain(self.buffer, self.source)
+
 
 def _split_lines(pieces: Iterable[str]) -> Iterator[str]:
     """Lines as io.StringIO(text, newline="") splits them ('\\n', '\\r\\n' or a lone '\\r' ends one and is
-    kept), from text that arrives in pieces cut anywhere."""
+    kept), from text that arrives in pieces cut anywhere. A line over MAX_LINE_CHARS raises LineTooLong as
+    soon as that much of it has arrived."""
     parts: list[str] = []
+    pending = 0
     for text in pieces:
         if "\n" not in text and "\r" not in text:
             parts.append(text)
+            pending += len(text)
+            if pending > MAX_LINE_CHARS:
+                raise LineTooLong
             continue
         if parts:
             text = "".join(parts) + text
         held = text.endswith("\r")  # may be the first half of a '\r\n' cut in two
         lines = io.StringIO(text[:-1] if held else text, newline="").readlines()
-        parts = []
+        parts, pending = [], 0
         if lines and not lines[-1].endswith(("\n", "\r")):
             parts.append(lines.pop())
+            pending = len(parts[0])
+        if lines and len(lines[0]) > MAX_LINE_CHARS:
+            raise LineTooLong
         yield from lines
         if held:
             parts.append("\r")
+            pending += 1
     if parts:
         yield from io.StringIO("".join(parts), newline="").readlines()
-
-
-def _default_delimiter(name: str) -> str:
-    return "\t" if name.lower().endswith((".tsv", ".tab")) else ","
-
-
-def _header(replay: _Replay, delimiter: str) -> list[str]:
-    first = next(csv.reader(replay.lines(), delimiter=delimiter), [])
-    return [column.strip() for column in first]
-
-
-def _choose_delimiter(replay: _Replay, name: str, delimiter: str | None, required: list[str]) -> tuple[str, list[str]]:
-    if delimiter is not None:
-        return delimiter, _header(replay, delimiter)
-    default = _default_delimiter(name)
-    header = _header(replay, default)
-    if all(column in header for column in required):
-        return default, header
-    for candidate in _CANDIDATE_DELIMITERS:
-        other = _header(replay, candidate)
-        if candidate != default and all(column in other for column in required):
-            return candidate, other
-    return default, header
-
-
-def _missing_column_error(name: str, header: list[str], column: str, flag: str) -> DataError:
-    seen = ", ".join(repr(c) for c in header) or "none"
-    return DataError(
-        f"{name}:1: no column {column!r} in the header (columns seen: {seen}); "
-        f"name the right one with {flag}, or add a header line if the file has none"
-    )
 
 
 def read_labeled(
     path: Path | str,
     *,
-    text_column: str = "text",
-    label_column: str = "label",
+    text_column: str | int = "text",
+    label_column: str | int = "label",
     delimiter: str | None = None,
     encoding: str = "utf-8",
     skip_bad_rows: bool = False,
+    input_format: str | None = None,
+    header: bool = True,
 ) -> LabeledData:
-    """Read a labeled CSV/TSV with a header row. Labels are stripped strings; texts are kept as written.
-
-    One pass of stream_labeled, kept in memory."""
+    """Read a labeled file (see LabeledStream for the formats). Labels are stripped strings; texts are kept
+    as written. One pass of stream_labeled, kept in memory."""
     stream = stream_labeled(
         path,
         text_column=text_column,
@@ -375,17 +430,15 @@ def read_labeled(
         delimiter=delimiter,
         encoding=encoding,
         skip_bad_rows=skip_bad_rows,
+        input_format=input_format,
+        header=header,
     )
     texts, labels = [], []
     for text, label in stream:
         texts.append(text)
         labels.append(label)
     assert stream.sha256 is not None  # a complete pass sets it
-    return LabeledData(texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped)
-
-
-def _printable(delimiter: str) -> str:
-    return {"\t": "a tab", ",": "','", ";": "';'"}.get(delimiter, repr(delimiter))
+    return LabeledData(texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped, stream.format)
 
 
 def describe_skipped(skipped: Counter[str]) -> str:
@@ -393,12 +446,38 @@ def describe_skipped(skipped: Counter[str]) -> str:
     return ", ".join(f"{count} with {reason}" for reason, count in sorted(skipped.items()))
 
 
-def iter_lines(stream: BinaryIO) -> Iterator[str]:
-    """One text per line; '\\n' or '\\r\\n' ends a line; bytes that are not UTF-8 become U+FFFD."""
-    for raw in stream:
+def iter_lines(stream: BinaryIO, name: str = "<stdin>") -> Iterator[str]:
+    """One text per line; '\\n' or '\\r\\n' ends a line; bytes that are not UTF-8 become U+FFFD. A line over
+    MAX_LINE_CHARS bytes (no text file has one: /dev/zero, a binary file) is a DataError, raised as soon as
+    that much of it has been read."""
+    limit = MAX_LINE_CHARS
+    readline = stream.readline
+    number = 0
+    while raw := readline(limit + 1):
+        number += 1
         if raw.endswith(b"\n"):
             raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        elif len(raw) > limit:
+            raise DataError(
+                f"{name}:{number}: a line longer than {limit:,} bytes (lstm-cli's limit; a model reads only the "
+                "first --max-length tokens of a text); is this a text file? Shorten the lines"
+            )
         yield raw.decode("utf-8", errors="replace")
+
+
+def table_hint(first_line: str) -> str | None:
+    """The --input-format a file given as lines of text should have had, judging by its first line: a header
+    naming a `text` column (csv or tsv), a JSON object with a "text" field, or a fastText label; else None."""
+    stripped = first_line.strip().lstrip("\ufeff")
+    if stripped.startswith(FASTTEXT_PREFIX):
+        return "fasttext"
+    if stripped.startswith("{") and '"text"' in stripped:
+        return "jsonl"
+    for delimiter, kind in (("\t", "tsv"), (",", "csv"), (";", "csv"), ("|", "csv")):
+        fields = [f.strip().strip('"').strip() for f in stripped.split(delimiter)]
+        if len(fields) >= 2 and any(f.lower() == "text" for f in fields):
+            return kind
+    return None
 
 
 def clean_text(text: str) -> str:

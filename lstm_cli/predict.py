@@ -33,6 +33,7 @@ from lstm_cli.data import LabeledData, batched, clean_text
 from lstm_cli.engine import Engine, Tokenizer, Unsupported
 from lstm_cli.engine.tokenizer import STRIP_PUNCTUATION
 from lstm_cli.errors import ArtifactError, DataError
+from lstm_cli.formats import MAX_TEXT_CHARS
 
 # Lines read, predicted and written at a time (sorted by length within). Larger batches pad less and wait
 # less for the slowest thread: 16,384 SST-2 lines stream 1.2-1.3x as fast as 4,096 (benchmarks/bench.py).
@@ -259,7 +260,8 @@ class Predictor:
         """As `probabilities`, for texts that are valid Unicode already."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        return self.backend.run(texts)
+        # Cut as training cut them (lstm_cli.data): the tokens a model reads, in bounded memory for any text.
+        return self.backend.run([t[:MAX_TEXT_CHARS] if len(t) > MAX_TEXT_CHARS else t for t in texts])
 
     def predict(self, texts: Iterable[str], *, batch_size: int = PREDICT_BATCH) -> Iterator[Predictions]:
         """Batches of predictions, in input order; streams, so memory stays flat for any input length."""

@@ -182,7 +182,11 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
     vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
     index = {label: i for i, label in enumerate(labels)}
     tokenizer = Tokenizer(vocabulary, max_length=config.max_length, standardize=config.standardization)
+    # How the files are read is part of what the caches hold: the same bytes read with another --text-column
+    # or --delimiter are other rows.
+    reading = [getattr(d, "reading", lambda: None)() if d is not None else None for d in (data, validation)]
     identity = {"data": data.sha256, "validation": validation.sha256 if validation is not None else None,
+                "reading": reading,
                 "labels": labels, "vocabulary": len(vocabulary),
                 **{k: getattr(config, k)
                    for k in ("max_tokens", "min_count", "punctuation", "max_length", "validation_split",

@@ -11,7 +11,7 @@ from conftest import pipe_path
 
 import lstm_cli.data
 from lstm_cli.data import iter_lines, read_labeled, stream_labeled
-from lstm_cli.errors import DataError
+from lstm_cli.errors import DataError, UsageError
 
 
 def write(tmp_path, content: bytes | str, name: str = "d.csv"):
@@ -63,7 +63,7 @@ def test_empty_texts_and_labels_are_skipped_and_counted(tmp_path):
             "no column 'text' in the header (columns seen: 'body', 'label'); name the right one with --text-column",
         ),
         ("text,tag\nx,y\n", "--label-column"),
-        ("hello,pos\nbye,neg\n", "add a header line"),
+        ("hello,pos\nbye,neg\n", "pass --no-header if the file has none"),
         ("text,label\nok,a\ntoo,many,fields\n", "d.csv:3: expected 2 fields, found 3"),
         ("text,label\nok,a\nfew\n", "--skip-bad-rows"),
         (b"text,label\nok,a\nbad \xff byte,b\n", "d.csv:3:5: byte 0xff at byte offset 20 is not valid utf-8"),
@@ -85,7 +85,7 @@ def test_other_encodings_with_flag(tmp_path):
     with pytest.raises(DataError, match="--encoding"):
         read_labeled(path)
     assert read_labeled(path, encoding="latin-1").texts == ["café"]
-    with pytest.raises(DataError, match="unknown encoding"):
+    with pytest.raises(UsageError, match="unknown encoding"):  # misuse of an option: exit 2
         read_labeled(path, encoding="no-such-codec")
 
 

@@ -87,13 +87,92 @@ EngineOpt = Annotated[
     ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
-TextColumnOpt = Annotated[str, typer.Option(help="Column holding the texts.")]
-LabelColumnOpt = Annotated[str, typer.Option(help="Column holding the labels.")]
-DelimiterOpt = Annotated[
-    str | None, typer.Option(help="Field separator [default: tab for .tsv, else ',' (';' and '|' detected)].")
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from lstm_cli.formats import parse_delimiter
+
+    try:
+        return parse_delimiter(value)
+    except LstmCliError as e:
+        raise typer.BadParameter(str(e), param_hint="--delimiter") from None
+
+
+def _encoding(value: str) -> str:
+    from lstm_cli.data import check_encoding
+
+    try:
+        check_encoding(value)
+    except LstmCliError as e:
+        raise typer.BadParameter(str(e), param_hint="--encoding") from None
+    return value
+
+
+class InputFormat(StrEnum):
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+    fasttext = "fasttext"
+
+
+TextColumnOpt = Annotated[
+    str,
+    typer.Option(help="Column (CSV/TSV) or field (JSON Lines) holding the texts; a number from 1 with --no-header."),
 ]
-EncodingOpt = Annotated[str, typer.Option(help="Text encoding of the data file.")]
+LabelColumnOpt = Annotated[
+    str,
+    typer.Option(help="Column (CSV/TSV) or field (JSON Lines) holding the labels; a number from 1 with --no-header."),
+]
+DelimiterOpt = Annotated[
+    str | None,
+    typer.Option(
+        callback=_delimiter,
+        help="Field separator: one character, or '\\t' / tab [default: tab for .tsv, else ',' (';' and '|' detected)].",
+    ),
+]
+EncodingOpt = Annotated[str, typer.Option(callback=_encoding, help="Text encoding of the data file.")]
 SkipBadOpt = Annotated[bool, typer.Option(help="Skip (and count) malformed rows instead of stopping.")]
+NoHeaderOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-header",
+        help="The CSV/TSV has no header row: --text-column and --label-column are column numbers [default: 1 and 2].",
+    ),
+]
+InputFormatOpt = Annotated[
+    InputFormat | None,
+    typer.Option(
+        help="csv, tsv, jsonl (one JSON object a line) or fasttext (__label__X text) [default: by extension "
+        "(.csv .tsv .jsonl .ndjson), else by the first line, else csv]."
+    ),
+]
+
+
+def read_options(*, text_column: str, label_column: str, delimiter: str | None, encoding: str,
+                 skip_bad_rows: bool, no_header: bool, input_format: InputFormat | None) -> dict:  # fmt: skip
+    """stream_labeled's keyword arguments from the data options; a bad combination is misuse (exit 2)."""
+    if no_header:
+        columns = {"--text-column": (text_column, "text", 1), "--label-column": (label_column, "label", 2)}
+        numbers = {}
+        for flag, (value, default, number) in columns.items():
+            if value == default:
+                value = str(number)
+            if not value.isdigit() or int(value) < 1:
+                raise typer.BadParameter(f"with --no-header, {flag} is a column number from 1 (got {value!r})",
+                                         param_hint=flag)  # fmt: skip
+            numbers[flag] = int(value)
+        if numbers["--text-column"] == numbers["--label-column"]:
+            raise typer.BadParameter("--text-column and --label-column name the same column", param_hint="--no-header")
+        text_column, label_column = numbers["--text-column"], numbers["--label-column"]
+        if input_format in (InputFormat.jsonl, InputFormat.fasttext):
+            raise typer.BadParameter(f"--no-header is for CSV/TSV, not {input_format.value}", param_hint="--no-header")
+    return {"text_column": text_column, "label_column": label_column, "delimiter": delimiter, "encoding": encoding,
+            "skip_bad_rows": skip_bad_rows, "header": not no_header,
+            "input_format": input_format.value if input_format is not None else None}  # fmt: skip
+
+
 VectorsOpt = Annotated[
     Path | None,
     typer.Option(

@@ -16,9 +16,11 @@ from lstm_cli.cli._util import (
     EncodingOpt,
     EngineChoice,
     EngineOpt,
+    InputFormatOpt,
     JsonOpt,
     LabelColumnOpt,
     ModelOpt,
+    NoHeaderOpt,
     ReportFormat,
     ReportFormatOpt,
     SkipBadOpt,
@@ -28,6 +30,7 @@ from lstm_cli.cli._util import (
     _errors,
     _engine_note,
     app,
+    read_options,
 )
 
 DENSE_LABELS = 1_000  # lstm_cli.metrics.DENSE_LABELS, not imported: --help must not load numpy
@@ -76,6 +79,8 @@ def evaluate_cli(
     delimiter: DelimiterOpt = None,
     encoding: EncodingOpt = "utf-8",
     skip_bad_rows: SkipBadOpt = False,
+    no_header: NoHeaderOpt = False,
+    input_format: InputFormatOpt = None,
     output_format: ReportFormatOpt = ReportFormat.table,
     as_json: JsonOpt = False,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the JSON report here.")] = None,
@@ -107,8 +112,10 @@ def evaluate_cli(
     with _errors(verbose):
         from lstm_cli.data import read_labeled
 
-        dataset = read_labeled(data, text_column=text_column, label_column=label_column, delimiter=delimiter,
-                               encoding=encoding, skip_bad_rows=skip_bad_rows)  # fmt: skip
+        read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
+                            encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
+                            input_format=input_format)  # fmt: skip
+        dataset = read_labeled(data, **read)
         from lstm_cli import render
         from lstm_cli.predict import Predictor
         from lstm_cli.predict import evaluate as evaluate_model

@@ -22,8 +22,10 @@ from lstm_cli.cli._util import (
     Device,
     EncodingOpt,
     FreezeVectorsOpt,
+    InputFormatOpt,
     LabelColumnOpt,
     ModelOpt,
+    NoHeaderOpt,
     Optimizer,
     Punctuation,
     QuietOpt,
@@ -37,6 +39,7 @@ from lstm_cli.cli._util import (
     app,
     explicit,
     pretrained_options,
+    read_options,
     vectors_warnings,
     warn,
 )
@@ -59,6 +62,8 @@ def train_cli(
     delimiter: DelimiterOpt = None,
     encoding: EncodingOpt = "utf-8",
     skip_bad_rows: SkipBadOpt = False,
+    no_header: NoHeaderOpt = False,
+    input_format: InputFormatOpt = None,
     validation_data: Annotated[
         Path | None, typer.Option(help="Labeled file to validate on, instead of a split of DATA.")
     ] = None,
@@ -238,8 +243,9 @@ def train_cli(
         from lstm_cli.data import stream_labeled
 
         # Streamed, never held whole: the header is checked now, the rows are read in passes by training.
-        read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
-                "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
+        read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
+                            encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
+                            input_format=input_format)  # fmt: skip
         dataset = stream_labeled(data, **read)
         validation = stream_labeled(validation_data, **read) if validation_data else None
         from lstm_cli.train import train as train_model

@@ -17,8 +17,10 @@ from lstm_cli.cli._util import (
     DelimiterOpt,
     EncodingOpt,
     FreezeVectorsOpt,
+    InputFormatOpt,
     LabelColumnOpt,
     ModelOpt,
+    NoHeaderOpt,
     QuietOpt,
     ReportFormat,
     ReportFormatOpt,
@@ -31,6 +33,7 @@ from lstm_cli.cli._util import (
     _interrupt,
     app,
     pretrained_options,
+    read_options,
     uninterrupted,
     vectors_warnings,
     warn,
@@ -78,6 +81,8 @@ def tune_cli(
     delimiter: DelimiterOpt = None,
     encoding: EncodingOpt = "utf-8",
     skip_bad_rows: SkipBadOpt = False,
+    no_header: NoHeaderOpt = False,
+    input_format: InputFormatOpt = None,
     validation_data: Annotated[
         Path | None, typer.Option(help="Labeled file to rank trials on, instead of a split of DATA.")
     ] = None,
@@ -125,8 +130,9 @@ def tune_cli(
     with _errors(verbose, interrupted_hint=lambda: f" before the first trial finished; {kept}"):
         from lstm_cli.data import read_labeled
 
-        read = {"text_column": text_column, "label_column": label_column, "delimiter": delimiter,
-                "encoding": encoding, "skip_bad_rows": skip_bad_rows}  # fmt: skip
+        read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
+                            encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
+                            input_format=input_format)  # fmt: skip
         dataset = read_labeled(data, **read)
         validation = read_labeled(validation_data, **read) if validation_data else None
         from lstm_cli import render

@@ -57,17 +57,19 @@ class Workers:
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         lengths = np.fromiter((len(t) for t in texts), np.int64, len(texts))
         order = np.argsort(lengths, kind="stable")
-        shares = [order[k :: len(self._pipes)] for k in range(len(self._pipes))]
+        # As many shares as texts at most: one long text is one worker's whole batch, the other has none.
+        shares = [order[k :: len(self._pipes)] for k in range(min(len(self._pipes), len(texts)))]
+        pipes = self._pipes[: len(shares)]
         # Every request is written before any response is read: a worker reads its whole request before it
         # computes, so neither side waits on the other with a full pipe.
-        for k, ((request, _), share) in enumerate(zip(self._pipes, shares, strict=True)):
+        for k, ((request, _), share) in enumerate(zip(pipes, shares, strict=True)):
             payload = "".join(texts[i] for i in share).encode("utf-8")
             try:
                 _write(request, _REQUEST.pack(len(share), len(payload)) + lengths[share].tobytes() + payload)
             except BrokenPipeError:  # not stdout's: this worker is gone
                 raise self._stopped(k) from None
         result = None
-        for k, ((_, response), share) in enumerate(zip(self._pipes, shares, strict=True)):
+        for k, ((_, response), share) in enumerate(zip(pipes, shares, strict=True)):
             header = _read(response, _RESPONSE.size)
             if header is None:
                 raise self._stopped(k)
@@ -128,7 +130,7 @@ def _serve(engine, requests: int, responses: int) -> int:
             return 1
         text = payload.decode("utf-8")
         ends = np.cumsum(np.frombuffer(lengths, np.int64)).tolist()
-        texts = [text[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        texts = [text[start:end] for start, end in zip([0, *ends][:-1], ends, strict=True)]  # none: an empty share
         try:
             body, status = np.ascontiguousarray(engine.probabilities(texts), np.float32).tobytes(), 0
         except Exception as e:  # said to the parent, which fails with it (a worker has no terminal of its own)
