@@ -17,6 +17,15 @@ from typing import Any
 from lstm_cli import __version__
 from lstm_cli.atomic import fsync_tree, install, recover, remove_stale_staging, staging_path
 from lstm_cli.errors import ArtifactError, UsageError
+from lstm_cli.schema import (
+    check_engine,
+    check_metadata,
+    check_vocabulary,
+    load_json,
+    npz_arrays,
+    npz_headers,
+    read_json,
+)
 
 FORMAT = "lstm-cli-model"
 FORMAT_VERSION = 1
@@ -63,23 +72,56 @@ def read_metadata(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{path}: missing; {model_dir} is not an lstm-cli model directory (or is incomplete)")
     try:
-        metadata = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        metadata = read_json(path)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, ValueError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e}); the model directory is damaged, train it again") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ArtifactError(f'{path}: not lstm-cli model metadata (no "format": "{FORMAT}")')
-    version = metadata.get("format_version")
-    if not isinstance(version, int):
-        raise ArtifactError(f"{path}: format_version is missing or not an integer")
+    check_metadata(metadata, path, format_name=FORMAT, newest=FORMAT_VERSION)
+    version = metadata["format_version"]
     if version > FORMAT_VERSION:
         raise ArtifactError(
             f"{model_dir}: model format version {version} is newer than this lstm-cli ({__version__}) reads "
             f"(up to {FORMAT_VERSION}); upgrade with 'pip install -U lstm-cli'"
         )
-    labels = metadata.get("labels")
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
-        raise ArtifactError(f'{path}: "labels" must be a list of at least two strings')
     return metadata
+
+
+@dataclasses.dataclass
+class ModelFiles:
+    """A model directory's data files, each checked against its sha256 and all against one another."""
+
+    vocabulary: list[str]
+    description: dict[str, Any] | None = None  # engine.json (None: saved before the numpy engine)
+    weights: dict[str, Any] | None = None  # engine.npz's arrays by name
+
+
+def read_model(model_dir: Path, metadata: dict[str, Any]) -> ModelFiles:
+    """vocabulary.json, engine.json and engine.npz, validated as a whole (lstm_cli.schema) before any is used:
+    a damaged or forged directory fails here with one message naming the file, whichever engine serves it."""
+    vocabulary = check_vocabulary(_json_file(model_dir, metadata, VOCABULARY), model_dir / VOCABULARY, metadata)
+    if ENGINE_FILE not in metadata.get("files", {}):
+        return ModelFiles(vocabulary)
+    description = _json_file(model_dir, metadata, ENGINE_FILE)
+    data = read_verified(model_dir, metadata, ENGINE_WEIGHTS)
+    try:
+        headers = npz_headers(data)
+    except ValueError as e:
+        raise ArtifactError(
+            f"{model_dir / ENGINE_WEIGHTS}: {e}; the model directory is damaged, train it again"
+        ) from None
+    check_engine(description, headers, vocabulary, metadata, path=model_dir / ENGINE_FILE,
+                 weights_path=model_dir / ENGINE_WEIGHTS)  # fmt: skip
+    return ModelFiles(vocabulary, description, npz_arrays(data, headers))
+
+
+def _json_file(model_dir: Path, metadata: dict[str, Any], name: str) -> Any:
+    try:
+        return load_json(read_verified(model_dir, metadata, name))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(
+            f"{model_dir / name}: not valid JSON ({e}); the model directory is damaged, train it again"
+        ) from None
 
 
 def verify_files(model_dir: Path, metadata: dict[str, Any], *, only: tuple[str, ...] | None = None) -> None:
@@ -94,8 +136,6 @@ def verify_files(model_dir: Path, metadata: dict[str, Any], *, only: tuple[str, 
         if only is not None and not name.startswith(only):
             continue
         path = model_dir / name
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            raise ArtifactError(f"{model_dir / METADATA}: file entry {name!r} points outside the model directory")
         if not path.is_file():
             raise ArtifactError(f"{path}: missing; the model directory is incomplete, train it again")
         if _sha256(path) != digest:

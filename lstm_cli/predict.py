@@ -6,7 +6,6 @@ the fast path never imports TensorFlow, and imports what only TensorFlow serving
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter
@@ -19,13 +18,14 @@ import numpy as np
 
 from lstm_cli.artifact import (
     ENGINE_FILE,
-    ENGINE_FILES,
+    ENGINE_WEIGHTS,
+    METADATA,
     SAVED_MODEL,
     SERVING_FILES,
     SIGNATURE,
-    VOCABULARY,
+    ModelFiles,
     read_metadata,
-    read_verified,
+    read_model,
     verify_files,
 )
 from lstm_cli.atomic import swap_in_progress
@@ -34,6 +34,7 @@ from lstm_cli.engine import Engine, Tokenizer, Unsupported
 from lstm_cli.engine.tokenizer import STRIP_PUNCTUATION
 from lstm_cli.errors import ArtifactError, DataError
 from lstm_cli.formats import MAX_TEXT_CHARS
+from lstm_cli.schema import check_outputs
 
 # Lines read, predicted and written at a time (sorted by length within). Larger batches pad less and wait
 # less for the slowest thread: 16,384 SST-2 lines stream 1.2-1.3x as fast as 4,096 (benchmarks/bench.py).
@@ -62,6 +63,7 @@ class Backend:
     outdated: bool = False  # the model directory predates the engine files
     tokenizer: Tokenizer | None = None
     engine: Engine | None = None  # the numpy engine, when it serves (explain hands it token ids directly)
+    vocabulary: list[str] | None = None  # vocabulary.json, checked
 
 
 def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
@@ -82,11 +84,13 @@ def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
         root = Path(f"/proc/self/fd/{fd}") if Path("/proc/self/fd").is_dir() else model_dir
         try:
             metadata = read_metadata(root)
-            backend = None if engine == "tensorflow" else _numpy_backend(root, metadata, model_dir)
+            files = read_model(root, metadata)  # every data file, checked as a whole, whichever engine serves
+            backend = None if engine == "tensorflow" else _numpy_backend(root, metadata, files, model_dir)
             if backend is None or backend.name != "numpy":
                 if engine == "numpy":
                     raise ArtifactError(f"{model_dir}: {backend.fallback}; use --engine tensorflow (or auto)")
                 tensorflow = _tensorflow_backend(root, metadata)
+                tensorflow.vocabulary = files.vocabulary
                 if backend is not None:
                     tensorflow.fallback, tensorflow.outdated = backend.fallback, backend.outdated
                 backend = tensorflow
@@ -99,22 +103,28 @@ def _load(model_dir: Path, engine: str) -> tuple[dict[str, Any], Backend]:
     return metadata, backend
 
 
-def _numpy_backend(root: Path, metadata: dict[str, Any], model_dir: Path) -> Backend:
+def _numpy_backend(root: Path, metadata: dict[str, Any], files: ModelFiles, model_dir: Path) -> Backend:
     """The numpy engine for this model; or, when it cannot serve it, a Backend naming why."""
-    if ENGINE_FILE not in metadata.get("files", {}):
+    if files.description is None:
         reason = (
             f"{model_dir} was saved by an older lstm-cli, without the files of the fast numpy engine; "
             "train it again to get predictions without the TensorFlow start-up"
         )
         return Backend("tensorflow", None, fallback=reason, outdated=True)
-    parts = [read_verified(root, metadata, name) for name in ENGINE_FILES]
     try:
-        engine = Engine.from_bytes(*parts)
+        engine = Engine(files.description, files.weights, files.vocabulary)
+        # Shapes the schema cannot see without running the graph (a layer's input width) show on a probe batch.
+        probe = engine.probabilities_of_ids([[len(files.vocabulary) - 1, 1, min(2, len(files.vocabulary) - 1)], [1]])
     except Unsupported as e:
         return Backend("tensorflow", None, fallback=f"the numpy engine cannot run this model ({e})")
-    except (ValueError, KeyError, TypeError) as e:  # JSON or .npz that parses but is not what we wrote
-        raise ArtifactError(f"{root / ENGINE_FILE}: not a readable engine description ({e}); train it again") from None
-    return Backend("numpy", engine.probabilities, tokenizer=engine.tokenizer, engine=engine)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # parses, but does not run
+        raise ArtifactError(
+            f"{root / ENGINE_FILE}: the network does not run on its weights in {ENGINE_WEIGHTS} ({type(e).__name__}: "
+            f"{str(e)[:200]}); the model directory is damaged, train it again"
+        ) from None
+    check_outputs(probe, 2, len(metadata["labels"]), root / ENGINE_WEIGHTS)
+    return Backend("numpy", engine.probabilities, tokenizer=engine.tokenizer, engine=engine,
+                   vocabulary=files.vocabulary)  # fmt: skip
 
 
 def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
@@ -132,6 +142,7 @@ def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
     except Exception as e:  # TensorFlow raises many types for a damaged SavedModel
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{root}: the SavedModel cannot be loaded ({first_line})") from None
+    _check_labels(serve, tf, metadata["labels"], root)
     pool = ThreadPoolExecutor(max(1, min(2, os.cpu_count() or 1)))
 
     def run(texts: list[str]) -> np.ndarray:
@@ -155,6 +166,20 @@ def _tensorflow_backend(root: Path, metadata: dict[str, Any]) -> Backend:
 
     run.loaded = loaded  # keeps the SavedModel's resources alive as long as the function
     return Backend("tensorflow", run)
+
+
+def _check_labels(serve, tf, labels: list[str], root: Path) -> None:
+    """The SavedModel's own label names (one call on a probe text) are the metadata's, in the same order."""
+    try:
+        names = [n.decode("utf-8") for n in serve(text=tf.constant([b"probe"]))["label_names"].numpy()[0]]
+    except Exception as e:  # TensorFlow raises many types for a graph that does not run
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{root / SAVED_MODEL}: the SavedModel does not run ({first_line[:200]})") from None
+    if names != labels:
+        raise ArtifactError(
+            f"{root / METADATA}: lists {len(labels)} labels that are not the SavedModel's {len(names)} "
+            "(in the same order); the model directory is damaged, train it again"
+        )
 
 
 def _inode(path: Path) -> int | None:
@@ -242,7 +267,7 @@ class Predictor:
     def tokenizer(self) -> Tokenizer:
         """The model's tokenizer in Python (exactly the SavedModel's), whichever engine serves it."""
         if self.backend.tokenizer is None:
-            vocabulary = json.loads(read_verified(self.path, self.metadata, VOCABULARY))
+            vocabulary = self.backend.vocabulary
             standardize = self.metadata["vectorizer"].get("standardize", STRIP_PUNCTUATION)
             try:
                 self.backend.tokenizer = Tokenizer(

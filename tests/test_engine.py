@@ -458,7 +458,7 @@ def test_weights_are_read_without_pickle(trained_model):
     buffer = io.BytesIO()
     np.savez(buffer, planted=np.array([{"a": 1}], dtype=object))
     parts = [(trained_model / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")]
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(ValueError, match="object values, not numbers"):
         Engine.from_bytes(parts[0], buffer.getvalue(), parts[2])
 
 
@@ -596,14 +596,13 @@ def test_the_fast_path_never_imports_tensorflow(trained_model, data_dir, command
         {"fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "big_endian": np.arange(3, dtype=">i4")},
     ],
 )
-@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
-def test_weights_read_in_place_equal_what_np_load_reads(arrays, save):
+def test_weights_read_in_place_equal_what_np_load_reads(arrays):
     import io
 
     from lstm_cli.engine import npz_arrays
 
     buffer = io.BytesIO()
-    save(buffer, **arrays)
+    np.savez(buffer, **arrays)
     expected = dict(np.load(io.BytesIO(buffer.getvalue()), allow_pickle=False))
     got = npz_arrays(buffer.getvalue())
     assert got.keys() == expected.keys()
@@ -611,6 +610,10 @@ def test_weights_read_in_place_equal_what_np_load_reads(arrays, save):
         assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
         assert got[key].flags.f_contiguous == value.flags.f_contiguous, key
         np.testing.assert_array_equal(got[key], value)
+    compressed = io.BytesIO()
+    np.savez_compressed(compressed, **arrays)  # lstm-cli never writes these: a member could inflate to anything
+    with pytest.raises(ValueError, match="compressed"):
+        npz_arrays(compressed.getvalue())
 
 
 @given(lengths=st.lists(st.integers(1, 5_000), max_size=2_000))

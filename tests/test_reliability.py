@@ -184,9 +184,9 @@ def test_sigterm_after_the_new_model_is_installed_says_so(trained_model, data_di
     assert result.exit_code == 130 and "the model at model is unchanged" in result.stderr
 
 
-# Each engine reads the model through its own checked reader: the numpy engine's files through
-# read_verified, the SavedModel's through verify_files.
-@pytest.mark.parametrize(("engine", "reader"), [("auto", "read_verified"), ("tensorflow", "verify_files")])
+# Each engine reads the model through checked readers: the data files (vocabulary, the numpy engine's) through
+# read_model, the SavedModel's through verify_files.
+@pytest.mark.parametrize(("engine", "reader"), [("auto", "read_model"), ("tensorflow", "verify_files")])
 def test_a_file_vanishing_while_the_model_is_read_is_retried(trained_model, tmp_path, monkeypatch, engine, reader):
     import shutil
 

@@ -5,25 +5,20 @@ This package must never import TensorFlow or Keras; a test imports it with Tenso
 
 from __future__ import annotations
 
-import io
-import json
-import math
 import os
-import struct
-import zipfile
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from numpy.lib import format as npy
 
 from lstm_cli.engine.network import Network, Unsupported
 from lstm_cli.engine.tokenizer import STANDARDIZATIONS, STRIP_PUNCTUATION, Token, Tokenizer, flattened
+from lstm_cli.schema import load_json, npz_arrays
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["Engine", "Token", "Tokenizer", "Unsupported"]
+__all__ = ["Engine", "Token", "Tokenizer", "Unsupported", "npz_arrays"]
 
 # Rows per network call. Texts are sorted by length first, so a batch carries little padding; 256 to 512
 # rows cost the same CPU per text on SST-2 (measured), and smaller batches share out better over threads.
@@ -36,49 +31,6 @@ BATCH_TOKENS = 256 * 300
 # itself is single-threaded, as the command line makes it: OpenBLAS's own threads on top of ours fight over
 # the cores (measured: 7x slower on 2 cores).
 THREADS = max(1, min(2, os.cpu_count() or 1)) if os.environ.get("OPENBLAS_NUM_THREADS") == "1" else 1
-
-
-_HEADER_READERS = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}
-
-
-def npz_arrays(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an .npz archive's contents, as np.load(allow_pickle=False) gives them.
-
-    np.savez stores each array uncompressed, so its data is read in place: read-only views of `data`, not
-    copies through zipfile (which took most of a cold start's model loading). The caller has just checked
-    the bytes against their sha256, a stronger check than zip's CRCs, which np.load would repeat. Anything
-    else (a compressed archive, object arrays, a damaged file) goes to np.load, which decides."""
-    arrays = _stored_arrays(data)
-    if arrays is None:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    return arrays
-
-
-def _stored_arrays(data: bytes) -> dict[str, np.ndarray] | None:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = archive.infolist()
-    except zipfile.BadZipFile:
-        return None
-    arrays = {}
-    for member in members:
-        start = member.header_offset
-        if member.compress_type != zipfile.ZIP_STORED or data[start : start + 4] != b"PK\x03\x04":
-            return None
-        name_length, extra_length = struct.unpack_from("<HH", data, start + 26)  # from the local file header
-        begin = start + 30 + name_length + extra_length
-        stream = io.BytesIO(data[begin : begin + min(member.file_size, 1 << 16)])
-        try:
-            shape, fortran_order, dtype = _HEADER_READERS[npy.read_magic(stream)](stream)
-        except (ValueError, KeyError):  # not an .npy member, or a format version this does not read
-            return None
-        count = math.prod(shape)
-        if dtype.hasobject or stream.tell() + count * dtype.itemsize != member.file_size:
-            return None
-        array = np.frombuffer(data, dtype, count=count, offset=begin + stream.tell())
-        arrays[member.filename.removesuffix(".npy")] = array.reshape(shape, order="F" if fortran_order else "C")
-    return arrays
 
 
 class Engine:
@@ -94,8 +46,9 @@ class Engine:
 
     @classmethod
     def from_bytes(cls, description: bytes, weights: bytes, vocabulary: bytes) -> Engine:
-        """From the contents of engine.json, engine.npz and vocabulary.json (never unpickles anything)."""
-        return cls(json.loads(description), npz_arrays(weights), json.loads(vocabulary))
+        """From the contents of engine.json, engine.npz and vocabulary.json (never unpickles anything); a model
+        directory's files are checked as a whole first by lstm_cli.artifact.read_model."""
+        return cls(load_json(description), npz_arrays(weights), load_json(vocabulary))
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """One row of label probabilities per text (valid Unicode), in input order."""
