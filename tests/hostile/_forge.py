@@ -44,7 +44,9 @@ def forge(model: Path, target: Path, **edits: Callable) -> Path:
         if name.endswith(".json"):
             value = json.loads(path.read_text(encoding="utf-8"))
             new = edit(value)
-            path.write_text(new if isinstance(new, str) else json.dumps(value if new is None else new), encoding="utf-8")
+            path.write_text(
+                new if isinstance(new, str) else json.dumps(value if new is None else new), encoding="utf-8"
+            )
         else:
             with np.load(path, allow_pickle=False) as saved:
                 arrays = {k: saved[k] for k in saved.files}
