@@ -130,13 +130,29 @@ def tune_summary(result, model_dir: Path) -> Text:
 def probability_values(probabilities) -> list | float:
     """Probabilities (any shape) as Python floats whose repr is the shortest decimal that reads back as the same
     float32: the digits the model's float32 output carries, no more (0.98764235, not 0.9876423478126526).
-    tsv and JSON both print these (repr, json.dumps), so they agree digit for digit."""
+    tsv and JSON both print these (repr, json.dumps), so they agree digit for digit.
+
+    Vectorised (predict's hot path; numpy's own shortest formatting, `astype(str)`, is 20x slower): for m = 0,
+    1, 2, ... decimals, round to m decimals and keep the first that is the same float32. n / 10**m is the double
+    nearest that decimal (10**m is exact up to 10**22, division rounds correctly), so its repr is the decimal."""
     import numpy as np
 
-    shortest = np.asarray(probabilities, dtype=np.float32).astype(str)  # numpy: shortest round-trip per float32
-    if shortest.ndim == 2:
-        return [list(map(float, row)) for row in shortest.tolist()]
-    return list(map(float, shortest.tolist())) if shortest.ndim == 1 else float(shortest)
+    given = np.asarray(probabilities, dtype=np.float32)
+    flat = given.ravel()
+    wide = flat.astype(np.float64)
+    out = wide.copy()  # 0, 1, inf and nan as they are
+    pending = np.flatnonzero(np.isfinite(wide) & (wide != 0))
+    for m in range(23):
+        if not pending.size:
+            break
+        scale = 10.0**m
+        rounded = np.round(wide[pending] * scale) / scale
+        same = rounded.astype(np.float32) == flat[pending]
+        out[pending[same]] = rounded[same]
+        pending = pending[~same]
+    if pending.size:  # below about 1e-14: numpy's shortest digits, one at a time
+        out[pending] = [float(text) for text in flat[pending].astype(str).tolist()]
+    return out.reshape(given.shape).tolist()
 
 
 def prediction_lines(

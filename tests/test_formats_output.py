@@ -55,6 +55,23 @@ def test_json_lists_top_k_labels_and_every_probability_only_when_asked(trained_m
         assert len(record.get("top", [None])) == k
 
 
+def test_probability_digits_are_numpys_shortest_float32_repr():
+    from lstm_cli.render import probability_values
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([
+        rng.random(100_000), 10.0 ** rng.uniform(-45, 0, 100_000), rng.dirichlet(np.ones(77), 500).ravel(),
+        [0, 1, 0.5, 0.1, 1e-8, 3.5e-5, np.float32(0.99999994), np.float32(1.4e-45), np.inf, np.nan],
+    ]).astype(np.float32)  # fmt: skip
+    got = probability_values(values)
+    assert [repr(p) for p in got] == values.astype(str).tolist()
+    half = len(got) // 2
+    assert [list(map(repr, row)) for row in probability_values(values.reshape(2, -1))] == [
+        list(map(repr, got[:half])), list(map(repr, got[half:]))
+    ]  # fmt: skip
+    assert probability_values(np.float32(0.25)) == 0.25
+
+
 def test_tsv_prints_the_same_digits_as_json(trained_model):
     tsv = _predict(trained_model, "--top-k", "2")
     records = [json.loads(line) for line in _predict(trained_model, "--format", "json", "--top-k", "2")]
