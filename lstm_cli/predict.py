@@ -41,6 +41,7 @@ from lstm_cli.schema import check_outputs
 PREDICT_BATCH = 16_384
 PREDICT_CHARS = 4_000_000  # ...or fewer lines, when they are long: bounds the memory of a batch's token ids
 MODEL_BATCH = 256  # texts per call of the serving function
+EVALUATE_CELLS = 16_000_000  # evaluate holds at most this many probabilities at a time (64 MB, at any label count)
 # Batches of at least this many texts (two of the engine's batches, as many as two threads would share), or of
 # this many characters (long documents: some 80 articles make several of the engine's batches), go to worker
 # processes once Predictor.share_out() is called; smaller ones (a line at a time, a short file) run in this
@@ -319,6 +320,7 @@ def evaluate(
     texts = [data.texts[i] for i in known]
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
     predicted, probability = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
+    batch_size = max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels)))  # rows x labels probabilities
     for batch in batched(texts, batch_size, PREDICT_CHARS):
         probabilities = predictor.probabilities(batch)
         predicted.append(probabilities.argmax(axis=1))

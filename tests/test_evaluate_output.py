@@ -238,3 +238,29 @@ def test_fifty_thousand_labels_take_memory_in_the_labels_not_their_square():
     tp = int(np.sum((truth == k) & (predicted == k)))
     assert report["per_class"][labels[k]]["recall"] == pytest.approx(tp / np.sum(truth == k))
     assert report["per_class"][labels[k]]["precision"] == pytest.approx(tp / max(1, np.sum(predicted == k)))
+
+
+def test_ten_thousand_labels_render_the_weakest_classes_within_the_width():
+    """A report too big for any grid: the per-class table lists the weakest, the pairs table the largest cells,
+    every line within the console's width; the report has no dense matrix to print."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lstm_cli.render import PER_CLASS_WEAKEST, print_report
+
+    n = 10_000
+    labels = [f"intent_{i:05d}_" + "x" * (i % 90) for i in range(n)]
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, n, 30_000)
+    predicted = np.where(rng.random(truth.size) < 0.8, truth, rng.integers(0, 20, truth.size))
+    report = classification_report(truth, predicted, labels)
+    report["rows"] = {"evaluated": truth.size}
+    out = StringIO()
+    print_report(report, Console(file=out, width=100, highlight=False, emoji=False))
+    lines = out.getvalue().splitlines()
+    assert all(cell_len(line) <= 100 for line in lines)
+    assert f"the {PER_CLASS_WEAKEST} lowest F1 of 10,000" in out.getvalue() and "Most confused" in out.getvalue()
+    weakest = min((c["f1"], label) for label, c in report["per_class"].items() if c["support"])
+    assert weakest[1][:12] in out.getvalue()
+    assert len(lines) < 120
