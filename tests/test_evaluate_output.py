@@ -264,3 +264,17 @@ def test_ten_thousand_labels_render_the_weakest_classes_within_the_width():
     weakest = min((c["f1"], label) for label, c in report["per_class"].items() if c["support"])
     assert weakest[1][:12] in out.getvalue()
     assert len(lines) < 120
+
+
+def test_evaluate_batches_by_rows_times_labels_with_the_same_report(trained_model, data_dir, monkeypatch):
+    import lstm_cli.predict as predict
+
+    args = ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "--format", "json"]
+    whole = json.loads(runner.invoke(app, args).stdout)
+    calls = []
+    monkeypatch.setattr(predict, "EVALUATE_CELLS", 6)  # 3 labels: 2 rows at a time
+    original = predict.Predictor.probabilities
+    monkeypatch.setattr(predict.Predictor, "probabilities", lambda self, texts: calls.append(len(texts)) or
+                        original(self, texts))  # fmt: skip
+    assert json.loads(runner.invoke(app, args).stdout) == whole
+    assert max(calls) == 2 and sum(calls) == whole["rows"]["evaluated"]
