@@ -16,7 +16,15 @@ from typing import Any
 
 from lstm_cli import __version__
 from lstm_cli.atomic import fsync_tree, install, recover, remove_stale_staging, staging_path
-from lstm_cli.errors import ArtifactError, UsageError
+from lstm_cli.errors import ArtifactError
+from lstm_cli.owned import (
+    MODEL_FORMAT,
+    MODEL_METADATA,
+    check_model_target,
+    mark_model_staging,
+    open_regular,
+    read_regular,
+)
 from lstm_cli.schema import (
     check_engine,
     check_metadata,
@@ -27,9 +35,9 @@ from lstm_cli.schema import (
     read_json,
 )
 
-FORMAT = "lstm-cli-model"
+FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
-METADATA = "metadata.json"
+METADATA = MODEL_METADATA
 VOCABULARY = "vocabulary.json"
 KERAS_FILE = "model.keras"
 ENGINE_FILE = "engine.json"  # the network as plain JSON, for the numpy engine (lstm_cli.engine)
@@ -44,7 +52,7 @@ MODEL_ENV = "LSTM_CLI_MODEL"
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -272,7 +280,7 @@ def read_verified(model_dir: Path, metadata: dict[str, Any], name: str) -> bytes
     if not isinstance(digest, str):
         raise ArtifactError(f'{model_dir / METADATA}: "files" does not list {name}; the model directory is incomplete')
     try:
-        data = (model_dir / name).read_bytes()
+        data = read_regular(model_dir / name)
     except OSError as e:
         raise ArtifactError(f"{model_dir / name}: cannot read ({e.strerror}); train the model again") from None
     if hashlib.sha256(data).hexdigest() != digest:
@@ -280,10 +288,6 @@ def read_verified(model_dir: Path, metadata: dict[str, Any], name: str) -> bytes
             f"{model_dir / name}: contents do not match metadata.json (truncated or modified); train it again"
         )
     return data
-
-
-def is_model_dir(path: Path) -> bool:
-    return (path / METADATA).is_file() or (path.is_dir() and not any(path.iterdir()))
 
 
 def _last_clause(message: str) -> str:
@@ -295,11 +299,7 @@ def check_writable(target: Path) -> None:
     """Fail before training, not after, when the model could not be saved at `target`."""
     target = Path(os.path.abspath(target))
     recover(target)
-    if target.exists() and not (target.is_dir() and is_model_dir(target)):
-        raise UsageError(
-            f"{target}: exists and is not an lstm-cli model directory (no {METADATA}), so lstm-cli will not "
-            "replace it; choose another path with --model/-m"
-        )
+    check_model_target(target)  # only what lstm-cli can prove it made is ever replaced
     probe = staging_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +344,7 @@ def save(
     staging = staging_path(target)
     try:
         staging.mkdir()
+        mark_model_staging(staging)  # so a staging directory left by a kill is known as lstm-cli's
         _export_saved_model(result, staging)
         result.network.save(staging / KERAS_FILE)
         (staging / VOCABULARY).write_text(json.dumps(result.vocabulary, ensure_ascii=False), encoding="utf-8")

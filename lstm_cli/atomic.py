@@ -2,7 +2,7 @@
 
 Linux swaps two directories atomically (renameat2). Elsewhere two renames do it, with an instant when
 nothing is at the target; a process killed then leaves the old directory as `.NAME.old-PID`, and the
-next reader or writer of the target puts it back (`recover`)."""
+next reader or writer of the target puts it back (`recover`), if it carries lstm-cli's marker."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lstm_cli.errors import LstmCliError
+from lstm_cli.owned import carries_marker, made_by_lstm_cli
 
 
 def fsync_tree(root: Path) -> None:
@@ -103,12 +104,15 @@ def _mtime(path: Path) -> float:
 
 
 def recover(target: Path) -> bool:
-    """If nothing is at `target` because a swap was killed half-way, put the old directory back.
+    """If nothing is at `target` because a swap was killed half-way, put the old directory back: only one
+    that carries lstm-cli's marker (lstm_cli.owned), never a directory someone else named `.NAME.old-N`.
 
     Returns True if `target` was restored."""
     if os.path.lexists(target):
         return False
     for retired in _dead_siblings(target, "old"):
+        if not made_by_lstm_cli(retired):
+            continue
         try:
             os.rename(retired, target)
             return True
@@ -132,13 +136,16 @@ def staging_path(target: Path) -> Path:
 
 def remove_stale_staging(target: Path) -> None:
     """Tidy what processes that died (kill -9, power loss) left beside `target`: restore a directory a
-    half-done swap retired, then delete their staging and retired directories."""
+    half-done swap retired, then delete their staging and retired directories, those that carry lstm-cli's
+    marker (anything else is left alone, whatever its name)."""
     recover(target)
     for path in _dead_siblings(target, "tmp"):
-        shutil.rmtree(path, ignore_errors=True)
+        if carries_marker(path):
+            shutil.rmtree(path, ignore_errors=True)
     if os.path.lexists(target):
         for path in _dead_siblings(target, "old"):
-            shutil.rmtree(path, ignore_errors=True)
+            if made_by_lstm_cli(path):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

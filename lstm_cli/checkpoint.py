@@ -21,7 +21,7 @@ import numpy as np
 from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
 from lstm_cli.averaging import EpochWindows
 from lstm_cli.errors import LstmCliError
-from lstm_cli.owned import check_checkpoint_dir, write_checkpoint_marker
+from lstm_cli.owned import check_checkpoint_dir, open_regular, read_regular, write_checkpoint_marker
 
 STATE = "state.json"
 LATEST = "latest.npz"  # network variables, then optimizer variables
@@ -47,7 +47,7 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise LstmCliError(f"{directory}: no checkpoint to resume from; run without --resume to start afresh")
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = json.loads(read_regular(path))
     except (OSError, ValueError) as e:
         raise LstmCliError(f"{path}: unreadable checkpoint ({e}); run without --resume to start afresh") from None
     if state.get("run") != run:
@@ -67,7 +67,7 @@ def reseed(network, seed: int, epoch: int) -> None:
 
 
 def _arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as saved:
+    with open_regular(path) as f, np.load(f, allow_pickle=False) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 

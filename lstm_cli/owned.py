@@ -1,32 +1,188 @@
-"""Which checkpoint directories lstm-cli may replace or remove: only those it can prove it made.
+"""What lstm-cli may replace, restore or remove: only what it can prove it made; and how it opens its own files.
 
-A checkpoint directory carries a marker file with its own format (as a model directory carries
-metadata.json); any other existing path given to --checkpoint-dir is refused before training."""
+A model directory carries metadata.json with lstm-cli's format marker, its version and the list of every
+other file in it; a checkpoint directory carries a marker file of its own. A path given to --model or
+--checkpoint-dir that exists and is not such a directory (or holds files the listing does not name) is
+refused before any work, and left as it is.
+
+Files lstm-cli reads from its own directories (metadata, engine files, checkpoints) are opened with
+`open_regular`: a FIFO or a device planted in their place is refused instead of blocking forever."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from lstm_cli.errors import UsageError
 
 CHECKPOINT_MARKER = "lstm-cli-checkpoint.json"
 CHECKPOINT_FORMAT = "lstm-cli-checkpoint"
+MODEL_METADATA = "metadata.json"
+MODEL_FORMAT = "lstm-cli-model"
+
+
+def _marker_text(format: str) -> bytes:
+    return (json.dumps({"format": format, "format_version": 1}) + "\n").encode()
+
+
+_MARKERS = {MODEL_METADATA: _marker_text(MODEL_FORMAT), CHECKPOINT_MARKER: _marker_text(CHECKPOINT_FORMAT)}
+
+
+class NotRegularFile(OSError):
+    """A path lstm-cli expected to be a regular file is a FIFO, a device, a socket or a directory."""
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open `path` for reading in binary if it is a regular file (after symlinks), without ever blocking.
+
+    O_NONBLOCK makes opening a FIFO return at once (instead of waiting for a writer); fstat on the open
+    descriptor then decides, so nothing can be swapped in between a check and the open."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(0, f"not a regular file ({_kind(mode)})", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The contents of the regular file `path` (see open_regular); OSError for anything else."""
+    with open_regular(path) as f:
+        return f.read()
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory")):  # fmt: skip
+        if test(mode):
+            return name
+    return "not a file"
+
+
+def _json_object(path: Path) -> dict[str, Any] | None:
+    from lstm_cli.schema import read_json  # bounded in size and depth; imports this module
+
+    try:
+        value = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_checkpoint_marker(directory: Path) -> None:
-    marker = {"format": CHECKPOINT_FORMAT, "format_version": 1}
-    (directory / CHECKPOINT_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+    (directory / CHECKPOINT_MARKER).write_bytes(_MARKERS[CHECKPOINT_MARKER])
 
 
 def is_checkpoint_dir(directory: Path) -> bool:
-    try:
-        marker = json.loads((directory / CHECKPOINT_MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    marker = _json_object(directory / CHECKPOINT_MARKER)
+    return marker is not None and marker.get("format") == CHECKPOINT_FORMAT
+
+
+def is_model_dir(directory: Path) -> bool:
+    """Whether `directory` is a model directory lstm-cli wrote (any version): its metadata.json carries the
+    format marker, an integer format version and the listing of the other files, and nothing else is in it.
+
+    Every lstm-cli release has written all three. A foreign metadata.json, or a model directory into which
+    someone put files of their own, does not qualify: replacing it would lose what lstm-cli did not make."""
+    if os.path.islink(directory) or not directory.is_dir():
         return False
-    return isinstance(marker, dict) and marker.get("format") == CHECKPOINT_FORMAT
+    metadata = _json_object(directory / MODEL_METADATA)
+    if metadata is None or metadata.get("format") != MODEL_FORMAT:
+        return False
+    version, files = metadata.get("format_version"), metadata.get("files")
+    if isinstance(version, bool) or not isinstance(version, int) or not isinstance(files, dict):
+        return False
+    return _only_listed(directory, set(files))
+
+
+def _only_listed(root: Path, listed: set[str]) -> bool:
+    """Every file under `root` is metadata.json or a listed regular file, and no symbolic link is in it.
+    (Directories may be empty: a SavedModel's assets/ is.)"""
+
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    try:
+        return _walk_listed(root, listed, unreadable)
+    except OSError:
+        return False
+
+
+def _walk_listed(root: Path, listed: set[str], onerror) -> bool:
+    for folder, dirs, names in os.walk(root, onerror=onerror):
+        relative = Path(folder).relative_to(root).as_posix()
+        prefix = "" if relative == "." else relative + "/"
+        if any(os.path.islink(os.path.join(folder, name)) for name in dirs):
+            return False
+        for name in names:
+            if prefix + name not in listed and not (prefix == "" and name == MODEL_METADATA):
+                return False
+            if not stat.S_ISREG(os.lstat(os.path.join(folder, name)).st_mode):
+                return False
+    return True
+
+
+def made_by_lstm_cli(directory: Path) -> bool:
+    """A whole model or checkpoint directory lstm-cli made (what a killed swap may have retired)."""
+    return is_model_dir(directory) or (
+        not os.path.islink(directory) and directory.is_dir() and is_checkpoint_dir(directory)
+    )
+
+
+def carries_marker(directory: Path) -> bool:
+    """A directory lstm-cli began to build (a staging directory a killed process left): it writes a marker
+    first (a checkpoint's, or a provisional metadata.json), so it holds one, or is empty, or holds only the
+    start of a marker (killed while writing it)."""
+    if os.path.islink(directory) or not directory.is_dir():
+        return False
+    metadata = _json_object(directory / MODEL_METADATA)
+    if (metadata is not None and metadata.get("format") == MODEL_FORMAT) or is_checkpoint_dir(directory):
+        return True
+    try:
+        entries = list(directory.iterdir())
+        if not entries:
+            return True
+        (only,) = entries
+        start = read_regular(only) if only.name in _MARKERS else None
+    except (OSError, ValueError):
+        return False
+    return start is not None and _MARKERS[only.name].startswith(start)
+
+
+def mark_model_staging(directory: Path) -> None:
+    """The provisional metadata.json of a model being built in `directory` (the real one replaces it)."""
+    (directory / MODEL_METADATA).write_bytes(_MARKERS[MODEL_METADATA])
+
+
+def check_model_target(target: Path) -> None:
+    """Refuse a --model path that saving would replace although lstm-cli did not make it (exit 2).
+
+    Nothing there, an empty directory, or a model directory lstm-cli wrote may be replaced."""
+    fix = "choose another path with --model/-m (lstm-cli creates it), or move it out of the way"
+    if not os.path.lexists(target):
+        return
+    if os.path.islink(target):
+        raise UsageError(f"{target}: is a symbolic link, which lstm-cli will not replace; {fix}")
+    if not target.is_dir():
+        raise UsageError(f"{target}: exists and is not a directory, so lstm-cli will not replace it; {fix}")
+    try:
+        empty = not any(target.iterdir())
+    except OSError as e:
+        raise UsageError(f"{target}: cannot be listed ({e.strerror}), so lstm-cli will not replace it; {fix}") from None
+    if not empty and not is_model_dir(target):
+        raise UsageError(
+            f"{target}: exists and is not a model directory lstm-cli made (its {MODEL_METADATA} has no "
+            f'"format": "{MODEL_FORMAT}" with a version and a listing of every file in it), so lstm-cli will '
+            f"not replace it; {fix}"
+        )
 
 
 def check_checkpoint_dir(directory: Path, *, model: Path | None = None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from lstm_cli.errors import ArtifactError
+from lstm_cli.owned import open_regular
 
 # Deepest nesting of arrays and objects in any JSON lstm-cli reads (its own files nest 8 deep at most).
 MAX_JSON_DEPTH = 64
@@ -65,7 +66,7 @@ def _depth(raw: bytes) -> int:
 
 def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
     """A JSON file within bounds (read at most max_bytes + 1 bytes); raises OSError or ValueError."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO in its place is refused, not waited on
         raw = f.read(max_bytes + 1)
     return load_json(raw, max_bytes=max_bytes)
 

@@ -325,9 +325,11 @@ def _progress(console, *, enabled: bool):
 
 def _model_id(model: Path) -> str | None:
     """The id in the model's metadata.json, or None if there is no readable model (no TensorFlow needed)."""
+    from lstm_cli.owned import read_regular
+
     try:
-        return json.loads((model / "metadata.json").read_text(encoding="utf-8")).get("id")
-    except (OSError, ValueError, AttributeError):
+        return json.loads(read_regular(model / "metadata.json")).get("id")
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
 
 

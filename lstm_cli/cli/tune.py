@@ -128,6 +128,9 @@ def tune_cli(
         signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C too waits for a trial's row to be printed whole
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     with _errors(verbose, interrupted_hint=lambda: f" before the first trial finished; {kept}"):
+        from lstm_cli.artifact import check_writable, save
+
+        check_writable(model)  # a path lstm-cli would not replace is refused before any work
         from lstm_cli.data import read_labeled
 
         read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
@@ -136,9 +139,7 @@ def tune_cli(
         dataset = read_labeled(data, **read)
         validation = read_labeled(validation_data, **read) if validation_data else None
         from lstm_cli import render
-        from lstm_cli.artifact import check_writable, save
 
-        check_writable(model)
         given_dim = base.embedding_dim if "embedding_dim" in fixed else None
         warn(console, [*vectors_warnings(vectors, given_dim), *render.skipped_warnings(dataset, validation)])
         from lstm_cli.tune import tune
