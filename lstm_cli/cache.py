@@ -23,6 +23,7 @@ import numpy as np
 
 from lstm_cli.batching import Batch, EncodedTexts, batch_count, batch_indices, worker_batch
 from lstm_cli.engine.tokenizer import OOV_ID
+from lstm_cli.owned import read_regular
 
 __all__ = ["Batch", "TokenCache"]
 
@@ -103,7 +104,7 @@ class TokenCache:
         given); None otherwise, and the caller rebuilds it."""
         directory = Path(directory)
         try:
-            manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+            manifest = json.loads(read_regular(directory / MANIFEST))
             if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
                 return None
             if manifest["fingerprint"] != json.loads(json.dumps(fingerprint)):

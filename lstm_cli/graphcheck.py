@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lstm_cli.errors import ArtifactError
+from lstm_cli.owned import read_regular
 
 # Every op in the graphs and function libraries of the models lstm-cli exports (LSTM and GRU, stacked,
 # bidirectional, with or without the Dense layer), plus their stateless/partitioned twins; none reads or
@@ -188,7 +189,7 @@ def graph_problems(saved_model_pb: bytes, signature: str) -> tuple[set[str], lis
 def check_saved_model(path: Path, signature: str) -> None:
     """Refuse a SavedModel that uses ops lstm-cli never exports, or checkpoint I/O outside its saver."""
     try:
-        _, problems = graph_problems(path.read_bytes(), signature)
+        _, problems = graph_problems(read_regular(path), signature)
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read it ({e.strerror or e})") from None
     except Exception as e:  # a protobuf that does not parse
