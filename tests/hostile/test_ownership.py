@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 from lstm_cli.cli import app
 
 runner = CliRunner()
+TUNE_TINY = ["--set", "units=4", "--set", "embedding_dim=4", "--set", "epochs=1", "--quiet"]
 # The commands that save a model directory at --model, each with arguments that would otherwise start work.
 WRITERS = {
     "train": lambda data: ["train", str(data), *TINY, "--epochs", "1"],
-    "tune": lambda data: ["tune", str(data), "--budget", "30s", "--trials", "1", "--set", "units=4",
-                          "--set", "embedding_dim=4", "--set", "epochs=1"],  # fmt: skip
+    "tune": lambda data: ["tune", str(data), "--budget", "30s", "--trials", "1", *TUNE_TINY],
 }
 
 
