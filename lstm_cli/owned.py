@@ -60,7 +60,7 @@ def read_regular(path: Path | str) -> bytes:
 
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))  # fmt: skip
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISREG, "a file"))  # fmt: skip
 
 
 def _kind(mode: int) -> str:
@@ -169,19 +169,19 @@ def check_model_target(target: Path) -> None:
     fix = "choose another path with --model/-m (lstm-cli creates it), or move it out of the way"
     if not os.path.lexists(target):
         return
+    refused = f"{target}: exists and is not an lstm-cli model directory"
     if os.path.islink(target):
-        raise UsageError(f"{target}: is a symbolic link, which lstm-cli will not replace; {fix}")
+        raise UsageError(f"{refused} (it is a symbolic link), so lstm-cli will not replace it; {fix}")
     if not target.is_dir():
-        raise UsageError(f"{target}: exists and is not a directory, so lstm-cli will not replace it; {fix}")
+        raise UsageError(f"{refused} (it is {_kind(target.stat().st_mode)}), so lstm-cli will not replace it; {fix}")
     try:
         empty = not any(target.iterdir())
     except OSError as e:
-        raise UsageError(f"{target}: cannot be listed ({e.strerror}), so lstm-cli will not replace it; {fix}") from None
+        raise UsageError(f"{refused} (cannot list it: {e.strerror}), so lstm-cli will not replace it; {fix}") from None
     if not empty and not is_model_dir(target):
         raise UsageError(
-            f"{target}: exists and is not a model directory lstm-cli made (its {MODEL_METADATA} has no "
-            f'"format": "{MODEL_FORMAT}" with a version and a listing of every file in it), so lstm-cli will '
-            f"not replace it; {fix}"
+            f'{refused} (no {MODEL_METADATA} with "format": "{MODEL_FORMAT}", a version and a listing of every '
+            f"file in it), so lstm-cli will not replace it; {fix}"
         )
 
 
