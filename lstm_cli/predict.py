@@ -296,17 +296,22 @@ class Predictor:
             yield Predictions(cleaned, self._probabilities(cleaned))
 
 
-def evaluate(
-    predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH, misclassified: bool = False
-) -> dict[str, Any]:
-    """Metrics on rows whose label the model knows; rows with other labels are counted, by label.
+@dataclass
+class Scored:
+    """The labeled rows whose label the model knows, with what it predicted for each."""
 
-    The report is sparse in the number of labels (lstm_cli.metrics): "confusion" holds the non-zero cells as
-    [true, predicted, count]; "confusion_matrix", the full grid, only up to metrics.DENSE_LABELS labels.
-    With `misclassified`, "misclassified" lists the rows predicted wrongly, in input order, as records of
-    text, label, predicted_label and probability (of the predicted label, a float32)."""
-    from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion
+    texts: list[str]
+    truth: np.ndarray  # [rows] label indices, in Predictor.labels order
+    predicted: np.ndarray  # [rows] the most probable label's index
+    probability: np.ndarray  # [rows] its probability (float32)
+    probabilities: np.ndarray | None  # [rows, labels], when asked for (score(keep_probabilities=True))
+    unknown: dict[str, int]  # rows whose label the model does not know, by label
 
+
+def score(
+    predictor: Predictor, data: LabeledData, *, batch_size: int = PREDICT_BATCH, keep_probabilities: bool = False
+) -> Scored:
+    """Predictions for the rows of `data` whose label the model knows; DataError if there are none."""
     index = {label: i for i, label in enumerate(predictor.labels)}
     known = [i for i, label in enumerate(data.labels) if label in index]
     unknown = dict(Counter(label for label in data.labels if label not in index))
@@ -321,17 +326,45 @@ def evaluate(
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
     predicted, probability = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     batch_size = max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels)))  # rows x labels probabilities
+    kept = [np.zeros((0, len(predictor.labels)), np.float32)]
     for batch in batched(texts, batch_size, PREDICT_CHARS):
         probabilities = predictor.probabilities(batch)
         predicted.append(probabilities.argmax(axis=1))
         probability.append(probabilities.max(axis=1))
-    predicted, probability = np.concatenate(predicted), np.concatenate(probability)
+        if keep_probabilities:  # else only the top label is kept: memory stays [rows], not [rows, labels]
+            kept.append(probabilities)
+    kept_probabilities = np.concatenate(kept) if keep_probabilities else None
+    return Scored(texts, truth, np.concatenate(predicted), np.concatenate(probability), kept_probabilities, unknown)
+
+
+def evaluate(
+    predictor: Predictor,
+    data: LabeledData,
+    *,
+    batch_size: int = PREDICT_BATCH,
+    misclassified: bool = False,
+    scored: Scored | None = None,
+) -> dict[str, Any]:
+    """Metrics on rows whose label the model knows; rows with other labels are counted, by label.
+
+    The report is sparse in the number of labels (lstm_cli.metrics): "confusion" holds the non-zero cells as
+    [true, predicted, count]; "confusion_matrix", the full grid, only up to metrics.DENSE_LABELS labels.
+    With `misclassified`, "misclassified" lists the rows predicted wrongly, in input order, as records of
+    text, label, predicted_label and probability (of the predicted label, a float32).
+    `scored`: score(predictor, data), if already run."""
+    from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion
+
+    if scored is None:
+        scored = score(predictor, data, batch_size=batch_size)
+    texts, truth, predicted, probability, unknown = (
+        scored.texts, scored.truth, scored.predicted, scored.probability, scored.unknown
+    )  # fmt: skip
     report = classification_report(truth, predicted, predictor.labels)
     if len(predictor.labels) <= DENSE_LABELS:
         report["confusion_matrix"] = dense_confusion(report)
     report["rows"] = {
         "read": len(data) + sum(data.skipped.values()),
-        "evaluated": len(known),
+        "evaluated": len(truth),
         "unknown_label": sum(unknown.values()),
         "skipped": dict(data.skipped),
     }

@@ -14,7 +14,9 @@ import typer.main
 from lstm_cli.cli import app
 from lstm_cli.cli._coerce import RuntimeParam
 
-LAZY = ("tensorflow", "keras", "rich", "pydantic", "starlette", "uvicorn", "anyio", "httptools", "uvloop")
+LAZY = (
+    "tensorflow", "keras", "rich", "pydantic", "starlette", "uvicorn", "anyio", "httptools", "uvloop", "matplotlib",
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -54,13 +56,13 @@ VALUES = ["", "-", "0", "1", "7", "010", "+3", " 3", "3.0", "1e3", "1_000", "9" 
           "\udcff", 0, 5, -1, True, Path("p"), None]  # fmt: skip
 
 
-@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["predict", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"], ["predict", "--help"], ["report", "--help"]])
 def test_help_imports_none_of_the_heavy_modules(args):
     assert "Usage" in run_reporting_imports(args).stdout
 
 
 @pytest.mark.skipif(RuntimeParam is None, reason="this typer converts values without pydantic adapters")
-@pytest.mark.parametrize("command", ["predict", "explain", "evaluate", "info", "serve"])
+@pytest.mark.parametrize("command", ["predict", "explain", "evaluate", "info", "serve", "report"])
 def test_values_convert_as_typer_converts_them(command):
     from typer._coercion import build_runtime_param
 

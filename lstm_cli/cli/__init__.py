@@ -22,12 +22,14 @@ from lstm_cli.cli.predict import predict_cli
 from lstm_cli.cli.evaluate import evaluate_cli
 from lstm_cli.cli.explain import explain_cli
 from lstm_cli.cli.info import info_cli
+from lstm_cli.cli.report import report_cli
 from lstm_cli.cli.serve import serve_cli
 
 # isort: on
 
 __all__ = [
-    "app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "serve_cli", "train_cli", "tune_cli",
+    "app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "report_cli", "serve_cli", "train_cli",
+    "tune_cli",
 ]  # fmt: skip
 
 

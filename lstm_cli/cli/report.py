@@ -1,0 +1,83 @@
+"""`lstm-cli report`: one self-contained HTML page about a model on labeled data."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._util import (
+    DataArg,
+    DelimiterOpt,
+    EncodingOpt,
+    EngineChoice,
+    EngineOpt,
+    LabelColumnOpt,
+    ModelOpt,
+    SkipBadOpt,
+    TextColumnOpt,
+    VerboseOpt,
+    _console,
+    _engine_note,
+    _errors,
+    app,
+    warn,
+)
+
+
+@app.command("report", cls=PlainCommand)
+def report_cli(
+    data: DataArg,
+    model: ModelOpt = Path(DEFAULT_MODEL_DIR),
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="The HTML file to write ('-': stdout); only an earlier report or an empty file is replaced.",
+        ),  # fmt: skip
+    ] = Path("report.html"),
+    errors: Annotated[int, typer.Option(min=0, help="How many of the most confident errors to show, explained.")] = 10,
+    text_column: TextColumnOpt = "text",
+    label_column: LabelColumnOpt = "label",
+    delimiter: DelimiterOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    skip_bad_rows: SkipBadOpt = False,
+    engine: EngineOpt = EngineChoice.auto,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write an HTML report: metrics beside a baseline, per-class scores, confusions, calibration, ROC/PR (two
+    classes), training curves, the most confident errors explained, and a model card. No network needed to
+    view it; it prints too. Needs matplotlib: pip install 'lstm-cli[report]'.
+
+    Example: lstm-cli report sample_data/test.csv -o report.html && xdg-open report.html
+    """
+    console = _console()
+    with _errors(verbose):
+        from lstm_cli import render
+        from lstm_cli import report as reporting
+
+        reporting.require_matplotlib()
+        to_stdout = str(output) == "-"
+        if not to_stdout:
+            reporting.check_output(output)
+        from lstm_cli.data import read_labeled
+
+        dataset = read_labeled(data, text_column=text_column, label_column=label_column, delimiter=delimiter,
+                               encoding=encoding, skip_bad_rows=skip_bad_rows)  # fmt: skip
+        from lstm_cli.predict import Predictor
+
+        predictor = Predictor(model, engine=engine.value)
+        _engine_note(predictor, verbose)
+        page = reporting.build(predictor, dataset, errors=errors)
+        if to_stdout:
+            sys.stdout.buffer.write(page.encode("utf-8", "replace"))
+            sys.stdout.flush()
+            return
+        reporting.write(output, page)
+        warn(console, render.skipped_warnings(dataset))
+        typer.echo(str(output))
