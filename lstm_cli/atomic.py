@@ -156,19 +156,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def write_file(target: Path, data: bytes) -> None:
-    """Write `target` in one step: readers see the old file or the whole new one, and a crash leaves at most a
-    hidden `.NAME.tmp-PID-...` sibling beside it, never a half-written `target`."""
-    staging = staging_path(target)
-    try:
-        with open(staging, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staging, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(staging)
-        raise

@@ -108,7 +108,7 @@ def render(report: ReportInput) -> str:
     )
     model = report.evaluation.get("model", "")
     data = report.evaluation.get("data", {}).get("path", "")
-    return f"""<!DOCTYPE html>
+    page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -128,6 +128,7 @@ lstm-cli {e(__version__)}</p>
 </body>
 </html>
 """
+    return page.encode("utf-8", "replace").decode("utf-8")  # text read with surrogate escapes: '?', not a crash
 
 
 CSS = """
@@ -440,10 +441,8 @@ def check_output(path: Path) -> None:
 
 def write(path: Path, page: str) -> None:
     """Write the page at `path` atomically (a reader never sees half of it)."""
-    from lstm_cli.atomic import write_file
+    from lstm_cli.atomic import replacing_file
 
     check_output(path)
-    try:
-        write_file(path, page.encode("utf-8", "replace"))
-    except OSError as err:
-        raise LstmCliError(f"{path}: cannot write the report ({err.strerror})") from None
+    with replacing_file(path) as f:
+        f.write(page)

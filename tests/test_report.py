@@ -3,6 +3,7 @@ the curve and calibration maths against hand-computed cases, atomic writing and 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -18,13 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from lstm_cli import atomic
 from lstm_cli.cli import app
 from lstm_cli.curves import binary_curves, reliability, threshold_table
+from lstm_cli.errors import LstmCliError
 from lstm_cli.explain import Explanation, TokenScore
 from lstm_cli.metrics import classification_report
 from lstm_cli.render import shown
-from lstm_cli.report import ReportInput, render
+from lstm_cli.report import ReportInput, render, write
 
 runner = CliRunner()
 ALWAYS = {"summary", "per-class", "confusion", "calibration", "training", "errors", "model-card"}
@@ -82,11 +83,16 @@ def test_report_from_the_command_line(trained_model, data_dir):
     assert evaluation["data"]["sha256"] in page
     metadata = json.loads((trained_model / "metadata.json").read_text())
     assert metadata["id"] in page and metadata["training"]["data"]["sha256"] in page
-    # Run again: the earlier report is replaced; '-o -' writes the same page to stdout.
+    # Run again: the earlier report is replaced; '-o -' writes the page to stdout; data in any format evaluate
+    # reads (here JSON Lines from stdin).
     again = runner.invoke(app, ["report", str(data_dir / "test.csv"), "-m", str(trained_model), "-o", "r.html"])
     assert again.exit_code == 0, again.output
-    piped = runner.invoke(app, ["report", str(data_dir / "test.csv"), "-m", str(trained_model), "-o", "-"])
-    assert piped.exit_code == 0 and piped.stdout.startswith("<!DOCTYPE html>") and "</html>" in piped.stdout
+    lines = "".join(json.dumps({"text": t, "label": x}) + "\n" for t, x in csv.reader(open(data_dir / "test.csv")))
+    piped = runner.invoke(app, ["report", "-", "--input-format", "jsonl", "-m", str(trained_model), "-o", "-"],
+                          input=lines.split("\n", 1)[1])  # fmt: skip
+    assert piped.exit_code == 0, piped.output
+    assert piped.stdout.startswith("<!DOCTYPE html>") and "</html>" in piped.stdout
+    assert f"{evaluation['accuracy']:.1%}" in piped.stdout
 
 
 def synthetic(labels: list[str], *, seed: int = 0, rows: int = 60, texts: list[str] | None = None) -> ReportInput:
@@ -194,20 +200,20 @@ def test_threshold_table_by_hand():
     assert at_zero["flagged"] == 4 and at_zero["recall"] == 1.0 and at_zero["false_positive_rate"] == 1.0
 
 
-def test_write_file_is_all_or_nothing(tmp_path, monkeypatch):
+def test_the_page_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "r.html"
-    target.write_text("old")
+    write(target, '<meta name="generator" content="lstm-cli report"> old')
 
     def crash(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomic.os, "replace", crash)
-    with pytest.raises(OSError):
-        atomic.write_file(target, b"new")
-    assert target.read_text() == "old" and os.listdir(tmp_path) == ["r.html"]  # no staging file left behind
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(LstmCliError, match="r.html"):
+        write(target, render(synthetic(["a", "b"])))
+    assert target.read_text().endswith(" old") and os.listdir(tmp_path) == ["r.html"]  # no temporary file left
     monkeypatch.undo()
-    atomic.write_file(target, b"new")
-    assert target.read_text() == "new" and os.listdir(tmp_path) == ["r.html"]
+    write(target, "<!DOCTYPE html> new")
+    assert target.read_text() == "<!DOCTYPE html> new" and os.listdir(tmp_path) == ["r.html"]
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,10 @@ from lstm_cli.cli._util import (
     EncodingOpt,
     EngineChoice,
     EngineOpt,
+    InputFormatOpt,
     LabelColumnOpt,
     ModelOpt,
+    NoHeaderOpt,
     SkipBadOpt,
     TextColumnOpt,
     VerboseOpt,
@@ -25,6 +27,7 @@ from lstm_cli.cli._util import (
     _engine_note,
     _errors,
     app,
+    read_options,
     warn,
 )
 
@@ -39,7 +42,7 @@ def report_cli(
             "--output",
             "-o",
             help="The HTML file to write ('-': stdout); only an earlier report or an empty file is replaced.",
-        ),  # fmt: skip
+        ),
     ] = Path("report.html"),
     errors: Annotated[int, typer.Option(min=0, help="How many of the most confident errors to show, explained.")] = 10,
     text_column: TextColumnOpt = "text",
@@ -47,6 +50,8 @@ def report_cli(
     delimiter: DelimiterOpt = None,
     encoding: EncodingOpt = "utf-8",
     skip_bad_rows: SkipBadOpt = False,
+    no_header: NoHeaderOpt = False,
+    input_format: InputFormatOpt = None,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -67,15 +72,17 @@ def report_cli(
             reporting.check_output(output)
         from lstm_cli.data import read_labeled
 
-        dataset = read_labeled(data, text_column=text_column, label_column=label_column, delimiter=delimiter,
-                               encoding=encoding, skip_bad_rows=skip_bad_rows)  # fmt: skip
+        read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
+                            encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
+                            input_format=input_format)  # fmt: skip
+        dataset = read_labeled(data, **read)
         from lstm_cli.predict import Predictor
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
         page = reporting.build(predictor, dataset, errors=errors)
         if to_stdout:
-            sys.stdout.buffer.write(page.encode("utf-8", "replace"))
+            sys.stdout.buffer.write(page.encode("utf-8"))
             sys.stdout.flush()
             return
         reporting.write(output, page)
