@@ -361,15 +361,16 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
 
 
 def explanation_line(explanation) -> str:
-    """One line per explained text: label, probability, then every token the model saw with its score."""
-    tokens = "  ".join(f"{t.token} {t.score:+.4f}" for t in explanation.tokens)
-    extra = []
+    """One line per explained text: label, probability, then every token the model saw with its score, and
+    the scores' unit."""
+    digits = 2 if explanation.unit == "log-odds" else 4  # log-odds that matter are tenths and up
+    tokens = "  ".join(f"{t.token} {t.score:+.{digits}f}" for t in explanation.tokens)
+    extra = [f"scores in {explanation.unit}"]
     if explanation.unseen_tokens:
         extra.append(f"{explanation.unseen_tokens:,} tokens past --max-length not read")
     if explanation.completeness_gap is not None:
         extra.append(f"completeness gap {explanation.completeness_gap:.2g}")
-    note = f"  ({'; '.join(extra)})" if extra else ""
-    return f"{tsv_field(explanation.label)}\t{explanation.probability:.4f}\t{tsv_field(tokens)}{note}"
+    return f"{tsv_field(explanation.label)}\t{explanation.probability:.4f}\t{tsv_field(tokens)}  ({'; '.join(extra)})"
 
 
 def explanation_record(explanation) -> dict[str, Any]:
@@ -396,7 +397,6 @@ def explanation_text(explanation) -> Text:
                    f"bold white on {colour}")]  # fmt: skip
         position = t.end
     pieces.append(literal(explanation.text[position:]))
-    header = Text.assemble(
-        literal(explanation.label, "bold"), f" {explanation.probability:.4f} ({explanation.method}): "
-    )
+    how = f"{explanation.method}, {explanation.unit}"
+    header = Text.assemble(literal(explanation.label, "bold"), f" {explanation.probability:.4f} ({how}): ")
     return Text.assemble(header, *pieces, "\n", literal(explanation_line(explanation).replace("\t", "  ")))

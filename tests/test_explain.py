@@ -26,16 +26,18 @@ def predictor(trained_model):
     ["good great, really lovely!", "bad", "", "the food was AWFUL -- so-so service", "good " * 10 + "bad"],
 )
 @pytest.mark.parametrize("label", [None, "neg"])
-def test_occlusion_scores_are_the_engine_probability_changes_of_the_ablated_texts(predictor, text, label):
-    from lstm_cli.explain import occlusion
+@pytest.mark.parametrize("unit", ["log-odds", "probability"])
+def test_occlusion_scores_are_the_engine_changes_of_the_ablated_texts(predictor, text, label, unit):
+    from lstm_cli.explain import log_odds, occlusion
 
-    explanation = occlusion(predictor, text, label=label)
+    explanation = occlusion(predictor, text, label=label, unit=unit)
     k = predictor.labels.index(explanation.label)
     ablated = [text[: t.start] + text[t.end :] for t in explanation.tokens]  # each token's characters cut out
     probabilities = predictor.probabilities([text, *ablated])
     assert explanation.label == (label or predictor.labels[int(probabilities[0].argmax())])
-    assert explanation.probability == probabilities[0, k]
-    assert [t.score for t in explanation.tokens] == [float(probabilities[0, k] - p) for p in probabilities[1:, k]]
+    assert explanation.probability == probabilities[0, k] and explanation.unit == unit
+    measure = log_odds(probabilities, k) if unit == "log-odds" else probabilities[:, k]
+    assert [t.score for t in explanation.tokens] == [float(measure[0] - m) for m in measure[1:]]
     assert [t.token for t in explanation.tokens] == predictor.tokenizer.words(text)
 
 
@@ -88,6 +90,8 @@ def test_explain_text_output_is_plain_when_not_a_terminal_and_markup_is_literal(
     assert len(lines) == 2 and "\x1b" not in result.stdout
     label, probability, tokens = lines[0].split("\t")
     assert label in {"pos", "neg", "meh"} and 0 < float(probability) <= 1
+    tokens, note = tokens.rsplit("  (", 1)
+    assert note == "scores in log-odds)"
     # the brackets split words (--punctuation split): the tokens, shown as they are, not as markup
     assert [pair.split(" ")[0] for pair in tokens.split("  ")] == ["red", "good", "red", "great"]
 

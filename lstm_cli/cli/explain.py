@@ -21,6 +21,11 @@ class Method(StrEnum):
     integrated_gradients = "integrated-gradients"
 
 
+class Unit(StrEnum):
+    log_odds = "log-odds"
+    probability = "probability"
+
+
 class ExplainFormat(StrEnum):
     text = "text"
     json = "json"
@@ -37,11 +42,18 @@ def explain_cli(
     method: Annotated[
         Method,
         typer.Option(
-            help="occlusion: the probability lost when each token is removed (numpy engine, fast); "
-            "integrated-gradients: gradients along a path from zero embeddings (TensorFlow), with the "
-            "completeness gap."
+            help="occlusion: what the label loses when each token is removed (numpy engine, fast); "
+            "integrated-gradients: gradients of its probability along a path from zero embeddings (TensorFlow), "
+            "with the completeness gap."
         ),
     ] = Method.occlusion,
+    unit: Annotated[
+        Unit | None,
+        typer.Option(
+            help="Occlusion's scores: log-odds, log p - log(1 - p), which still rank tokens when the model is "
+            "sure (p near 1); or probability. [default: log-odds; probability for integrated-gradients]"
+        ),
+    ] = None,
     label: Annotated[str | None, typer.Option(help="Explain this label [default: the predicted one].")] = None,
     output_format: Annotated[
         ExplainFormat,
@@ -66,9 +78,13 @@ def explain_cli(
             choices = ", ".join(repr(x) for x in predictor.labels[:20])
             raise typer.BadParameter(f"{label!r} is not one of the model's labels ({choices})", param_hint="--label")
         if method is Method.integrated_gradients:
+            if unit is Unit.log_odds:
+                raise typer.BadParameter("integrated gradients score in probability; use --method occlusion for "
+                                         "log-odds", param_hint="--unit")  # fmt: skip
             explain_one = explain.IntegratedGradients(predictor).explain
         else:
-            explain_one = lambda text, label: explain.occlusion(predictor, text, label=label)  # noqa: E731
+            chosen = (unit or Unit.log_odds).value
+            explain_one = lambda text, label: explain.occlusion(predictor, text, label=label, unit=chosen)  # noqa: E731
         console = None
         if output_format is ExplainFormat.text and sys.stdout.isatty():
             from rich.console import Console
