@@ -273,7 +273,8 @@ _BOMS = {"utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE), "utf-32": (codecs
 
 
 def decoded(raw: BinaryIO, digest, name: str, encoding: str, strip_bom: bool) -> Iterator[str]:
-    """The text of a file opened at its start, one chunk at a time, hashing the bytes as they go by.
+    """The text of a file opened at its start, one chunk at a time, hashing the bytes as they go by (into
+    `digest`, unless None).
     A byte that does not decode is a DataError naming its line, column and byte offset."""
     decoder = codecs.getincrementaldecoder(encoding)()
     offset = 0  # bytes read before `chunk`
@@ -281,7 +282,8 @@ def decoded(raw: BinaryIO, digest, name: str, encoding: str, strip_bom: bool) ->
     counted, newlines, last_newline, tail = 0, 0, -1, b""
     while True:
         chunk = raw.read(_CHUNK_BYTES if offset else max(_CHUNK_BYTES, 4))  # a whole BOM, if any
-        digest.update(chunk)
+        if digest is not None:
+            digest.update(chunk)
         if offset == 0 and chunk and encoding in _BOMS and not chunk.startswith(_BOMS[encoding]):
             raise UsageError(
                 f"{name}: no byte-order mark, which --encoding {encoding} needs to know the byte order; "

@@ -2,32 +2,120 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from enum import StrEnum
+from itertools import chain
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
-from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, OutputFormat, VerboseOpt, _engine_note, _errors, app
+from lstm_cli.cli._util import (
+    DelimiterOpt,
+    EngineChoice,
+    EngineOpt,
+    ModelOpt,
+    OutputFormat,
+    VerboseOpt,
+    _engine_note,
+    _errors,
+    app,
+)
+from lstm_cli.errors import UsageError
 
 
-def _texts(texts: list[str] | None, input_file: Path | None):
-    """Where predict reads from: --input FILE, '-' (stdin), arguments, or a piped stdin."""
-    from lstm_cli.data import iter_lines, open_file
+class PredictInput(StrEnum):
+    lines = "lines"
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+    fasttext = "fasttext"
+
+
+def _input_format(given: PredictInput | None, input_file: Path | None) -> str:
+    """lines, fasttext (lines after their labels) or a table format: as given, else by --input's extension."""
+    if given is not None:
+        return given.value
+    if input_file is None or str(input_file) == "-":
+        return "lines"
+    name = str(input_file).lower()
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    return "tsv" if name.endswith((".tsv", ".tab")) else "csv" if name.endswith(".csv") else "lines"
+
+
+def _source(texts: list[str] | None, input_file: Path | None) -> tuple[BinaryIO | None, str]:
+    """(the stream to read, its name), or (None, "") when the texts are the arguments."""
+    from lstm_cli.data import open_file
 
     if input_file is not None and texts:
         raise typer.BadParameter("give texts as arguments or --input FILE, not both")
     if input_file is not None and str(input_file) != "-":  # a pipe too: `--input <(cut -f2 tickets.tsv)`
-        return iter_lines(open_file(input_file, "a file of one text per line", "--input"))
+        return open_file(input_file, "a file of texts or a table", "--input"), str(input_file)
     if input_file is not None or texts == ["-"]:
-        return iter_lines(sys.stdin.buffer)
+        return sys.stdin.buffer, "<stdin>"
     if texts:
-        return iter(texts)
+        return None, ""
     if sys.stdin is None or sys.stdin.isatty():
         raise typer.BadParameter("no text given: pass texts as arguments, '-' to read stdin, or --input FILE")
-    return iter_lines(sys.stdin.buffer)
+    return sys.stdin.buffer, "<stdin>"
+
+
+def _texts(texts: list[str] | None, input_file: Path | None):
+    """Texts from the arguments, --input FILE or stdin, one a line (explain reads them so)."""
+    from lstm_cli.data import iter_lines
+
+    stream, name = _source(texts, input_file)
+    return iter(texts or ()) if stream is None else iter_lines(stream, name)
+
+
+def _lines(stream: BinaryIO, name: str, input_format: str, checked: bool):
+    """The texts of a line stream: one a line (after its labels, for fastText). Unless the format was given,
+    a first line that is a table's header (naming a text column), a JSON object or a fastText label is
+    refused: its rows would be classified with their labels and the header as text."""
+    from lstm_cli.data import iter_lines, table_hint
+
+    lines = iter_lines(stream, name)
+    if input_format == "fasttext":
+        from lstm_cli.formats import split_fasttext
+
+        return (split_fasttext(line)[1] for line in lines)
+    first = next(lines, None)
+    if first is None:
+        return iter(())
+    hint = None if checked else table_hint(first)
+    if hint is not None:
+        what = {"fasttext": "starts with a fastText label", "jsonl": "is a JSON object with a \"text\" field"}.get(
+            hint, "is a header naming a text column"
+        )
+        raise UsageError(
+            f"{name}:1: {what}; pass --input-format {hint} to label its texts"
+            + (" and keep its columns" if hint != "fasttext" else " without their labels")
+            + ", or --input-format lines to label every line as it is"
+        )
+    return chain([first], lines)
+
+
+@contextlib.contextmanager
+def _writer(path: Path | None):
+    """A function that writes results: to stdout (as UTF-8 whatever the locale, flushed at once: a pipe's
+    reader gets each batch as it is done), or to a file that appears complete or not at all."""
+    if path is None:
+        out = sys.stdout.buffer
+
+        def write(text: str) -> None:
+            out.write(text.encode("utf-8"))
+            out.flush()
+
+        yield write
+        return
+    from lstm_cli.atomic import replacing_file
+
+    with replacing_file(path, newline="") as f:
+        yield f.write
 
 
 @app.command("predict", cls=PlainCommand)
@@ -36,7 +124,31 @@ def predict_cli(
         list[str] | None,
         typer.Argument(metavar="[TEXT]...", help="Texts to classify; '-' (or a pipe) reads one text per line."),
     ] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File with one text per line.")] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input", "-i", help="File of texts, one a line; a .csv/.tsv/.jsonl table gets its rows back, labelled."
+        ),
+    ] = None,
+    input_format: Annotated[
+        PredictInput | None,
+        typer.Option(
+            help="lines (one text a line), fasttext (lines after their __label__s), or a table: csv, tsv, jsonl "
+            "[default: by --input's extension (.csv .tsv .jsonl .ndjson), else lines]."
+        ),
+    ] = None,
+    text_column: Annotated[
+        str, typer.Option(help="A table's column (or JSON field) to label; a number from 1 with --no-header.")
+    ] = "text",
+    no_header: Annotated[bool, typer.Option("--no-header", help="The CSV/TSV table has no header row.")] = False,
+    delimiter: DelimiterOpt = None,
+    encoding: Annotated[str, typer.Option(help="Text encoding of a table (lines are read as UTF-8).")] = "utf-8",
+    column_prefix: Annotated[
+        str, typer.Option(help="Put before the names of the columns a table gets (predicted_label, ...).")
+    ] = "",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here (complete or not at all) instead of stdout.")
+    ] = None,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     output_format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="tsv: label<TAB>probability; json: JSON lines; label.")
@@ -60,10 +172,34 @@ def predict_cli(
 ) -> None:
     """Label texts: one output line per input, in input order, on stdout.
 
+    A table (--input x.csv, .tsv, .jsonl) is written back in its format with every column kept plus
+    predicted_label and probability (label_N, probability_N with --top-k; p_<label> or "probabilities" with
+    --all-probabilities).
+
     Example: printf 'great phone\nbroken on arrival\n' | lstm-cli predict - --format json
     """
+    chosen = _input_format(input_format, input_file)
+    table = chosen in ("csv", "tsv", "jsonl")
+    if not table:
+        for name, value, default in (("--text-column", text_column, "text"), ("--no-header", no_header, False),
+                                     ("--delimiter", delimiter, None), ("--encoding", encoding, "utf-8"),
+                                     ("--column-prefix", column_prefix, "")):  # fmt: skip
+            if value != default:
+                raise typer.BadParameter(f"{name} is for tables (--input-format csv, tsv or jsonl)", param_hint=name)
+    elif output_format is not OutputFormat.tsv:
+        raise typer.BadParameter(f"a table's predictions are written as {chosen}, with its columns; --format is for "
+                                 "lines", param_hint="--format")  # fmt: skip
     with _errors(verbose):
-        source = _texts(texts, input_file)
+        stream, name = _source(texts, input_file)
+        if table:
+            if stream is None:
+                raise typer.BadParameter("a table is read from --input FILE or stdin, not from arguments")
+            _predict_table(stream, name, chosen, model=model, engine=engine, verbose=verbose, text_column=text_column,
+                           no_header=no_header, delimiter=delimiter, encoding=encoding, top_k=top_k,
+                           all_probabilities=all_probabilities, prefix=column_prefix, output=output,
+                           batch_size=batch_size)  # fmt: skip
+            return
+        source = iter(texts or ()) if stream is None else _lines(stream, name, chosen, input_format is not None)
         from lstm_cli.predict import Predictor
         from lstm_cli.render import prediction_lines
 
@@ -73,13 +209,36 @@ def predict_cli(
         n = len(predictor.labels)
         # json keeps its --top-k list and adds every probability; tsv and label list every label.
         k = n if all_probabilities and output_format is not OutputFormat.json else min(top_k, n)
-        out = sys.stdout.buffer  # UTF-8 whatever the locale
         try:
-            for batch in predictor.predict(source, batch_size=batch_size):
-                lines = prediction_lines(
-                    batch, predictor.labels, output_format.value, k, all_probabilities=all_probabilities
-                )
-                out.write(("\n".join(lines) + "\n").encode("utf-8"))
-                out.flush()
+            with _writer(output) as write:
+                for batch in predictor.predict(source, batch_size=batch_size):
+                    lines = prediction_lines(batch, predictor.labels, output_format.value, k,
+                                             all_probabilities=all_probabilities)  # fmt: skip
+                    write("\n".join(lines) + "\n")
         finally:
             predictor.close()
+
+
+def _predict_table(stream, name: str, input_format: str, *, model: Path, engine: EngineChoice, verbose: bool,
+                   text_column: str, no_header: bool, delimiter: str | None, encoding: str, top_k: int,
+                   all_probabilities: bool, prefix: str, output: Path | None, batch_size: int) -> None:  # fmt: skip
+    """predict on a CSV/TSV/JSON Lines table: the rows written back with their predictions."""
+    from lstm_cli.tables import TableReader, predict_table
+
+    if no_header:
+        if input_format == "jsonl":
+            raise typer.BadParameter("--no-header is for CSV/TSV tables", param_hint="--no-header")
+        text_column = "1" if text_column == "text" else text_column
+    reader = TableReader(stream, name, input_format=input_format, text_column=text_column, header=not no_header,
+                         delimiter=delimiter, encoding=encoding)  # fmt: skip
+    from lstm_cli.predict import Predictor
+
+    predictor = Predictor(model, engine=engine.value)
+    _engine_note(predictor, verbose)
+    predictor.share_out()
+    try:
+        with _writer(output) as write:
+            predict_table(predictor, reader, write, k=min(top_k, len(predictor.labels)),
+                          all_probabilities=all_probabilities, prefix=prefix, batch_size=batch_size)  # fmt: skip
+    finally:
+        predictor.close()

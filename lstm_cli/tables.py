@@ -1,0 +1,173 @@
+"""Predictions on tables: a CSV, TSV or JSON Lines file read row by row, its text column labelled, and the
+same rows written back in the same format with every column kept, in order, plus the predictions.
+
+Added columns (after the input's own, `prefix` before each name):
+  predicted_label, probability            the most probable label and its probability
+  label_N, probability_N (N = 2..K)       with --top-k K: the N-th most probable
+  p_<label> (CSV/TSV)                     with --all-probabilities: every label's, in the model's order
+  probabilities (JSON Lines)              ... as one object {label: probability}
+No two added names can be equal whatever the labels hold; one that equals an input column is refused
+(pass a prefix). Imported only for tables: predict's line path never loads csv or json."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from lstm_cli.data import _Replay, _split_lines, check_encoding, decoded
+from lstm_cli.errors import DataError, UsageError
+from lstm_cli.formats import MAX_LINE_CHARS, Bad, Columns, CsvReader, JsonlReader, LineTooLong, json_text, too_long
+
+TABLE_FORMATS = ("csv", "tsv", "jsonl")
+
+
+@dataclass
+class Added:
+    """The columns predict adds to each row, for a model's labels."""
+
+    names: list[str]
+    k: int
+    all_probabilities: bool
+    prefix: str
+    jsonl: bool
+
+    @classmethod
+    def for_model(cls, labels: list[str], *, k: int, all_probabilities: bool, prefix: str, jsonl: bool) -> Added:
+        names = ["predicted_label", "probability"]
+        for n in range(2, k + 1):
+            names += [f"label_{n}", f"probability_{n}"]
+        if all_probabilities:
+            names += ["probabilities"] if jsonl else [f"p_{label}" for label in labels]
+        return cls([prefix + name for name in names], k, all_probabilities, prefix, jsonl)
+
+    def clash(self, existing) -> str | None:
+        """The first added name that an input column or field already has, or None."""
+        return next((name for name in self.names if name in existing), None)
+
+
+class TableReader:
+    """The rows of a CSV/TSV/JSON Lines stream, each with the text to label, read once in bounded memory."""
+
+    def __init__(self, raw: BinaryIO, name: str, *, input_format: str, text_column: str | int, header: bool,
+                 delimiter: str | None, encoding: str):  # fmt: skip
+        self.name = name
+        self.format = input_format
+        codec, strip_bom = check_encoding(encoding)
+        lines = _Replay(_split_lines(decoded(raw, None, name, codec, strip_bom)))
+        columns = Columns({"--text-column": text_column}, header=header)
+        try:
+            if input_format == "jsonl":
+                self._reader = JsonlReader(lines, name, columns)
+            else:
+                default = "\t" if input_format == "tsv" else ","
+                csv.field_size_limit(MAX_LINE_CHARS)
+                self._reader = CsvReader(lines, name, columns, delimiter=delimiter, default=default)
+        except LineTooLong:
+            raise too_long(name, len(lines.buffer) + 1) from None
+        self.header: list[str] | None = getattr(self._reader, "header", None)
+        self.delimiter: str | None = self._reader.delimiter
+        # Written back as the input ends its lines (csv writes '\r\n' unless told).
+        self.line_end = "\r\n" if lines.buffer and lines.buffer[0].endswith("\r\n") else "\n"
+
+    def rows(self) -> Iterator[tuple[int, object, str]]:
+        """(line, the record as read, its text): a CSV row's fields, or a JSON object."""
+        text_field = self._reader.fields["--text-column"] if self.format == "jsonl" else None
+        text_index = None if text_field is not None else self._reader.indexes[0]
+        for record in self._reader.records():
+            if isinstance(record, Bad):
+                # No --skip-bad-rows here: every row of a table gets its prediction, in order.
+                message = record.message.replace(", or pass --skip-bad-rows to skip such rows", "")
+                raise DataError(f"{self.name}:{record.line}: {message.replace(' or pass --skip-bad-rows', '')}")
+            if text_field is None:
+                yield record.line, record.fields, record.fields[text_index]
+                continue
+            text, problem = json_text(record.fields, text_field, "--text-column")
+            if problem is not None:
+                raise DataError(f"{self.name}:{record.line}: {problem}")
+            yield record.line, record.fields, text
+
+
+class TableWriter:
+    """Rows written back in their input's format, each followed by its predictions, into `out` (a buffer that
+    the caller empties after each batch: one write a batch, not one a row)."""
+
+    def __init__(self, out: io.StringIO, reader: TableReader, added: Added, labels: list[str]):
+        self.out = out
+        self.reader = reader
+        self.added = added
+        self.labels = labels
+        if reader.format == "jsonl":
+            self._csv = None
+            return
+        self._csv = csv.writer(out, delimiter=reader.delimiter or ",", lineterminator=reader.line_end)
+        if reader.header is not None:
+            clash = added.clash(reader.header)
+            if clash is not None:
+                raise UsageError(_clash_message(f"{reader.name}:1: the header", clash))
+            self._csv.writerow([*reader.header, *added.names])
+
+    def write(self, records: list[tuple[int, object]], batch) -> None:
+        """One batch: `records` (line, record) in order and their `Predictions`."""
+        from lstm_cli.render import probability_values
+
+        best, scores = batch.top(self.added.k)
+        best, scores = best.tolist(), probability_values(scores)
+        every = probability_values(batch.probabilities) if self.added.all_probabilities else None
+        labels = self.labels
+        for i, ((line, record), row, s) in enumerate(zip(records, best, scores, strict=True)):
+            values: list[object] = []
+            for index, p in zip(row, s, strict=True):
+                values += [labels[index], p]
+            if self._csv is not None:
+                if every is not None:
+                    values += every[i]
+                self._csv.writerow([*record, *(v if isinstance(v, str) else repr(v) for v in values)])
+                continue
+            clash = self.added.clash(record)
+            if clash is not None:
+                raise UsageError(_clash_message(f"{self.reader.name}:{line}: the record", clash))
+            out = dict(record)
+            out.update(zip(self.added.names, values, strict=False))
+            if every is not None:
+                out[self.added.names[-1]] = dict(zip(labels, every[i], strict=True))
+            self.out.write(json.dumps(out, ensure_ascii=False) + "\n")
+
+
+def _clash_message(where: str, name: str) -> str:
+    return (f"{where} already has a column {name!r}, which predict adds; pass --column-prefix (e.g. "
+            "--column-prefix new_) to name the added columns apart")  # fmt: skip
+
+
+def predict_table(predictor, reader: TableReader, write: Callable[[str], None], *, k: int, all_probabilities: bool,
+                  prefix: str, batch_size: int) -> int:  # fmt: skip
+    """Label every row of `reader` and `write` it with its predictions, a batch at a time (flat memory for any
+    table: at most one batch of rows is held). Returns the number of rows."""
+    added = Added.for_model(predictor.labels, k=k, all_probabilities=all_probabilities, prefix=prefix,
+                            jsonl=reader.format == "jsonl")  # fmt: skip
+    out = io.StringIO()
+    writer = TableWriter(out, reader, added, predictor.labels)
+    # The header first, so that a table with no rows still gets one.
+    write(out.getvalue())
+    out.seek(0)
+    out.truncate()
+    pending: deque[tuple[int, object]] = deque()
+
+    def texts() -> Iterator[str]:
+        for line, record, text in reader.rows():
+            pending.append((line, record))
+            yield text
+
+    rows = 0
+    for batch in predictor.predict(texts(), batch_size=batch_size):
+        records = [pending.popleft() for _ in batch.texts]
+        writer.write(records, batch)
+        write(out.getvalue())
+        out.seek(0)
+        out.truncate()
+        rows += len(records)
+    return rows
