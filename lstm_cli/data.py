@@ -451,20 +451,30 @@ def describe_skipped(skipped: Counter[str]) -> str:
 def iter_lines(stream: BinaryIO, name: str = "<stdin>") -> Iterator[str]:
     """One text per line; '\\n' or '\\r\\n' ends a line; bytes that are not UTF-8 become U+FFFD. A line over
     MAX_LINE_CHARS bytes (no text file has one: /dev/zero, a binary file) is a DataError, raised as soon as
-    that much of it has been read."""
-    limit = MAX_LINE_CHARS
-    readline = stream.readline
-    number = 0
-    while raw := readline(limit + 1):
-        number += 1
-        if raw.endswith(b"\n"):
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        elif len(raw) > limit:
-            raise DataError(
-                f"{name}:{number}: a line longer than {limit:,} bytes (lstm-cli's limit; a model reads only the "
-                "first --max-length tokens of a text); is this a text file? Shorten the lines"
-            )
-        yield raw.decode("utf-8", errors="replace")
+    that much of it has been read.
+
+    Reads what the stream has (read1: a pipe's lines are answered as they arrive) and decodes all its whole
+    lines at once, which is faster than a line at a time."""
+    read = getattr(stream, "read1", stream.read)
+    held = b""  # the start of a line whose end has not arrived
+    number = 0  # lines before `held`
+    while chunk := read(1 << 16):
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            held += chunk
+            if len(held) > MAX_LINE_CHARS:
+                raise DataError(
+                    f"{name}:{number + 1}: a line longer than {MAX_LINE_CHARS:,} bytes (lstm-cli's limit; a model "
+                    "reads only the first --max-length tokens of a text); is this a text file? Shorten the lines"
+                )
+            continue
+        whole, held = held + chunk[: end + 1], chunk[end + 1 :]
+        lines = whole.decode("utf-8", errors="replace").replace("\r\n", "\n").split("\n")
+        lines.pop()  # the '' after the last line break
+        number += len(lines)
+        yield from lines
+    if held:
+        yield held.decode("utf-8", errors="replace")
 
 
 def table_hint(first_line: str) -> str | None:

@@ -244,3 +244,20 @@ def test_texts_and_labels_round_trip_through_every_format(tmp_path, fmt, rows):
     path = tmp_path / f"data.{fmt}"
     options = _write_format(path, fmt, rows)
     assert list(read_labeled(path, **options)) == rows
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"\xc3\xa9", b"\r", b"\n", b"\r\n", b"\xff", b"\xe2\x82", b" "]), max_size=60))
+def test_predict_lines_are_split_as_before_whatever_the_bytes(pieces):
+    """iter_lines reads blocks and decodes whole lines at once: the same lines as reading one at a time."""
+    import io
+
+    from lstm_cli.data import iter_lines
+
+    data = b"".join(pieces)
+    expected = []
+    for raw in io.BytesIO(data):
+        if raw.endswith(b"\n"):
+            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        expected.append(raw.decode("utf-8", errors="replace"))
+    assert list(iter_lines(io.BytesIO(data))) == expected

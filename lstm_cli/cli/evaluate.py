@@ -27,8 +27,8 @@ from lstm_cli.cli._util import (
     TextColumnOpt,
     VerboseOpt,
     _console,
-    _errors,
     _engine_note,
+    _errors,
     app,
     read_options,
 )

@@ -88,7 +88,7 @@ def _lines(stream: BinaryIO, name: str, input_format: str, checked: bool):
         return iter(())
     hint = None if checked else table_hint(first)
     if hint is not None:
-        what = {"fasttext": "starts with a fastText label", "jsonl": "is a JSON object with a \"text\" field"}.get(
+        what = {"fasttext": "starts with a fastText label", "jsonl": 'is a JSON object with a "text" field'}.get(
             hint, "is a header naming a text column"
         )
         raise UsageError(

@@ -23,7 +23,6 @@ from lstm_cli.cli._util import (
     NoHeaderOpt,
     QuietOpt,
     ReportFormat,
-    ReportFormatOpt,
     SkipBadOpt,
     TextColumnOpt,
     VectorsOpt,
