@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ import numpy as np
 
 from lstm_cli.batching import Batch, EncodedTexts, batch_count, batch_indices, worker_batch
 from lstm_cli.engine.tokenizer import OOV_ID
-from lstm_cli.owned import read_regular
+from lstm_cli.errors import LstmCliError
+from lstm_cli.schema import read_json
 
 __all__ = ["Batch", "TokenCache"]
 
@@ -35,6 +37,10 @@ CHUNK_ROWS = 1 << 14
 CHUNK_TOKENS = 1 << 18
 # Names build() writes, and so may remove when it rebuilds.
 _OURS = re.compile(r"(shard-\d{5,}\.(ids|rows)|incoming\.(ids|rows)|cache\.json\.tmp)")
+_SHARD = re.compile(r"shard-\d{5,}")  # the only names a manifest may give its shards: plain, in the directory
+# Files are opened without following a symbolic link (O_NOFOLLOW): a link planted in the cache (or left
+# dangling) must not make lstm-cli read or write outside the checkpoint directory.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class _Chunk(NamedTuple):
@@ -81,7 +87,8 @@ class TokenCache:
         temporary file, then dealt out to the shards: one more sequential write and read of the ids.
         A row without ids is stored as [OOV_ID], as the tokenizer encodes a text with no tokens."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        _real_directory(directory.parent)
+        _real_directory(directory)
         _remove_ours(directory)
         if expected_rows is None and hasattr(rows, "__len__"):
             expected_rows = len(rows)  # type: ignore[arg-type]
@@ -104,16 +111,20 @@ class TokenCache:
         given); None otherwise, and the caller rebuilds it."""
         directory = Path(directory)
         try:
-            manifest = json.loads(read_regular(directory / MANIFEST))
+            if not (_is_real_directory(directory.parent) and _is_real_directory(directory)):
+                return None
+            manifest = read_json(directory / MANIFEST, follow_symlinks=False)
             if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
                 return None
             if manifest["fingerprint"] != json.loads(json.dumps(fingerprint)):
                 return None
             if seed is not None and manifest["seed"] != seed:
                 return None
+            if not _counts_agree(manifest):
+                return None
             for shard in manifest["shards"]:
                 ids, rows = _paths(directory, shard["name"])
-                if ids.stat().st_size != 4 * shard["tokens"] or rows.stat().st_size != 8 * shard["rows"]:
+                if _regular_size(ids) != 4 * shard["tokens"] or _regular_size(rows) != 8 * shard["rows"]:
                     return None
             return cls(directory, manifest)
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
@@ -164,24 +175,83 @@ class TokenCache:
 
     def _read(self, shard: dict) -> tuple[EncodedTexts, np.ndarray]:
         ids_path, rows_path = _paths(self.directory, shard["name"])
-        rows = np.fromfile(rows_path, dtype="<i4").reshape(-1, 2)
+        rows = _fromfile(rows_path).reshape(-1, 2)
         lengths = rows[:, 0].astype(np.int64)
         splits = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=splits[1:])
-        ids = np.fromfile(ids_path, dtype="<i4").astype(np.int32, copy=False)
-        return EncodedTexts(ids, splits), rows[:, 1].astype(np.int32)
+        ids = _fromfile(ids_path).astype(np.int32, copy=False)
+        labels = rows[:, 1].astype(np.int32)
+        if len(rows) and (lengths.min() < 1 or splits[-1] != len(ids) or not 0 <= labels.min() <= labels.max()
+                          < len(self.manifest["label_counts"])):  # fmt: skip
+            raise LstmCliError(
+                f"{rows_path}: the token cache was changed after it was written; delete {self.directory} and rerun"
+            )
+        return EncodedTexts(ids, splits), labels
 
 
 def _paths(directory: Path, name: str) -> tuple[Path, Path]:
+    if not _SHARD.fullmatch(name) and name != "incoming":
+        raise ValueError(f"not a shard name: {name!r}")
     return directory / f"{name}.ids", directory / f"{name}.rows"
 
 
+def _counts_agree(manifest: dict) -> bool:
+    """The manifest's counts are non-negative integers that add up, and its shards have plain names."""
+    shards, counts = manifest["shards"], manifest["label_counts"]
+    numbers = [manifest["rows"], manifest["tokens"], *counts, *(s[k] for s in shards for k in ("rows", "tokens"))]
+    return (
+        all(type(n) is int and n >= 0 for n in numbers)
+        and all(isinstance(s["name"], str) and _SHARD.fullmatch(s["name"]) for s in shards)
+        and len({s["name"] for s in shards}) == len(shards)
+        and sum(s["rows"] for s in shards) == manifest["rows"] == sum(counts)
+        and sum(s["tokens"] for s in shards) == manifest["tokens"]
+    )
+
+
+def _is_real_directory(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _real_directory(path: Path) -> None:
+    """Make `path` a directory of its own: a symbolic link or a file in its place (inside the checkpoint
+    directory, which lstm-cli made) is removed first, never followed."""
+    if os.path.lexists(path) and not _is_real_directory(path):
+        os.unlink(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _regular_size(path: Path) -> int | None:
+    """The size of `path` if it is a regular file (not a link to one), else None."""
+    info = os.lstat(path)
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _open(path: Path, flags: int, mode: str):
+    """A file object for `path`, never through a symbolic link."""
+    fd = os.open(path, flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+
+
+def _fromfile(path: Path) -> np.ndarray:
+    with _open(path, os.O_RDONLY, "rb") as f:
+        return np.fromfile(f, dtype="<i4")
+
+
 def _remove_ours(directory: Path) -> None:
-    """Remove what an earlier build left (the manifest first: a half-removed cache must not look complete)."""
+    """Remove what an earlier build left (the manifest first: a half-removed cache must not look complete).
+    A symbolic link under one of these names is removed itself; what it points to is never touched."""
     (directory / MANIFEST).unlink(missing_ok=True)
     for path in directory.iterdir():
-        if _OURS.fullmatch(path.name) and path.is_file():
+        if _OURS.fullmatch(path.name) and (path.is_symlink() or path.is_file()):
             path.unlink()
+
+
+def _create(path: Path) -> None:
+    """An empty file at `path` (after _remove_ours: nothing there, or a link planted since, which fails)."""
+    _open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "wb").close()
 
 
 def _chunks(rows: Iterable[tuple[Sequence[int] | np.ndarray, int]]) -> Iterator[_Chunk]:
@@ -205,7 +275,7 @@ def _chunks(rows: Iterable[tuple[Sequence[int] | np.ndarray, int]]) -> Iterator[
 
 
 def _append(path: Path, values: np.ndarray) -> None:
-    with open(path, "ab") as f:
+    with _open(path, os.O_WRONLY | os.O_APPEND, "ab") as f:
         f.write(values.astype("<i4", copy=False).tobytes())
 
 
@@ -213,7 +283,7 @@ def _spool(chunks: Iterable[_Chunk], directory: Path) -> int:
     """Write chunks in arrival order to incoming.*; returns the row count."""
     ids_path, rows_path = _paths(directory, "incoming")
     for path in (ids_path, rows_path):
-        path.write_bytes(b"")
+        _create(path)
     total = 0
     for chunk in chunks:
         _append(ids_path, chunk.tokens)
@@ -224,7 +294,7 @@ def _spool(chunks: Iterable[_Chunk], directory: Path) -> int:
 
 def _read_spool(directory: Path) -> Iterator[_Chunk]:
     ids_path, rows_path = _paths(directory, "incoming")
-    with open(ids_path, "rb") as ids, open(rows_path, "rb") as rows:
+    with _open(ids_path, os.O_RDONLY, "rb") as ids, _open(rows_path, os.O_RDONLY, "rb") as rows:
         while True:
             pairs = np.fromfile(rows, dtype="<i4", count=2 * CHUNK_ROWS).reshape(-1, 2)
             if not len(pairs):
@@ -238,7 +308,7 @@ def _deal(chunks: Iterable[_Chunk], directory: Path, shards: int, rng: np.random
     names = [f"shard-{k:05d}" for k in range(shards)]
     for name in names:
         for path in _paths(directory, name):
-            path.write_bytes(b"")
+            _create(path)
     shard_rows = np.zeros(shards, dtype=np.int64)
     shard_tokens = np.zeros(shards, dtype=np.int64)
     label_counts = np.zeros(0, dtype=np.int64)
@@ -282,7 +352,7 @@ def _deal(chunks: Iterable[_Chunk], directory: Path, shards: int, rng: np.random
 
 
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
     try:
         os.fsync(fd)
     finally:
@@ -292,7 +362,8 @@ def _fsync(path: Path) -> None:
 def _write_manifest(directory: Path, manifest: dict) -> None:
     """Written last, and atomically: its presence means every shard is complete and on disk."""
     temporary = directory / f"{MANIFEST}.tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
+    temporary.unlink(missing_ok=True)
+    with _open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
         f.flush()

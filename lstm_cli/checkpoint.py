@@ -21,7 +21,8 @@ import numpy as np
 from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
 from lstm_cli.averaging import EpochWindows
 from lstm_cli.errors import LstmCliError
-from lstm_cli.owned import check_checkpoint_dir, open_regular, read_regular, write_checkpoint_marker
+from lstm_cli.owned import check_checkpoint_dir, open_regular, write_checkpoint_marker
+from lstm_cli.schema import npz_arrays, read_json
 
 STATE = "state.json"
 LATEST = "latest.npz"  # network variables, then optimizer variables
@@ -47,15 +48,42 @@ def read_state(directory: Path, run: dict[str, Any]) -> dict[str, Any]:
     if not path.is_file():
         raise LstmCliError(f"{directory}: no checkpoint to resume from; run without --resume to start afresh")
     try:
-        state = json.loads(read_regular(path))
+        state = read_json(path, follow_symlinks=False)
     except (OSError, ValueError) as e:
         raise LstmCliError(f"{path}: unreadable checkpoint ({e}); run without --resume to start afresh") from None
+    problem = _state_problem(state)
+    if problem:
+        raise LstmCliError(
+            f"{path}: not a checkpoint this lstm-cli wrote ({problem}); run without --resume to start afresh"
+        )
     if state.get("run") != run:
         raise LstmCliError(
             f"{directory}: the checkpoint is from a run with other data or options; "
             "repeat that run's command with --resume, or drop --resume to start afresh"
         )
     return state
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with state.json's values, as `train` reads them on --resume (None: nothing)."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    number = (int, float)
+    stopping = state.get("early_stopping")
+    checks = {
+        "epoch": type(state.get("epoch")) is int and state["epoch"] >= 0,
+        "stopped": isinstance(state.get("stopped"), bool),
+        "history": isinstance(state.get("history"), list) and all(isinstance(h, dict) for h in state["history"]),
+        "epoch_seconds": isinstance(state.get("epoch_seconds"), list)
+        and all(isinstance(s, number) and not isinstance(s, bool) for s in state["epoch_seconds"]),
+        "early_stopping": isinstance(stopping, dict)
+        and type(stopping.get("wait")) is int
+        and isinstance(stopping.get("best"), number)
+        and type(stopping.get("best_epoch")) is int,
+        "average": state.get("average") is None or isinstance(state.get("average"), dict),
+    }
+    bad = [key for key, ok in checks.items() if not ok]
+    return f"{', '.join(bad)} missing or of the wrong type" if bad else None
 
 
 def reseed(network, seed: int, epoch: int) -> None:
@@ -67,15 +95,28 @@ def reseed(network, seed: int, epoch: int) -> None:
 
 
 def _arrays(path: Path) -> list[np.ndarray]:
-    with open_regular(path) as f, np.load(f, allow_pickle=False) as saved:
-        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    """The arrays np.savez wrote to `path`, in order; checked as a model's weights are (lstm_cli.schema)."""
+    fix = "run without --resume to start afresh"
+    if not os.path.lexists(path):
+        raise LstmCliError(f"{path}: missing from the checkpoint; {fix}")
+    try:
+        with open_regular(path, follow_symlinks=False) as f:  # a link planted in the checkpoint is not followed
+            arrays = npz_arrays(f.read())
+    except OSError as e:
+        raise LstmCliError(f"{path}: cannot read ({e.strerror or e}); {fix}") from None
+    except ValueError as e:
+        raise LstmCliError(f"{path}: not a checkpoint this lstm-cli wrote ({e}); {fix}") from None
+    names = [f"arr_{i}" for i in range(len(arrays))]
+    if sorted(arrays) != sorted(names):
+        raise LstmCliError(f"{path}: not a checkpoint this lstm-cli wrote (arrays {sorted(arrays)[:3]}...); {fix}")
+    return [arrays[name] for name in names]
 
 
 def restore(directory: Path, network, optimizer) -> list[np.ndarray] | None:
     """Load the network's and optimizer's variables saved by `save`; returns the best weights (or None)."""
     variables = [*network.variables, *optimizer.variables]
     saved = _arrays(directory / LATEST)
-    if len(saved) != len(variables):
+    if len(saved) != len(variables) or any(tuple(v.shape) != a.shape for v, a in zip(variables, saved, strict=True)):
         raise LstmCliError(f"{directory}: the checkpoint does not fit this network; run without --resume")
     for variable, value in zip(variables, saved, strict=True):
         variable.assign(value)
@@ -85,7 +126,12 @@ def restore(directory: Path, network, optimizer) -> list[np.ndarray] | None:
 def restore_average(directory: Path, state: dict[str, Any]) -> EpochWindows:
     """The epochs' weights weight averaging kept, as `save` saved them (a run with averaging on always does)."""
     counts = state.get("average")
-    if not isinstance(counts, dict) or not {"count", "best", "kept"} <= counts.keys():
+    if (
+        not isinstance(counts, dict)
+        or not {"count", "best", "kept"} <= counts.keys()
+        or not isinstance(counts["kept"], list)
+        or not all(type(e) is int for e in counts["kept"])
+    ):
         raise LstmCliError(
             f"{directory}: the checkpoint has no weight averaging state this lstm-cli can use; run without --resume"
         )

@@ -264,8 +264,12 @@ def parse_class_weight(text: str | None) -> str | dict[str, float] | None:
     """The --class-weight option: 'balanced', or a JSON object such as '{"spam": 4}'. Raises ValueError."""
     if text is None or text.strip() == "balanced":
         return None if text is None else "balanced"
+    from lstm_cli.schema import MAX_OPTION_JSON_BYTES, JsonLimit, load_json
+
     try:
-        value = json.loads(text)
+        value = load_json(text, max_bytes=MAX_OPTION_JSON_BYTES)
+    except JsonLimit as e:
+        raise ValueError(str(e)) from None
     except json.JSONDecodeError as e:
         raise ValueError(
             f"--class-weight must be 'balanced' or a JSON object such as '{{\"spam\": 4}}' ({e.msg} at column "

@@ -10,12 +10,12 @@ that writes the model."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from lstm_cli.config import TrainConfig
+from lstm_cli.schema import MAX_OPTION_JSON_BYTES, load_json
 
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -77,7 +77,7 @@ def read_cluster(environ=os.environ) -> Cluster | None:
     if not raw:
         return None
     try:
-        config = json.loads(raw)
+        config = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)
         cluster, task = config["cluster"], config["task"]
         kind, index = str(task["type"]), int(task["index"])
         jobs = {name: list(cluster[name]) for name in ("chief", "worker") if name in cluster}

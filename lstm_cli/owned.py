@@ -36,12 +36,14 @@ class NotRegularFile(OSError):
     """A path lstm-cli expected to be a regular file is a FIFO, a device, a socket or a directory."""
 
 
-def open_regular(path: Path | str) -> BinaryIO:
-    """Open `path` for reading in binary if it is a regular file (after symlinks), without ever blocking.
+def open_regular(path: Path | str, *, follow_symlinks: bool = True) -> BinaryIO:
+    """Open `path` for reading in binary if it is a regular file (after symlinks, unless follow_symlinks is
+    False: then a symbolic link fails with ELOOP), without ever blocking.
 
     O_NONBLOCK makes opening a FIFO return at once (instead of waiting for a writer); fstat on the open
     descriptor then decides, so nothing can be swapped in between a check and the open."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    nofollow = 0 if follow_symlinks else os.O_NOFOLLOW
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | nofollow)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -64,9 +64,10 @@ def _depth(raw: bytes) -> int:
     return int(np.cumsum(np.where(opening, 1, -1)).max(initial=0))
 
 
-def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
-    """A JSON file within bounds (read at most max_bytes + 1 bytes); raises OSError or ValueError."""
-    with open_regular(path) as f:  # a FIFO in its place is refused, not waited on
+def read_json(path: Path, *, max_bytes: int = MAX_JSON_BYTES, follow_symlinks: bool = True) -> Any:
+    """A JSON file within bounds (read at most max_bytes + 1 bytes); raises OSError (also for anything but a
+    regular file: a FIFO is refused, not waited on; with follow_symlinks=False, a symbolic link) or ValueError."""
+    with open_regular(path, follow_symlinks=follow_symlinks) as f:
         raw = f.read(max_bytes + 1)
     return load_json(raw, max_bytes=max_bytes)
 

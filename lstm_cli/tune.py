@@ -277,7 +277,7 @@ def parse_budget(text: str) -> float:
 def parse_setting(text: str) -> tuple[str, Any]:
     """'units=64' -> ('units', 64) for `tune --set`: a TrainConfig field and a JSON value (or a plain word;
     comma-separated for the list fields: 'pooling=max,mean')."""
-    import json
+    from lstm_cli.schema import MAX_OPTION_JSON_BYTES, load_json
 
     name, sep, raw = text.partition("=")
     name = name.strip().replace("-", "_")
@@ -285,7 +285,7 @@ def parse_setting(text: str) -> tuple[str, Any]:
     if not sep or name not in known:
         raise ValueError(f"--set expects FIELD=VALUE with FIELD one of: {', '.join(known)}; got {text!r}")
     try:
-        value = json.loads(raw)
+        value = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)
     except ValueError:
         value = raw.strip()
     if value == "auto" and getattr(TrainConfig(), name) is None:  # batch_size=auto, bigram_buckets=auto

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -325,11 +324,11 @@ def _progress(console, *, enabled: bool):
 
 def _model_id(model: Path) -> str | None:
     """The id in the model's metadata.json, or None if there is no readable model (no TensorFlow needed)."""
-    from lstm_cli.owned import read_regular
-
     try:
-        return json.loads(read_regular(model / "metadata.json")).get("id")
-    except (OSError, ValueError, AttributeError, RecursionError):
+        from lstm_cli.schema import read_json
+
+        return read_json(model / "metadata.json").get("id")
+    except (OSError, ValueError, AttributeError):
         return None
 
 

@@ -115,10 +115,13 @@ def _central_directory_offset(data: bytes) -> int:
 
 def one_error(result, code: int = 1) -> str:
     """A CliRunner result that is exit `code` with exactly one `Error:` line on stderr and no traceback (an
-    exception the command did not turn into an exit would show as result.exception); returns the line."""
+    exception the command did not turn into an exit would show as result.exception); returns the line.
+    Misuse of an option (exit 2) is Click's: its usage lines, then the one `Error:` line."""
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == code, (result.exit_code, result.stderr)
+    if code == 2 and lines and lines[0].startswith("Usage: "):
+        lines = [line for line in lines[1:] if line and not line.startswith("Try ")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == "", (result.stderr, result.stdout)
     return lines[0]
@@ -128,3 +131,34 @@ def invoke(*args: str, input: str | None = None):
     from lstm_cli.cli import app
 
     return runner.invoke(app, list(args), input=input)
+
+
+_checkpoints: dict[Path, Path] = {}
+
+
+def kept_checkpoint(base: Path, train_csv: Path) -> Path:
+    """A checkpoint directory (state, weights and token cache) left by a tiny run whose save failed (the export
+    check made to refuse Softmax, as in test_reliability), made once per session under `base`."""
+    import pytest
+
+    from conftest import TINY
+    from lstm_cli import graphcheck
+
+    if base not in _checkpoints:
+        target = base / "kept-checkpoint"
+        args = ["train", str(train_csv), *TINY[:-1], "--epochs", "1", "-m", str(base / "no-model"),
+                "--checkpoint-dir", str(target)]  # fmt: skip
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setattr(graphcheck, "ALLOWED_OPS", graphcheck.ALLOWED_OPS - {"Softmax"})
+            failed = invoke(*args)
+        assert failed.exit_code == 1 and (target / "state.json").is_file(), failed.output
+        _checkpoints[base] = target
+    return _checkpoints[base]
+
+
+def train_args(train_csv: Path, checkpoint: Path, model: Path) -> list[str]:
+    """The arguments of the run that made kept_checkpoint (add --resume to continue it)."""
+    from conftest import TINY
+
+    return ["train", str(train_csv), *TINY[:-1], "--epochs", "1", "-m", str(model), "--checkpoint-dir",
+            str(checkpoint), "--quiet"]  # fmt: skip
