@@ -44,10 +44,10 @@ class Explanation:
     probability: float  # its probability for the text
     predicted: str  # the most probable label
     method: str
-    unit: str  # of the scores: "log-odds" (natural log) or "probability"
     tokens: list[TokenScore]
     unseen_tokens: int  # tokens past --max-length, which the model never read
     completeness_gap: float | None = None  # integrated gradients: |sum(scores) - (p(text) - p(baseline))|
+    unit: str = "log-odds"  # of the scores: "log-odds" (natural log) or "probability"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
