@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +20,13 @@ import numpy as np
 from lstm_cli.data import open_file
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError
+
+# Most dimensions a vectors file may have (the usual ones have 100 to 1,024): the embedding matrix is
+# vocabulary x dimension float32, 1.6 GB at 100,000 words and this many.
+MAX_DIMENSION = 4_096
+# Longest line read, in bytes (a word and 4,096 numbers printed in full take about 70 KB): a line is read up
+# to this and no further, so a file of one endless line (a gzip bomb) never fills the memory.
+MAX_LINE_BYTES = 1 << 20
 
 
 def token_key(word: str, tokenizer: Tokenizer) -> str | None:
@@ -84,9 +92,30 @@ def _not_vectors(path: Path, line: int, why: str) -> DataError:
 
 def _header(fields: list[str]) -> int | None:
     """The dimension a "count dimension" header line gives, or None if the line is not one."""
-    if len(fields) == 2 and all(f.isdigit() for f in fields) and int(fields[1]) > 0:
+    if len(fields) == 2 and all(f.isdigit() and len(f) < 20 for f in fields) and int(fields[1]) > 0:
         return int(fields[1])
     return None
+
+
+def _lines(stream: BinaryIO, path: Path):
+    """(line number, bytes) of each line, never reading more than MAX_LINE_BYTES of one."""
+    number = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataError(
+                f"{path}:{number}: a line longer than {MAX_LINE_BYTES:,} bytes; not a word vectors file "
+                f"(--vectors reads vectors of up to {MAX_DIMENSION:,} dimensions)"
+            )
+        yield number, raw
+
+
+def _check_dimension(path: Path, number: int, dimension: int) -> int:
+    if dimension > MAX_DIMENSION:
+        raise DataError(
+            f"{path}:{number}: vectors of {dimension:,} dimensions; --vectors reads up to {MAX_DIMENSION:,}"
+        )
+    return dimension
 
 
 def _numbers(fields: list[str]) -> np.ndarray | None:
@@ -115,7 +144,7 @@ def read_vectors(path: Path | str, wanted: set[str], standardize: str) -> WordVe
     dimension, words, malformed, number = None, 0, 0, 0
     try:
         with stream:
-            for number, raw in enumerate(stream, start=1):
+            for number, raw in _lines(stream, path):
                 text = _decode(raw)
                 if not text:
                     continue
@@ -123,7 +152,9 @@ def read_vectors(path: Path | str, wanted: set[str], standardize: str) -> WordVe
                     fields = text.split(" ")
                     dimension = _header(fields) if number == 1 else None
                     if dimension is not None:
+                        _check_dimension(path, number, dimension)
                         continue
+                    _check_dimension(path, number, len(fields) - 1)
                     if len(fields) < 2 or "\ufffd" in fields[-1] or _numbers(fields[1:]) is None:
                         raise _not_vectors(path, number, "expected a word followed by numbers")
                     dimension = len(fields) - 1
@@ -145,7 +176,7 @@ def read_vectors(path: Path | str, wanted: set[str], standardize: str) -> WordVe
                 words += 1
             while hashing.read(1 << 20):  # a gzip stream may end before the file does: hash all of it
                 pass
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}:{number + 1}: cannot read ({e}); is the file complete? (--vectors)") from None
     if dimension is None or words == 0:
         raise DataError(f"{path}: no word vectors in the file (--vectors)")
@@ -156,17 +187,25 @@ def peek_dimension(path: Path | str) -> int:
     """The vectors' dimension from the first lines, so the CLI can say which width wins before training."""
     path = Path(path)
     _, stream = _open(path)
-    with stream:
-        for number, raw in enumerate(stream, start=1):
-            text = _decode(raw)
-            if not text:
-                continue  # as read_vectors does
-            fields = text.split(" ")
-            if number == 1 and _header(fields) is not None:
-                return int(fields[1])
-            if len(fields) >= 2 and _numbers(fields[1:]) is not None:
-                return len(fields) - 1
-            raise _not_vectors(path, number, "expected a word followed by numbers")
+    number = 0
+    try:
+        with stream:
+            for number, raw in _lines(stream, path):
+                text = _decode(raw)
+                if not text:
+                    continue  # as read_vectors does
+                fields = text.split(" ")
+                if number == 1 and _header(fields) is not None:
+                    return _check_dimension(path, number, int(fields[1]))
+                if (
+                    len(fields) >= 2
+                    and _check_dimension(path, number, len(fields) - 1)
+                    and _numbers(fields[1:]) is not None
+                ):
+                    return len(fields) - 1
+                raise _not_vectors(path, number, "expected a word followed by numbers")
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"{path}:{number + 1}: cannot read ({e}); is the file complete? (--vectors)") from None
     raise DataError(f"{path}: no word vectors in the file (--vectors)")
 
 

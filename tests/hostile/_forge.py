@@ -140,8 +140,8 @@ def kept_checkpoint(base: Path, train_csv: Path) -> Path:
     """A checkpoint directory (state, weights and token cache) left by a tiny run whose save failed (the export
     check made to refuse Softmax, as in test_reliability), made once per session under `base`."""
     import pytest
-
     from conftest import TINY
+
     from lstm_cli import graphcheck
 
     if base not in _checkpoints:
