@@ -412,29 +412,10 @@ def _split_lines(pieces: Iterable[str]) -> Iterator[str]:
         yield from io.StringIO("".join(parts), newline="").readlines()
 
 
-def read_labeled(
-    path: Path | str,
-    *,
-    text_column: str | int = "text",
-    label_column: str | int = "label",
-    delimiter: str | None = None,
-    encoding: str = "utf-8",
-    skip_bad_rows: bool = False,
-    input_format: str | None = None,
-    header: bool = True,
-) -> LabeledData:
-    """Read a labeled file (see LabeledStream for the formats). Labels are stripped strings; texts are kept
-    as written. One pass of stream_labeled, kept in memory."""
-    stream = stream_labeled(
-        path,
-        text_column=text_column,
-        label_column=label_column,
-        delimiter=delimiter,
-        encoding=encoding,
-        skip_bad_rows=skip_bad_rows,
-        input_format=input_format,
-        header=header,
-    )
+def read_labeled(path: Path | str, **options) -> LabeledData:
+    """Read a labeled file (see LabeledStream for the formats and options). Labels are stripped strings;
+    texts are kept as written. One pass of stream_labeled, kept in memory."""
+    stream = stream_labeled(path, **options)
     texts, labels = [], []
     for text, label in stream:
         texts.append(text)

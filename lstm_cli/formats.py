@@ -76,6 +76,20 @@ def too_long(name: str, line: int) -> DataError:
     )
 
 
+def numbered(lines: Iterator[str], name: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a file's lines; a line over the limit is a DataError naming it."""
+    number = 0
+    while True:
+        try:
+            line = next(lines, None)
+        except LineTooLong:
+            raise too_long(name, number + 1) from None
+        if line is None:
+            return
+        number += 1
+        yield number, line
+
+
 @dataclass
 class Record:
     line: int  # where the record starts, 1-based
@@ -240,16 +254,7 @@ class FastTextReader:
         self._lines = replay
 
     def records(self) -> Iterator[Record | Bad]:
-        lines = self._lines.all()
-        number = 0
-        while True:
-            try:
-                line = next(lines, None)
-            except LineTooLong:
-                raise too_long(self.name, number + 1) from None
-            if line is None:
-                return
-            number += 1
+        for number, line in numbered(self._lines.all(), self.name):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
@@ -304,15 +309,7 @@ class JsonlReader:
         return self._records(self._lines.all())
 
     def _records(self, lines: Iterator[str]) -> Iterator[Record | Bad]:
-        number = 0
-        while True:
-            try:
-                line = next(lines, None)
-            except LineTooLong:
-                raise too_long(self.name, number + 1) from None
-            if line is None:
-                return
-            number += 1
+        for number, line in numbered(lines, self.name):
             if not line.strip():
                 continue
             try:
