@@ -1,14 +1,13 @@
 """The shapes labeled data comes in (CSV/TSV with or without a header, fastText's `__label__` lines, JSON
 Lines), each read as records with their line numbers; and the limits every reader keeps.
 
+csv and json are imported where they are used: predict's line path imports this module and needs neither.
 A reader is built on the file's first lines (it checks the header or first record at once, so a wrong
 column fails before any long pass) and then yields `Record`s, or `Bad` for a row it cannot use: the caller
 decides whether a bad row stops the run or is skipped (--skip-bad-rows)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +129,8 @@ def open_reader(replay, name: str, columns: Columns, *, input_format: str | None
             return FastTextReader(replay, name)
         if chosen == "jsonl":
             return JsonlReader(replay, name, columns)
+        import csv
+
         csv.field_size_limit(MAX_LINE_CHARS)  # a longer field (a quote never closed) stops at the limit
         return CsvReader(replay, name, columns, delimiter=delimiter, default="\t" if chosen == "tsv" else ",")
     except LineTooLong:
@@ -162,6 +163,8 @@ class CsvReader:
         else:
             self.delimiter = delimiter or default
             self.header = None
+            import csv
+
             first = next(csv.reader(replay.lines(), delimiter=self.delimiter), None)
             if first is None:
                 raise DataError(f"{name}: file is empty")
@@ -177,6 +180,8 @@ class CsvReader:
         self._lines = replay
 
     def records(self) -> Iterator[Record | Bad]:
+        import csv
+
         reader = csv.reader(self._lines.all(), delimiter=self.delimiter, strict=True)
         if self.header is not None:
             next(reader)  # parsed already
@@ -210,6 +215,8 @@ class CsvReader:
 
 
 def _header(replay, delimiter: str) -> list[str]:
+    import csv
+
     first = next(csv.reader(replay.lines(), delimiter=delimiter), [])
     return [column.strip() for column in first]
 
@@ -309,6 +316,8 @@ class JsonlReader:
         return self._records(self._lines.all())
 
     def _records(self, lines: Iterator[str]) -> Iterator[Record | Bad]:
+        import json
+
         for number, line in numbered(lines, self.name):
             if not line.strip():
                 continue

@@ -182,3 +182,20 @@ def test_added_column_names_never_collide_whatever_the_labels(labels, k, every, 
     assert len(set(added.names)) == len(added.names)
     if every and not jsonl:
         assert added.names[-len(labels) :] == [f"p_{label}" for label in labels]
+
+
+def test_the_line_path_loads_no_table_machinery(trained_model):
+    """A one-off predict stays fast: csv and the table code are imported only for tables."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom lstm_cli.cli import main\n"
+        f"sys.argv = ['lstm-cli', 'predict', '-m', {str(trained_model)!r}, 'good film']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('csv', 'lstm_cli.tables') if m in sys.modules), file=sys.stderr)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this lstm_cli, whatever the directory
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.count("\t") == 1 and done.stderr.strip().splitlines()[-1] == "[]"
