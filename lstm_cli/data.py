@@ -437,25 +437,29 @@ def iter_lines(stream: BinaryIO, name: str = "<stdin>") -> Iterator[str]:
     Reads what the stream has (read1: a pipe's lines are answered as they arrive) and decodes all its whole
     lines at once, which is faster than a line at a time."""
     read = getattr(stream, "read1", stream.read)
-    held = b""  # the start of a line whose end has not arrived
+    held: list[bytes] = []  # the start of a line whose end has not arrived, in pieces
+    size = 0  # bytes in `held`
     number = 0  # lines before `held`
     while chunk := read(1 << 16):
         end = chunk.rfind(b"\n")
         if end < 0:
-            held += chunk
-            if len(held) > MAX_LINE_CHARS:
+            held.append(chunk)
+            size += len(chunk)
+            if size > MAX_LINE_CHARS:
                 raise DataError(
                     f"{name}:{number + 1}: a line longer than {MAX_LINE_CHARS:,} bytes (lstm-cli's limit; a model "
                     "reads only the first --max-length tokens of a text); is this a text file? Shorten the lines"
                 )
             continue
-        whole, held = held + chunk[: end + 1], chunk[end + 1 :]
-        lines = whole.decode("utf-8", errors="replace").replace("\r\n", "\n").split("\n")
+        held.append(chunk[: end + 1])
+        lines = b"".join(held).decode("utf-8", errors="replace").replace("\r\n", "\n").split("\n")
         lines.pop()  # the '' after the last line break
         number += len(lines)
         yield from lines
-    if held:
-        yield held.decode("utf-8", errors="replace")
+        held = [chunk[end + 1 :]]
+        size = len(held[0])
+    if size:
+        yield b"".join(held).decode("utf-8", errors="replace")
 
 
 def table_hint(first_line: str) -> str | None:

@@ -261,3 +261,16 @@ def test_predict_lines_are_split_as_before_whatever_the_bytes(pieces):
             raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
         expected.append(raw.decode("utf-8", errors="replace"))
     assert list(iter_lines(io.BytesIO(data))) == expected
+
+
+def test_tune_reads_a_headerless_tsv(tmp_path):
+    rows = toy_rows(60, seed=6)
+    write(tmp_path / "train.txt", "".join(f"{label}\t{text}\n" for text, label in rows))
+    tiny = ["--set", "embedding_dim=8", "--set", "units=6", "--set", "dense_units=8", "--set", "max_tokens=60",
+            "--set", "epochs=1", "--set", "batch_size=16"]  # fmt: skip
+    args = ["tune", "train.txt", "-m", "m", "--budget", "10m", "--trials", "1", "--quiet", "--delimiter", "tab",
+            "--no-header", "--text-column", "2", "--label-column", "1", *tiny]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metadata = json.loads((tmp_path / "m" / "metadata.json").read_text())
+    assert metadata["labels"] == ["meh", "neg", "pos"] and metadata["training"]["data"]["rows"] == 60

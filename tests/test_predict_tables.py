@@ -199,3 +199,15 @@ def test_the_line_path_loads_no_table_machinery(trained_model):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # this lstm_cli, whatever the directory
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert done.stdout.count("\t") == 1 and done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_crlf_tables_keep_their_line_ends_and_lines_go_to_a_file_too(trained_model, tmp_path):
+    (tmp_path / "in.csv").write_bytes(b'text,id\r\ngood film,1\r\n"two\r\nlines",2\r\n')
+    result = runner.invoke(app, ["predict", "-m", str(trained_model), "--input", "in.csv", "-o", "out.csv"])
+    assert result.exit_code == 0, result.output
+    out = (tmp_path / "out.csv").read_bytes()
+    assert out.startswith(b"text,id,predicted_label,probability\r\ngood film,1,") and out.count(b"\r\n") == 4
+    shown = runner.invoke(app, ["predict", "-m", str(trained_model), "good film", "bad"])
+    written = runner.invoke(app, ["predict", "-m", str(trained_model), "good film", "bad", "-o", "out.tsv"])
+    assert written.exit_code == 0 and written.stdout == ""
+    assert (tmp_path / "out.tsv").read_text(encoding="utf-8") == shown.stdout
