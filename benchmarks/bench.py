@@ -342,7 +342,7 @@ def table(r: dict, *, as_markdown: bool = False) -> str:
             ("Keras recipe: useful tokens/s", f"{k['tokens_per_s']:,.0f}  (pad 200, batch 32, {k['rows']:,} rows)")
         )
     if as_markdown:
-        return markdown(["measure", f"{r['data']}"], [[a.strip(), b] for a, b in rows])
+        return markdown(["measure", Path(r["data"]).name], [[a.strip(), b] for a, b in rows])
     width = max(len(a) for a, _ in rows)
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
