@@ -60,6 +60,12 @@ class Engine:
         """As `probabilities`, for token id sequences (each non-empty, at most max_length long)."""
         return self._run(*flattened(rows))
 
+    def close(self) -> None:
+        """Stop the thread pool, if batches started one (a later large batch starts it again)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def _run(self, flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Probabilities of the rows flat[starts[i] : starts[i] + lengths[i]], in batches of similar length."""
         order = np.argsort(lengths, kind="stable")
