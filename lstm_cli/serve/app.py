@@ -94,7 +94,7 @@ def build_app(
             except ClientDisconnect:
                 response = Response(status_code=499)  # nobody to answer; counted as nginx counts it
             except Exception as e:  # a bug in lstm-cli: one line in the log, a 500 for this request only
-                log.error("error answering %s %s: %s: %s", request.method, request.url.path, type(e).__name__, e)
+                log.error("error answering %s %r: %s: %r", request.method, request.url.path, type(e).__name__, str(e))
                 response = _error(500, f"internal error ({type(e).__name__}); see the server's log")
             metrics.request(
                 request.scope.get("lstm_cli.route", route), response.status_code, time.perf_counter() - start
