@@ -42,14 +42,17 @@ class MicroBatcher:
             self._free.put_nowait(slot)
         self._task = asyncio.get_running_loop().create_task(self._dispatch())
 
-    async def stop(self) -> None:
-        """Answer every waiting request and finish the batches in progress, then stop."""
-        while self._waiting or self._running:
+    async def stop(self, timeout: float = 0.5) -> None:
+        """Answer every waiting request and finish the batches in progress (for at most `timeout` seconds: by
+        now the server has given requests their grace time), then stop. A batch still running in an engine
+        process is abandoned; closing the engine pool ends it."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (self._waiting or self._running) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        self._threads.shutdown(wait=True)
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities for `texts` (one row each), computed along with other requests' texts."""
