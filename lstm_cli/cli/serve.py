@@ -30,7 +30,7 @@ def serve_cli(
     ] = 10 * 1024 * 1024,
     max_batch: Annotated[
         int, typer.Option(min=1, help="Most texts predicted in one engine call, from concurrent requests.")
-    ] = 256,
+    ] = 1024,
     batch_wait_ms: Annotated[
         float, typer.Option(min=0, help="How long an idle engine waits for more requests to batch with the first.")
     ] = 2.0,

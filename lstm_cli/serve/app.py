@@ -71,7 +71,7 @@ def build_app(
     name: str,
     labels: list[str],
     max_body: int = 10 * 1024 * 1024,
-    max_batch: int = 256,
+    max_batch: int = 1024,
     max_wait: float = 0.002,
     on_startup: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,

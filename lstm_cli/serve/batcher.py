@@ -22,7 +22,7 @@ Run = Callable[[list[str]], np.ndarray]  # texts -> probabilities, one row per t
 
 class MicroBatcher:
     def __init__(
-        self, slots: Sequence[Run], *, max_texts: int = 256, max_wait: float = 0.002, metrics: Metrics | None = None
+        self, slots: Sequence[Run], *, max_texts: int = 1024, max_wait: float = 0.002, metrics: Metrics | None = None
     ):
         self.max_texts = max_texts
         self.max_wait = max_wait
