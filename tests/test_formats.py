@@ -274,3 +274,29 @@ def test_tune_reads_a_headerless_tsv(tmp_path):
     assert result.exit_code == 0, result.output
     metadata = json.loads((tmp_path / "m" / "metadata.json").read_text())
     assert metadata["labels"] == ["meh", "neg", "pos"] and metadata["training"]["data"]["rows"] == 60
+
+
+def test_every_format_streams_from_stdin_and_pipes_in_any_encoding(monkeypatch):
+    """The machinery CSV had (the stdin spool read in passes, encodings, the file hash) serves every format."""
+    import hashlib
+    import io
+    import sys
+
+    from conftest import pipe_path
+
+    rows = [("héllo wörld", "a"), ("bye", "b")]
+    for content in (as_jsonl(rows), as_fasttext(rows)):
+        data = content.encode("utf-16")
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        stream = stream_labeled("-", encoding="utf-16")
+        assert list(stream) == list(stream) == rows and stream.sha256 == hashlib.sha256(data).hexdigest()
+        assert list(stream_labeled(pipe_path(content.encode("utf-8")))) == rows
+
+
+def test_how_a_file_is_read_is_part_of_its_identity(tmp_path):
+    """The token cache is keyed on the file's bytes and on this: other columns of the same bytes are other rows."""
+    path = write(tmp_path / "d.csv", "a,b\nx,y\nz,w\n")
+    one = stream_labeled(path, text_column="a", label_column="b")
+    other = stream_labeled(path, text_column="b", label_column="a")
+    assert list(one) != list(other) and one.sha256 == other.sha256
+    assert one.reading() != other.reading()
