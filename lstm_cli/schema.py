@@ -162,8 +162,13 @@ class _Checker:
             raise self.fail(f"{field} must be {wanted}, not {_kind(value)} ({_short(value)})")
 
     def obj(self, parent: Mapping, key: str, field: str, *, optional: bool = True, null: bool = False) -> dict:
-        value = parent.get(key) if optional else parent.get(key, ...)
-        if value is None and (optional or null):
+        """parent[key], an object; {} when it is absent (if optional) or null (if null is allowed)."""
+        if key not in parent:
+            if optional:
+                return {}
+            raise self.fail(f"{field} is missing")
+        value = parent[key]
+        if value is None and null:
             return {}
         self.need(isinstance(value, dict), field, "an object", value)
         return value
@@ -220,16 +225,16 @@ def check_metadata(metadata: Any, path: Path, *, format_name: str, newest: int) 
     vectors = c.obj(metadata, "vectors", '"vectors"', null=True)
     c.typed(vectors, "dimension", '"vectors.dimension"', (int,), "an integer")
     c.typed(vectors, "frozen", '"vectors.frozen"', (bool,), "true or false")
-    c.obj(metadata, "signature", '"signature"')
+    c.obj(metadata, "signature", '"signature"', null=True)
     engine = c.obj(metadata, "engine", '"engine"', null=True)
     for key in engine:
         c.typed(engine, key, f'"engine.{key}"', (str,), "a file name")
-    tuning = c.obj(metadata, "tuning", '"tuning"')
+    tuning = c.obj(metadata, "tuning", '"tuning"', null=True)
     c.typed(tuning, "trials", '"tuning.trials"', (list,), "a list")
     c.typed(tuning, "metric", '"tuning.metric"', (str,), "a string")
     c.typed(tuning, "budget_seconds", '"tuning.budget_seconds"', _NUMBER, "a number")
-    files = metadata.get("files")
-    if files is not None:
+    if "files" in metadata:
+        files = metadata["files"]
         c.need(isinstance(files, dict), '"files"', "an object", files)
         for name, digest in files.items():
             if not _plain_relative(name):
@@ -250,7 +255,7 @@ def _check_config(c: _Checker, metadata: dict) -> None:
     known = {f.name for f in dataclasses.fields(TrainConfig)}  # a newer lstm-cli's keys are its own business
     try:
         TrainConfig.from_dict({k: v for k, v in config.items() if k in known})
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
         raise c.fail(f'"config" is not a valid configuration ({e})') from None
 
 

@@ -4,13 +4,20 @@ The directory is checked as a whole when it is loaded (lstm_cli.schema), whichev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 from _forge import forge, invoke, npy_header, one_error, zip_bytes
+from hypothesis import HealthCheck, Phase, event, given, settings
+from hypothesis import strategies as st
 
 
 def _first(nodes: list, kind: str) -> dict:
@@ -126,3 +133,140 @@ def test_an_npz_member_claiming_gigabytes_is_refused_before_it_is_read(trained_m
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and "engine.npz" in lines[0], done.stderr
     assert "embedding/embeddings" in lines[0], lines[0]
+
+
+# --- property: any mutation of any file, hashes rewritten -----------------------------------------------------
+
+OTHER = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4), st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)  # fmt: skip
+
+
+def _mutate_json(value, data):
+    """One change at a random place of a parsed JSON value: another type, nested, lengthened, shortened, removed."""
+    box = [value]
+    holder, key = box, 0
+    while isinstance(holder[key], dict | list) and holder[key] and data.draw(st.integers(0, 3), "descend") > 0:
+        node = holder[key]
+        holder, key = node, data.draw(st.sampled_from(list(node) if isinstance(node, dict) else range(len(node))))
+    old = holder[key]
+    action = data.draw(st.sampled_from(["replace", "nest", "grow", "shrink", "delete"]), "action")
+    if action == "delete" and holder is not box:
+        del holder[key]
+    elif action == "nest":
+        holder[key] = data.draw(st.sampled_from([[old], {"value": old}, [old, old]]), "nesting")
+    elif action == "grow" and isinstance(old, list | str | int | dict):
+        many = data.draw(st.integers(1, 3), "times")
+        holder[key] = {list: lambda: [*old, *(old[-1:] or [0])] * many, str: lambda: old * 3 + "x",
+                       int: lambda: old * 1000 + 7, dict: lambda: {**old, "extra": many}}[type(old)]()  # fmt: skip
+    elif action == "shrink" and isinstance(old, list | str | int | dict):
+        holder[key] = {list: lambda: old[:-1], str: lambda: "", int: lambda: -old,
+                       dict: lambda: dict(list(old.items())[1:])}[type(old)]()  # fmt: skip
+    else:
+        holder[key] = data.draw(OTHER, "value")
+    return box[0]
+
+
+def _mutate_npz(arrays: dict, data):
+    names = sorted(arrays)
+    action = data.draw(st.sampled_from(["swap", "reshape", "dtype", "delete", "extra", "not an array", "huge"]))
+    name = data.draw(st.sampled_from(names), "member")
+    array = arrays[name]
+    if action == "swap":
+        other = data.draw(st.sampled_from(names), "other")
+        arrays[name], arrays[other] = arrays[other], array
+    elif action == "reshape":
+        changed = [array.reshape(-1), array.T, array[:-1], np.concatenate([array, array]), array[..., None]]
+        arrays[name] = data.draw(st.sampled_from([*changed, np.zeros((0,), array.dtype)]), "shape")
+    elif action == "dtype":
+        kind = data.draw(st.sampled_from([np.float64, np.int32, np.float16, np.bool_, np.uint8]), "dtype")
+        arrays[name] = array.astype(kind)
+    elif action == "delete":
+        del arrays[name]
+    elif action == "extra":
+        arrays["extra/kernel"] = np.ones((3, 3), np.float32)
+    else:
+        members = {f"{k}.npy": _npy(a) for k, a in arrays.items()}
+        members[f"{name}.npy"] = b"not an array" if action == "not an array" else npy_header((1 << 40, 4))
+        return zip_bytes(members)
+    return arrays
+
+
+def _vm_bytes() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmSize")).split()[1]) * 1024
+
+
+@contextlib.contextmanager
+def _bounded(seconds: int, extra_memory: int):
+    """No hang (SIGALRM after `seconds`) and no allocation past `extra_memory` more bytes of address space."""
+
+    def hang(signum, frame):
+        raise TimeoutError(f"lstm-cli ran more than {seconds} s")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    handler = signal.signal(signal.SIGALRM, hang)
+    resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + extra_memory, hard))
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        signal.signal(signal.SIGALRM, handler)
+
+
+_tensorflow_runs = {"done": 0}
+
+
+def _forged_model_keeps_its_contract(trained_model, data_dir, data, tensorflow_budget: int) -> None:
+    files = ["metadata_json", "vocabulary_json", "engine_json", "engine_npz"]
+    key = data.draw(st.sampled_from(files), "file")
+    with tempfile.TemporaryDirectory() as tmp:
+        edit = (lambda a: _mutate_npz(a, data)) if key == "engine_npz" else (lambda v: _mutate_json(v, data))
+        model = forge(trained_model, Path(tmp) / "m", **{key: edit})
+        commands = {
+            "predict": (["predict", "-m", str(model), "-"], 2),
+            "evaluate": (["evaluate", str(data_dir / "test.csv"), "-m", str(model)], None),
+        }
+        with _bounded(60, 3 << 30):
+            info = invoke("info", "-m", str(model))
+            outcomes = {}
+            for name, (args, _) in commands.items():
+                outcomes[name] = invoke(*args, "--engine", "numpy", input="good great\nawful\n")
+        event(f"{key}: predict exit {outcomes['predict'].exit_code}")  # --hypothesis-show-statistics
+        for result in [info, *outcomes.values()]:
+            if result.exit_code != 0:
+                one_error(result)
+        if outcomes["predict"].exit_code == 0:
+            assert len(outcomes["predict"].stdout.splitlines()) == 2, outcomes["predict"].stdout
+        if outcomes["predict"].exit_code == 0 and _tensorflow_runs["done"] >= tensorflow_budget:
+            return  # the SavedModel's checks are slow: only the first passing mutations run them
+        _tensorflow_runs["done"] += outcomes["predict"].exit_code == 0
+        with _bounded(120, 4 << 30):
+            for args, lines in commands.values():
+                result = invoke(*args, "--engine", "tensorflow", input="good great\nawful\n")
+                if result.exit_code != 0:
+                    one_error(result)
+                elif lines:
+                    assert len(result.stdout.splitlines()) == lines, result.stdout
+
+
+# No explain phase: it reruns every case (minutes with the TensorFlow engine).
+PROPERTY = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None,
+                    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])  # fmt: skip
+
+
+@settings(PROPERTY, max_examples=25)
+@given(data=st.data())
+def test_any_forged_file_gives_results_or_one_error_line(trained_model, data_dir, data):
+    _forged_model_keeps_its_contract(trained_model, data_dir, data, tensorflow_budget=1)
+
+
+@pytest.mark.slow
+@settings(PROPERTY, max_examples=400)
+@given(data=st.data())
+def test_any_forged_file_gives_results_or_one_error_line_many(trained_model, data_dir, data):
+    _forged_model_keeps_its_contract(trained_model, data_dir, data, tensorflow_budget=40)
