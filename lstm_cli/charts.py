@@ -126,10 +126,10 @@ def reliability_diagram(bins: Reliability) -> str:
         top.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1, label="perfect calibration")
         top.bar(centers[filled], bins.accuracy[filled], width=width * 0.95, color=COLORS["precision"], alpha=0.85,
                 label="accuracy in the bin")  # fmt: skip
-        # The gap to the bin's mean confidence: above the bar when over-confident, inside it when under.
-        gap = bins.confidence[filled] - bins.accuracy[filled]
-        top.bar(centers[filled], gap, bottom=bins.accuracy[filled], width=width * 0.95, color="#e45756", alpha=0.3,
-                edgecolor="#e45756", linewidth=0.8, label="gap to mean confidence")  # fmt: skip
+        # Each bin's mean confidence as a tick across its bar: the gap between the two is what ECE averages.
+        left = centers[filled] - width * 0.475
+        top.hlines(bins.confidence[filled], left, left + width * 0.95, color="#d62728", linewidth=2,
+                   label="mean confidence in the bin")  # fmt: skip
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
         top.set_ylabel("accuracy")

@@ -375,10 +375,12 @@ def _highlighted(explanation) -> str:
 def _errors(report: ReportInput) -> str:
     if not report.explanations:
         return '<p class="note">No errors: every row was predicted right.</p>'
+    unit = getattr(next(iter(report.explanations.values())), "unit", "probability")
     legend = (
         '<p class="note legend">The rows predicted wrongly with the highest probability. Each token is shaded by '
-        'how much it pushed the prediction (occlusion): <span style="background:rgba(245,133,24,.7)">towards the '
-        'wrong label</span>, <span style="background:rgba(76,120,168,.6)">away from it</span>.</p>'
+        f"how much it pushed the prediction (occlusion: the {e(unit)} of the predicted label lost when the token is "
+        'removed): <span style="background:rgba(245,133,24,.7)">towards the wrong label</span>, '
+        '<span style="background:rgba(76,120,168,.6)">away from it</span>.</p>'
     )
     blocks = []
     for i, explanation in report.explanations.items():

@@ -44,7 +44,9 @@ def report_cli(
             help="The HTML file to write ('-': stdout); only an earlier report or an empty file is replaced.",
         ),
     ] = Path("report.html"),
-    errors: Annotated[int, typer.Option(min=0, help="How many of the most confident errors to show, explained.")] = 10,
+    show_errors: Annotated[
+        int, typer.Option(min=0, help="How many of the most confident errors to show, explained (0: none).")
+    ] = 10,
     text_column: TextColumnOpt = "text",
     label_column: LabelColumnOpt = "label",
     delimiter: DelimiterOpt = None,
@@ -80,7 +82,7 @@ def report_cli(
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
-        page = reporting.build(predictor, dataset, errors=errors)
+        page = reporting.build(predictor, dataset, errors=show_errors)
         if to_stdout:
             sys.stdout.buffer.write(page.encode("utf-8"))
             sys.stdout.flush()
