@@ -174,40 +174,72 @@ def auto_bigram_min_count(distinct_bigrams: int) -> int:
     return 2 if distinct_bigrams > AUTO_BIGRAM_MIN_COUNT_ABOVE else 0
 
 
-# (field, lowest allowed, highest allowed, highest is exclusive)
+# (field, lowest allowed, highest allowed, highest is exclusive). Every numeric field is checked for its type
+# (a whole number for the int fields), finiteness and range; the highest values bound what a model may
+# allocate (a layer of 10**9 units is a MemoryError, not a model).
 _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
-    ("max_tokens", 3, None, False),
-    ("min_count", 1, None, False),
-    ("max_length", 1, None, False),
-    ("recurrent_length", 1, None, False),
-    ("embedding_dim", 1, None, False),
-    ("units", 1, None, False),
-    ("layers", 1, None, False),
+    ("max_tokens", 3, 10_000_000, False),
+    ("min_count", 1, 2**31 - 1, False),
+    ("max_length", 1, 100_000, False),
+    ("recurrent_length", 1, 100_000, False),
+    ("embedding_dim", 1, 4_096, False),
+    ("units", 1, 4_096, False),
+    ("layers", 1, 16, False),
     ("dropout", 0.0, 1.0, True),
     ("recurrent_dropout", 0.0, 1.0, True),
     ("embedding_dropout", 0.0, 1.0, True),
     ("bigram_buckets", 0, BIGRAM_HASH_SPACE, False),
-    ("bigram_dim", 1, None, False),
-    ("bigram_min_count", 0, None, False),
-    ("dense_units", 0, None, False),
+    ("bigram_dim", 1, 4_096, False),
+    ("bigram_min_count", 0, 2**31 - 1, False),
+    ("dense_units", 0, 65_536, False),
     ("dense_dropout", 0.0, 1.0, True),
-    ("epochs", 1, None, False),
-    ("batch_size", 1, None, False),
-    ("learning_rate", 0.0, None, False),
+    ("epochs", 1, 1_000_000, False),
+    ("batch_size", 1, 65_536, False),
+    ("learning_rate", 0.0, None, False),  # > 0 (see _OPEN_BELOW)
     ("clip_norm", 0.0, None, False),
     ("l2", 0.0, None, False),
-    ("patience", 0, None, False),
+    ("patience", 0, 1_000_000, False),
     ("plateau_factor", 0.0, 1.0, False),
     ("label_smoothing", 0.0, 1.0, True),
-    ("steps_per_epoch", 1, None, False),
-    ("max_steps", 1, None, False),
+    ("steps_per_epoch", 1, 2**31 - 1, False),
+    ("max_steps", 1, 2**31 - 1, False),
     ("validation_split", 0.0, 1.0, True),
     ("seed", 0, 2**32 - 1, False),
 )
+_OPEN_BELOW = frozenset({"learning_rate"})  # the lowest value itself is refused
 
 
 # The fields whose default is None: made concrete from the data (TrainConfig.resolved) or left unset.
 AUTOMATIC = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.default is None)
+# The fields that hold whole numbers (annotations are strings here: `from __future__ import annotations`).
+INTEGERS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("int", "int | None"))
+
+
+def number_problem(
+    flag: str,
+    value: object,
+    low: float,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    high_open: bool = False,
+    low_open: bool = False,
+) -> str | None:
+    """What is wrong with `value` as the number `flag` takes (its type, finiteness, range), or None.
+
+    The one check of every numeric option and configuration value: TrainConfig's fields, --worker-timeout,
+    tune's --budget, TF_CONFIG's task index."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{flag} must be a number, got {value!r}"
+    if integer and not isinstance(value, int):
+        return f"{flag} must be a whole number, got {value!r}"
+    if not math.isfinite(value):
+        return f"{flag} must be a finite number, got {value}"
+    if value < low or (low_open and value == low):
+        return f"{flag} must be {'>' if low_open else '>='} {low}, got {value}"
+    if high is not None and (value >= high if high_open else value > high):
+        return f"{flag} must be {'<' if high_open else '<='} {high:,}, got {value:,}"
+    return None
 
 
 def config_problems(config: TrainConfig) -> list[str]:
@@ -217,13 +249,10 @@ def config_problems(config: TrainConfig) -> list[str]:
         value = getattr(config, name)
         if value is None and name in AUTOMATIC:
             continue  # automatic
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{flag} must be a number, got {value!r}")
-        elif value < low or (name == "learning_rate" and value <= 0):
-            problems.append(f"{flag} must be {'> ' if name == 'learning_rate' else '>= '}{low}, got {value}")
-        elif high is not None and (value >= high if high_open else value > high):
-            problems.append(f"{flag} must be {'<' if high_open else '<='} {high}, got {value}")
+        problem = number_problem("--" + name.replace("_", "-"), value, low, high, integer=name in INTEGERS,
+                                 high_open=high_open, low_open=name in _OPEN_BELOW)  # fmt: skip
+        if problem:
+            problems.append(problem)
     if not config.pooling or any(p not in POOLS for p in config.pooling):
         problems.append(f"--pooling takes {', '.join(POOLS)}, got {','.join(config.pooling) or 'nothing'}")
     elif "last" in config.pooling and len(config.pooling) > 1:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from lstm_cli.config import TrainConfig
+from lstm_cli.config import TrainConfig, number_problem
 from lstm_cli.schema import MAX_OPTION_JSON_BYTES, load_json
 
 DEVICES = ("auto", "cpu", "gpu")
@@ -69,6 +69,14 @@ class Cluster:
         return self.index == 0
 
 
+def _address(value: object) -> bool:
+    """'host:port' (a name or an IP address, [IPv6] too, and a port number)."""
+    if not isinstance(value, str):
+        return False
+    host, _, port = value.rpartition(":")
+    return bool(host.strip()) and port.isascii() and port.isdigit() and 0 < int(port) < 65_536
+
+
 def read_cluster(environ=os.environ) -> Cluster | None:
     """This process's place in the TF_CONFIG cluster, or None without one (or with a one-task cluster).
 
@@ -76,17 +84,33 @@ def read_cluster(environ=os.environ) -> Cluster | None:
     raw = environ.get("TF_CONFIG", "").strip()
     if not raw:
         return None
+    example = ('expected e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+               '"task": {"type": "worker", "index": 0}}')  # fmt: skip
     try:
-        config = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)
-        cluster, task = config["cluster"], config["task"]
-        kind, index = str(task["type"]), int(task["index"])
-        jobs = {name: list(cluster[name]) for name in ("chief", "worker") if name in cluster}
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(
-            f"TF_CONFIG is not a usable cluster description ({type(e).__name__}: {e}); expected e.g. "
-            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
-        ) from None
-    if kind not in jobs or not 0 <= index < len(jobs[kind]):
+        config = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)  # bounded in size and nesting depth
+    except ValueError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({str(e)[:100]}); {example}") from None
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    task = config.get("task") if isinstance(config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ValueError(f'TF_CONFIG needs a "cluster" object and a "task" object; {example}')
+    jobs = {}
+    for name in ("chief", "worker"):
+        if name not in cluster:
+            continue
+        addresses = cluster[name]
+        if not isinstance(addresses, list) or not all(map(_address, addresses)):
+            raise ValueError(
+                f'TF_CONFIG: cluster "{name}" must be a list of "host:port" strings, got {addresses!r:.80}'
+            )
+        jobs[name] = addresses
+    kind, index = task.get("type"), task.get("index")
+    if isinstance(index, str) and index.isascii() and index.isdigit():
+        index = int(index)  # "1": as TensorFlow reads it
+    problem = number_problem('TF_CONFIG task "index"', index, 0, integer=True)
+    if not isinstance(kind, str) or problem:
+        raise ValueError(problem or f'TF_CONFIG: task "type" must be a string such as "worker", got {kind!r:.80}')
+    if kind not in jobs or index >= len(jobs[kind]):
         raise ValueError(f"TF_CONFIG: task {kind}/{index} is not in its cluster (jobs: {', '.join(jobs) or 'none'})")
     order = [("chief", i) for i in range(len(jobs.get("chief", [])))] + [
         ("worker", i) for i in range(len(jobs.get("worker", [])))

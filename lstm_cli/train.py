@@ -547,6 +547,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             with guard.waiting(f"{cluster.task if cluster else ''}: step {step + 1} waited for the other workers"):
                 loss, right, real_tokens, real_rows = _run_step(train_step, batches, cluster, step)
             step += 1
+            _stop_if_diverged({"loss": loss}, config, epoch, step)
             loss_sum, correct, tokens, rows = (
                 loss_sum + loss,
                 correct + right,
@@ -565,6 +566,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
                    "learning_rate": float(keras.ops.convert_to_numpy(optimizer.learning_rate))}  # fmt: skip
         if evaluate is not None:
             metrics.update(evaluate())
+            _stop_if_diverged(metrics, config, epoch, step)
         seconds = round(time.perf_counter() - epoch_started, 3)
         history.append(metrics)
         epoch_seconds.append(seconds)
@@ -654,6 +656,19 @@ def _check_same_epoch(strategy, cluster, epoch: int) -> None:
             f"{cluster.task}: the workers' checkpoints end at different epochs (this one after epoch {epoch}, the "
             f"mean {total / n:g}; a worker stopped while saving?); drop --resume on every worker to start afresh"
         )
+
+
+def _stop_if_diverged(metrics: dict[str, float], config: TrainConfig, epoch: int, step: int) -> None:
+    """Stop with an error (the saved model, if any, stays as it was) once a loss is NaN or infinite: no later
+    step can recover, and a model of NaN weights predicts NaN for every text."""
+    for name in ("loss", "val_loss"):
+        value = metrics.get(name, 0.0)
+        if not math.isfinite(value):
+            raise LstmCliError(
+                f"training diverged: {name} became {value} in epoch {epoch + 1} (step {step}); the previous model, "
+                f"if any, is unchanged. Lower --learning-rate (it was {config.learning_rate:g}) or clip gradients "
+                "with --clip-norm 1"
+            )
 
 
 def _run_step(train_step, batches, cluster, step: int) -> list[float]:

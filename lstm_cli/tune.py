@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.config import TrainConfig
+from lstm_cli.config import TrainConfig, number_problem
 from lstm_cli.data import LabeledData
 from lstm_cli.errors import DataError
 
@@ -269,8 +269,9 @@ def parse_budget(text: str) -> float:
         seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", cleaned))
     else:
         raise ValueError(f"--budget: {text!r} is not a duration; write e.g. 90s, 10m, 1h, 1h30m or seconds (600)")
-    if seconds <= 0:
-        raise ValueError(f"--budget must be more than 0 seconds, got {text!r}")
+    problem = number_problem("--budget", seconds, 0, 366 * 24 * 3600, low_open=True)  # a year at most
+    if problem:
+        raise ValueError(f"{problem} seconds ({text[:40]!r})")
     return seconds
 
 

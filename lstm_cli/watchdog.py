@@ -18,6 +18,8 @@ import sys
 import time
 
 GRACE = 10.0  # seconds a child has to stop after SIGTERM before it is killed
+MAX_TIMEOUT = 7 * 24 * 3600.0  # the longest --worker-timeout: a week
+MAX_WAIT = 3600.0  # select() waits at most this long at a time (its timeout has a ceiling of its own)
 ENV = "LSTM_CLI_WATCHDOG_FD"  # set in the supervised child: where it reports its waits
 
 
@@ -27,12 +29,35 @@ def supervised() -> bool:
 
 
 def supervise(argv: list[str], *, hint: str) -> int:
-    """Run `python -m lstm_cli ARGV` as a supervised child; returns the exit status to end with."""
+    """Run `python -m lstm_cli ARGV` as a supervised child; returns the exit status to end with.
+
+    Whatever happens here (an error, a signal's exception), the child is ended before this returns."""
     read_end, write_end = os.pipe()
     child = subprocess.Popen(
-        [sys.executable, "-m", "lstm_cli", *argv], pass_fds=(write_end,), env={**os.environ, ENV: str(write_end)}
-    )
+        [sys.executable, "-m", "lstm_cli", *argv], pass_fds=(write_end,), env={**os.environ, ENV: str(write_end)},
+        preexec_fn=_die_with_parent,
+    )  # fmt: skip
     os.close(write_end)
+    try:
+        return _watch(child, read_end, hint)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: Linux kills it if the supervisor dies, even by SIGKILL (elsewhere the
+    `finally` of supervise is what ends it)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _watch(child: subprocess.Popen, read_end: int, hint: str) -> int:
     # Ctrl-C reaches the child through the terminal's process group; `kill` of the supervisor is passed
     # on, and a child blocked where it cannot act on it is ended GRACE seconds later.
     terminating: list[float] = []
@@ -43,13 +68,15 @@ def supervise(argv: list[str], *, hint: str) -> int:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGHUP, terminate)
     deadline, what, seconds, pending = None, "", 0.0, b""
     with os.fdopen(read_end, "rb", buffering=0) as reports:
         while True:
             ends = [t for t in (deadline, *terminating[:1]) if t is not None]
-            timeout = None if not ends else max(0.0, min(ends) - time.monotonic())
+            timeout = None if not ends else min(max(0.0, min(ends) - time.monotonic()), MAX_WAIT)
             ready, _, _ = select.select([reports], [], [], timeout)
-            if not ready and terminating and time.monotonic() >= terminating[0]:
+            now = time.monotonic()
+            if not ready and terminating and now >= terminating[0]:
                 child.kill()
                 child.wait()
                 sys.stderr.write(
@@ -57,11 +84,13 @@ def supervise(argv: list[str], *, hint: str) -> int:
                     "the last finished epoch, which --resume continues from\n"
                 )
                 return 128 + signal.SIGTERM
-            if not ready:  # the deadline passed with the child still waiting on its peers
+            if not ready and deadline is not None and now >= deadline:  # the child still waits on its peers
                 child.kill()
                 child.wait()
                 sys.stderr.write(f"Error: {what} for {seconds:g} s; {hint}\n")
                 return 1
+            if not ready:
+                continue
             chunk = reports.read(65536)
             if not chunk:  # the child exited (or closed its end): its status is ours
                 return _status(child.wait())
@@ -71,10 +100,19 @@ def supervise(argv: list[str], *, hint: str) -> int:
                 command, _, rest = line.decode("utf-8", "replace").partition(" ")
                 if command == "arm":
                     limit, _, what = rest.partition(" ")
-                    seconds = float(limit)
-                    deadline = time.monotonic() + seconds
+                    seconds = _seconds(limit)
+                    deadline = now + seconds
                 elif command == "disarm":
                     deadline = None
+
+
+def _seconds(text: str) -> float:
+    """A wait's limit as the child reported it, within (0, MAX_TIMEOUT] whatever the text."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return MAX_TIMEOUT
+    return min(seconds, MAX_TIMEOUT) if seconds > 0 else MAX_TIMEOUT  # nan > 0 is False
 
 
 def _status(code: int) -> int:

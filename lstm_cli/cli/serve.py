@@ -51,6 +51,11 @@ def serve_cli(
     Example: lstm-cli serve -m lstm-model --name reviews & curl -d '{"instances": ["great phone"]}'
     localhost:8501/v1/models/reviews:predict
     """
+    from lstm_cli.config import number_problem
+
+    for flag, value, high in (("--batch-wait-ms", batch_wait_ms, 60_000), ("--processes", processes, 256)):
+        if value is not None and (problem := number_problem(flag, value, 0, high)):
+            raise typer.BadParameter(problem, param_hint=flag)
     with _errors(verbose):
         try:
             import starlette  # noqa: F401

@@ -210,6 +210,11 @@ def train_cli(
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    from lstm_cli.config import number_problem
+    from lstm_cli.watchdog import MAX_TIMEOUT
+
+    if problem := number_problem("--worker-timeout", worker_timeout, 1, MAX_TIMEOUT):
+        raise typer.BadParameter(problem, param_hint="--worker-timeout")
     cluster = _cluster()
     if cluster is not None:
         from lstm_cli import watchdog
