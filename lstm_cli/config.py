@@ -238,7 +238,7 @@ def number_problem(
     if value < low or (low_open and value == low):
         return f"{flag} must be {'>' if low_open else '>='} {low}, got {value}"
     if high is not None and (value >= high if high_open else value > high):
-        return f"{flag} must be {'<' if high_open else '<='} {high:,}, got {value:,}"
+        return f"{flag} must be {'<' if high_open else '<='} {high}, got {value}"
     return None
 
 
