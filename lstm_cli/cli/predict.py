@@ -172,9 +172,7 @@ def predict_cli(
 ) -> None:
     """Label texts: one output line per input, in input order, on stdout.
 
-    A table (--input x.csv, .tsv, .jsonl) is written back in its format with every column kept plus
-    predicted_label and probability (label_N, probability_N with --top-k; p_<label> or "probabilities" with
-    --all-probabilities).
+    A table (--input x.csv, .tsv, .jsonl) comes back in its format, every column kept, plus the predictions.
 
     Example: printf 'great phone\nbroken on arrival\n' | lstm-cli predict - --format json
     """
