@@ -23,6 +23,7 @@ class EnginePool:
     """`slots`: functions texts -> probabilities, each safe to call from one thread at a time."""
 
     def __init__(self, predictor, processes: int):
+        from lstm_cli.engine import _keep_freed_memory
         from lstm_cli.engine.workers import Workers, can_fork
 
         self._workers = []
@@ -31,7 +32,9 @@ class EnginePool:
             self.slots: list[Callable[[list[str]], np.ndarray]] = [predictor.probabilities]
             self.where = "in the server's process"
             return
-        # Each Workers is one forked process predicting whole batches on one thread.
+        # Each Workers is one forked process predicting whole batches on one thread; each batch allocates and
+        # frees the same arrays, which glibc then keeps instead of unmapping (inherited by the workers).
+        _keep_freed_memory()
         self._workers = [Workers(engine, 1) for _ in range(processes)]
         self.slots = [_cleaned(workers.probabilities) for workers in self._workers]
         self.where = f"{processes} engine process{'es' if processes > 1 else ''}"
