@@ -9,6 +9,7 @@ Texts cycle through the data's train.csv (SST-2's: short phrases, as bench.py st
 runs on the same cores as the server. Loopback only; no other network target.
 
     python benchmarks/serve.py --model DIR --data ../shared/datasets/sst2 [--runs 3] [--json] [--markdown]
+    python benchmarks/serve.py --from-json run1.json run2.json --markdown   # saved --json results as one table
 
 Needs `wrk` (Debian: apt-get install wrk). Nothing here asserts a speed; targets are printed beside."""
 
@@ -173,8 +174,8 @@ def one_run(args, texts: list[str], tmp: Path) -> dict:
 
 
 def table(runs: list[dict], markdown: bool) -> str:
-    header = ["run", "engine lines/s", "1-text req/s", "p50 ms", "p99 ms", "mean batch", "64-text texts/s",
-              "p50 ms", "p99 ms", "mean batch", "errors", "exit", "load"]  # fmt: skip
+    header = ["run", "engine lines/s", "1-text req/s", "p50 ms", "p99 ms", "batch", "64-text texts/s",
+              "p50 ms ", "p99 ms ", "batch ", "errors", "SIGTERM", "load"]  # fmt: skip
     rows = []
     for i, r in enumerate(runs, 1):
         one, many = r["one"], r["batch64"]
@@ -198,8 +199,9 @@ def table(runs: list[dict], markdown: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="a trained model directory")
-    parser.add_argument("--data", type=Path, required=True, help="a folder with train.csv (text,label)")
+    parser.add_argument("--model", type=Path, help="a trained model directory")
+    parser.add_argument("--data", type=Path, help="a folder with train.csv (text,label)")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="FILE", help="print saved --json results")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per phase")
@@ -210,6 +212,12 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("server_args", nargs="*", help="more `lstm-cli serve` options, after --")
     args = parser.parse_args()
+    if args.from_json:
+        runs = [run for path in args.from_json for run in json.loads(path.read_text(encoding="utf-8"))]
+        print(table(runs, args.markdown))
+        return
+    if args.model is None or args.data is None:
+        parser.error("--model and --data are required (or --from-json FILE...)")
     if shutil.which("wrk") is None:
         raise SystemExit("benchmarks/serve.py needs wrk: apt-get install wrk")
     texts = read_texts(args.data, max(args.stream_lines, 64 * args.bodies))
