@@ -315,11 +315,11 @@ def test_serve_without_the_asgi_stack_names_the_install(trained_model, monkeypat
     assert "pip install 'lstm-cli[serve]'" in result.stderr
 
 
-def start_server(model: Path, *args: str) -> tuple[subprocess.Popen, str, int]:
+def start_server(model: Path, *args: str, new_session: bool = False) -> tuple[subprocess.Popen, str, int]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lstm_cli", "serve", "-m", str(model), "--port", "0", "--name", NAME, *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=new_session,
     )  # fmt: skip
     line = proc.stderr.readline().decode()
     found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -386,3 +386,26 @@ def test_a_real_server_finishes_the_request_in_flight_on_sigterm_and_exits_0(tra
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_ctrl_c_stops_the_server_and_its_engine_processes_with_exit_0(trained_model):
+    proc, line, port = start_server(trained_model, "--processes", "2", new_session=True)
+    try:
+        workers = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        assert len(workers) == 2, line
+        assert http_get(port, f"/v1/models/{NAME}")[0] == 200
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
+        assert proc.wait(timeout=5) == 0
+        assert proc.stderr.read() == b""
+        for pid in workers:  # reaped by the server, so gone
+            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        return read_response(sock)
