@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from lstm_cli.engine.tokenizer import Tokenizer
+from lstm_cli.errors import DataError
 
 # Distinct tokens counted at most. A Python dict entry for a short token costs ~100-150 bytes, so this
 # bounds the counts near 300 MB even for a corpus with endless distinct tokens (ids, typos, URLs).
@@ -105,6 +106,7 @@ class ValidationSplit:
 
     def __init__(self, label_counts: dict[str, int], fraction: float, seed: int):
         self.warnings: list[str] = []
+        self._fraction = fraction
         self.validation_counts: dict[str, int] = {}
         for label in sorted(label_counts):
             n = label_counts[label]
@@ -120,6 +122,14 @@ class ValidationSplit:
         self._needed = dict(self.validation_counts)
         self._remaining = dict(label_counts)
         self._random = {label: random.Random(f"{seed}\0{label}").random for label in label_counts}
+
+    def require_rows(self, path: str) -> None:
+        """A DataError when the split holds no row although a fraction was asked for (every class has one)."""
+        if self._fraction > 0 and not any(self.validation_counts.values()):
+            raise DataError(
+                f"{path}: no row to validate on: every class has a single row, and a class's only row is kept "
+                "for training; add rows, give --validation-data FILE, or pass --validation-split 0"
+            )
 
     def held(self, label: str) -> bool:
         """Whether the next row (in file order) of class `label` goes to validation."""

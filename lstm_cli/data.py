@@ -82,6 +82,13 @@ def stream_labeled(path: Path | str, **options) -> LabeledStream:
     return LabeledStream(path, **options)
 
 
+def stdin_bytes() -> BinaryIO:
+    """Standard input, as bytes; a UsageError when the process has none (started with it closed: `<&-`)."""
+    if sys.stdin is None:
+        raise UsageError("standard input is closed, and '-' reads it; pipe the data in, or give a file name")
+    return sys.stdin.buffer
+
+
 def open_file(path: Path, expected: str, option: str = "") -> BinaryIO:
     """`path` opened for reading (a pipe too), or one DataError naming what is wrong: missing, a directory,
     unreadable. `expected` says what it should be, `option` which option named it."""
@@ -129,7 +136,7 @@ class LabeledStream:
         stdin = str(path) == "-"
         self._name = "<stdin>" if stdin else str(path)
         if stdin or not Path(path).is_file():  # stdin, a pipe (or a missing file: open_file says so): read once
-            with nullcontext(sys.stdin.buffer) if stdin else open_file(Path(path), "a data file") as source:
+            with nullcontext(stdin_bytes()) if stdin else open_file(Path(path), "a data file") as source:
                 self._spool = spool(source, self._name)
         self.path = self._name if self._spool is not None else str(Path(self._name).resolve())
         self._given = (input_format, delimiter)

@@ -173,6 +173,8 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
     def split():  # the same seeded decisions on every pass
         return ValidationSplit(dict(label_counts), fraction, config.seed)
 
+    split().require_rows(data.path)
+
     def training_rows():
         held = split().held
         return ((text, label) for text, label in data if not held(label))
@@ -180,6 +182,11 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
     stats = scan(training_rows(), max_length=config.max_length, standardize=config.standardization,
                  on_progress=on_progress)  # fmt: skip
     vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
+    if len(vocabulary) <= 2:  # the padding and out-of-vocabulary ids only
+        raise DataError(
+            f"{data.path}: no word occurs {config.min_count} times in the training rows, so the vocabulary is "
+            "empty; lower --min-count (1 keeps every word) or add rows"
+        )
     index = {label: i for i, label in enumerate(labels)}
     tokenizer = Tokenizer(vocabulary, max_length=config.max_length, standardize=config.standardization)
     # How the files are read is part of what the caches hold: the same bytes read with another --text-column
@@ -205,7 +212,10 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
     train_cache = cache("train", training_rows, stats.rows)
     val_cache, warnings = None, split().warnings
     if validation is not None:
-        unknown = sorted({label for _, label in validation} - set(labels))
+        given = Counter(label for _, label in validation)
+        if not given:
+            raise DataError(f"{validation.path}: no rows to validate on; give --validation-data a file with rows")
+        unknown = sorted(set(given) - set(labels))
         if unknown:
             raise DataError(
                 f"{validation.path}: validation labels not in the training data: {', '.join(map(repr, unknown[:5]))}"
@@ -414,6 +424,8 @@ def train(
     stage = on_stage or (lambda _: None)
     if checkpoint_dir is not None:
         check_checkpoint_dir(checkpoint_dir, model=model_dir)
+    if tensorboard is not None:
+        _check_tensorboard_dir(tensorboard)
 
     # 1. Where to train: CPU, GPU(s), or one worker of a cluster (TF_CONFIG), whose waits are bounded.
     try:
@@ -636,6 +648,15 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         steps=step,
         averaging=averaging,
     )
+
+
+def _check_tensorboard_dir(path: Path) -> None:
+    """Make the --tensorboard directory now (TensorFlow would, once the data is read), or say why it cannot be."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        reason = "a file is there" if Path(path).is_file() else e.strerror or str(e)
+        raise UsageError(f"{path}: cannot make the --tensorboard directory ({reason}); give a folder path") from None
 
 
 def _check_same_epoch(strategy, cluster, epoch: int) -> None:

@@ -139,6 +139,7 @@ def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, Labeled
 
     fraction = validation_fraction(config.validation_split, len(data))
     split = ValidationSplit(dict(Counter(data.labels)), fraction, config.seed)
+    split.require_rows(data.path)
     held = [split.held(label) for label in data.labels]
 
     def part(keep: bool, path: str) -> LabeledData:

@@ -5,6 +5,7 @@ errors answer without importing TensorFlow. Importing the command modules regist
 order `--help` lists them."""
 
 import copy
+import errno
 import os
 import sys
 
@@ -38,9 +39,16 @@ def main() -> None:
     other five commands' took 20 ms of a 250 ms predict, train's 40 options most of it); when the first
     argument names a command, only that command is built, which is all click would look at."""
     chosen = [c for c in app.registered_commands if len(sys.argv) > 1 and c.name == sys.argv[1]]
-    if not chosen:
-        app()
-        return
-    only = copy.copy(app)
-    only.registered_commands = chosen  # the group callback (--version) stays, so it is still a group
-    only()
+    only = app
+    if chosen:
+        only = copy.copy(app)
+        only.registered_commands = chosen  # the group callback (--version) stays, so it is still a group
+    try:
+        only()
+    except OSError as e:  # stdout on a full disk (`> /dev/full`) or a device that fails; click handles EPIPE
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO):
+            raise
+        # What is still buffered for stdout would fail again at exit, with a message of Python's own.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stderr.write(f"Error: could not write the output ({e.strerror}); free some space or write it elsewhere\n")
+        sys.exit(1)

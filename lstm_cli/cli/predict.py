@@ -49,14 +49,14 @@ def _input_format(given: PredictInput | None, input_file: Path | None) -> str:
 
 def _source(texts: list[str] | None, input_file: Path | None) -> tuple[BinaryIO | None, str]:
     """(the stream to read, its name), or (None, "") when the texts are the arguments."""
-    from lstm_cli.data import open_file
+    from lstm_cli.data import open_file, stdin_bytes
 
     if input_file is not None and texts:
         raise typer.BadParameter("give texts as arguments or --input FILE, not both")
     if input_file is not None and str(input_file) != "-":  # a pipe too: `--input <(cut -f2 tickets.tsv)`
         return open_file(input_file, "a file of texts or a table", "--input"), str(input_file)
     if input_file is not None or texts == ["-"]:
-        return sys.stdin.buffer, "<stdin>"
+        return stdin_bytes(), "<stdin>"
     if texts:
         return None, ""
     if sys.stdin is None or sys.stdin.isatty():
