@@ -364,10 +364,12 @@ def test_a_real_server_finishes_the_request_in_flight_on_sigterm_and_exits_0(tra
         status, body = read_response(big)
         assert status == 413 and b"limit of 5,000 bytes" in body
         big.close()
-        # a request whose body is half sent when SIGTERM arrives is still answered
+        # a request whose body is half sent when SIGTERM arrives is still answered; one whose body never
+        # comes gets a JSON 503 when the grace time runs out, and the server still exits 0 within 5 s
         body = json.dumps({"instances": ["good great", "awful"]}).encode()
-        sock = http_head(port, len(body))
+        sock, stalled = http_head(port, len(body)), http_head(port, len(body))
         sock.sendall(body[:10])
+        stalled.sendall(body[:10])
         time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
@@ -377,6 +379,8 @@ def test_a_real_server_finishes_the_request_in_flight_on_sigterm_and_exits_0(tra
         assert status == 200, answer
         rows = [p["probabilities"] for p in json.loads(answer)["predictions"]]
         np.testing.assert_array_equal(np.float32(rows), predictor.probabilities(["good great", "awful"]))
+        status, answer = read_response(stalled)
+        assert status == 503 and list(json.loads(answer)) == ["error"]
         assert proc.wait(timeout=5) == 0
         assert time.monotonic() - stopped < 5
         log = proc.stderr.read().decode()

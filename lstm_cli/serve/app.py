@@ -5,6 +5,7 @@ out of a handler, so no traceback reaches the client or the log."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -93,6 +94,8 @@ def build_app(
                 response = _error(400, str(e))
             except ClientDisconnect:
                 response = Response(status_code=499)  # nobody to answer; counted as nginx counts it
+            except asyncio.CancelledError:  # still unfinished when the grace time after SIGTERM ran out
+                response = _error(503, "the server stopped before this request was complete; send it again")
             except Exception as e:  # a bug in lstm-cli: one line in the log, a 500 for this request only
                 log.error("error answering %s %r: %s: %r", request.method, request.url.path, type(e).__name__, str(e))
                 response = _error(500, f"internal error ({type(e).__name__}); see the server's log")
