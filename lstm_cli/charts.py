@@ -133,8 +133,8 @@ def reliability_diagram(bins: Reliability) -> str:
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
         top.set_ylabel("accuracy")
-        top.legend(loc="upper left", frameon=False, fontsize=8)
-        top.set_title(f"expected calibration error {bins.ece:.3f}")
+        # Above the axes: inside, it would cover bars wherever the model is confident or not.
+        top.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncols=2, frameon=False, fontsize=8)
         bottom.bar(centers, bins.count, width=width * 0.95, color="#999999")
         bottom.set_yscale("log" if bins.count.max(initial=0) > 50 * max(1, np.median(bins.count[filled])) else
                           "linear")  # fmt: skip

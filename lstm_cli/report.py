@@ -167,8 +167,6 @@ code { font: 12px/1.4 "DejaVu Sans Mono", ui-monospace, monospace; }
   nav { display: none; }
   body { max-width: none; padding: 0; font-size: 11pt; }
   @page { margin: 14mm; }
-  section { break-before: page; }
-  section#summary { break-before: avoid; }
   h2, h3 { break-after: avoid; }
   .chart, table, .error, .cards { break-inside: avoid; }
 }
