@@ -221,52 +221,65 @@ def print_report(report: dict[str, Any], console=None) -> None:
     from rich.console import Console, Group
     from rich.text import Text
 
-    from lstm_cli.metrics import most_confused
-
     console = console or Console(highlight=False, emoji=False)
-    labels = report["labels"]
     summary = Text.assemble(
         ("accuracy ", "bold"), f"{report['accuracy']:.4f}   ",
         ("macro-F1 ", "bold"), f"{report['macro_f1']:.4f}   ",
         ("rows ", "bold"), f"{report['rows']['evaluated']:,}   ",
-        ("classes ", "bold"), f"{len(labels):,}",
+        ("classes ", "bold"), f"{len(report['labels']):,}",
     )  # fmt: skip
-    shown_labels, title = labels, "Per class"
+    fits = len(report["labels"]) <= GRID_CLASSES and "confusion_matrix" in report and _grid_fits(report, console.width)
+    confusion = _confusion_grid(report) if fits else _most_confused_table(report)
+    console.print(Group(summary, _per_class_table(report), confusion))
+
+
+def _per_class_table(report: dict[str, Any]):
+    """Precision, recall, F1 and support by label; beyond PER_CLASS_ALL labels, the weakest by F1."""
+    labels, title = report["labels"], "Per class"
     if len(labels) > PER_CLASS_ALL:
         present = [label for label in labels if report["per_class"][label]["support"]]
-        shown_labels = sorted(present, key=lambda label: report["per_class"][label]["f1"])[:PER_CLASS_WEAKEST]
-        title = f"Per class: the {len(shown_labels)} lowest F1 of {len(labels):,} (all in --format json)"
-    per_class = _table(title)
-    per_class.add_column("label", overflow="fold", ratio=1)
+        labels = sorted(present, key=lambda label: report["per_class"][label]["f1"])[:PER_CLASS_WEAKEST]
+        title = f"Per class: the {len(labels)} lowest F1 of {len(report['labels']):,} (all in --format json)"
+    table = _table(title)
+    table.add_column("label", overflow="fold", ratio=1)
     for column in ("precision", "recall", "f1", "support"):
-        per_class.add_column(column, justify="right", no_wrap=True)
-    for label in shown_labels:
+        table.add_column(column, justify="right", no_wrap=True)
+    for label in labels:
         c = report["per_class"][label]
-        per_class.add_row(
+        table.add_row(
             literal(label), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['support']:,}"
         )
-    if len(labels) <= GRID_CLASSES and "confusion_matrix" in report and _grid_fits(report, console.width):
-        confusion = _table("Confusion matrix (rows: true, columns: predicted)")
-        confusion.add_column("", overflow="fold")
-        for label in labels:
-            confusion.add_column(literal(label), justify="right", overflow="fold")
-        for label, row in zip(labels, report["confusion_matrix"], strict=True):
-            confusion.add_row(literal(label), *(f"{n:,}" for n in row))
-    else:
-        pairs = most_confused(report, CONFUSED_PAIRS)
-        wrong = sum(c for t, p, c in report["confusion"] if t != p)
-        confusion = _table(
-            f"Most confused: {len(pairs)} largest of {wrong:,} errors (full matrix: --format json, --confusion-csv)"
-        )
-        confusion.add_column("true", overflow="fold", ratio=1)
-        confusion.add_column("predicted", overflow="fold", ratio=1)
-        confusion.add_column("count", justify="right", no_wrap=True)
-        confusion.add_column("of true", justify="right", no_wrap=True)
-        for true, predicted, count, share in pairs:
-            confusion.add_row(literal(true), literal(predicted), f"{count:,}", f"{share:.1%}")
-        if not pairs:
-            confusion.add_row("(none)", "", "", "")
-    console.print(Group(summary, per_class, confusion))
+    return table
+
+
+def _confusion_grid(report: dict[str, Any]):
+    table = _table("Confusion matrix (rows: true, columns: predicted)")
+    table.add_column("", overflow="fold")
+    for label in report["labels"]:
+        table.add_column(literal(label), justify="right", overflow="fold")
+    for label, row in zip(report["labels"], report["confusion_matrix"], strict=True):
+        table.add_row(literal(label), *(f"{n:,}" for n in row))
+    return table
+
+
+def _most_confused_table(report: dict[str, Any]):
+    """The CONFUSED_PAIRS largest off-diagonal cells: true label, predicted label, count, share of the true label."""
+    from lstm_cli.metrics import most_confused
+
+    pairs = most_confused(report, CONFUSED_PAIRS)
+    wrong = sum(c for t, p, c in report["confusion"] if t != p)
+    table = _table(
+        f"Most confused: {len(pairs)} largest of {wrong:,} errors (full matrix: --format json, --confusion-csv)"
+    )
+    table.add_column("true", overflow="fold", ratio=1)
+    table.add_column("predicted", overflow="fold", ratio=1)
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("of true", justify="right", no_wrap=True)
+    for true, predicted, count, share in pairs:
+        table.add_row(literal(true), literal(predicted), f"{count:,}", f"{share:.1%}")
+    if not pairs:
+        table.add_row("(none)", "", "", "")
+    return table
 
 
 def _table(title: str):
