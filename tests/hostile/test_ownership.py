@@ -92,22 +92,11 @@ def test_something_else_at_the_model_path_is_refused(kind, trained_model, data_d
     assert tree_digest(tmp_path) == before
 
 
-def test_a_model_lstm_cli_saved_is_still_replaced(trained_model, data_dir, tmp_path):
-    """What lstm-cli made (any release: the marker, an integer version and the files listing) is replaceable."""
-    model = tmp_path / "model"
-    shutil.copytree(trained_model, model)
-    old = json.loads((model / "metadata.json").read_text())["id"]
-    result = runner.invoke(app, [*WRITERS["train"](data_dir / "train.csv"), "-m", str(model)])
-    assert result.exit_code == 0, result.output
-    assert json.loads((model / "metadata.json").read_text())["id"] != old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+def test_an_empty_directory_may_be_filled(tmp_path):
+    from lstm_cli.owned import check_model_target
 
-
-def test_an_empty_directory_is_filled(data_dir, tmp_path):
     (tmp_path / "model").mkdir()
-    result = runner.invoke(app, [*WRITERS["train"](data_dir / "train.csv"), "-m", str(tmp_path / "model")])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "model" / "metadata.json").is_file()
+    check_model_target(tmp_path / "model")  # nothing in it to lose: no error
 
 
 @pytest.mark.parametrize("command", [["info"], ["predict", "good"], ["evaluate", "DATA"]])
@@ -123,11 +112,13 @@ def test_a_reader_restores_only_what_carries_lstm_cils_marker(command, trained_m
     assert not (tmp_path / "foo").exists() and tree_digest(hidden) == before
 
 
-def test_a_writer_deletes_only_the_leftovers_that_carry_lstm_cils_marker(trained_model, data_dir, tmp_path):
-    """Beside the target, dead processes' staging (`.NAME.tmp-PID-XXXXXXXX`) and retired (`.NAME.old-PID`)
+def test_a_model_lstm_cli_saved_is_replaced_and_only_its_own_leftovers_tidied(trained_model, data_dir, tmp_path):
+    """What lstm-cli made (any release: the marker, an integer version and the files listing) is replaceable.
+    Beside the target, dead processes' staging (`.NAME.tmp-PID-XXXXXXXX`) and retired (`.NAME.old-PID`)
     directories are tidied away only if lstm-cli began them; a user's folders with those names stay."""
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
+    old = json.loads((model / "metadata.json").read_text())["id"]
     pid = dead_pid()
     users = [tmp_path / f".model.tmp-{pid}-0123abcd", tmp_path / f".model.old-{pid}"]
     for folder in users:
@@ -136,9 +127,10 @@ def test_a_writer_deletes_only_the_leftovers_that_carry_lstm_cils_marker(trained
         (folder / "mine.txt").write_text("mine")
     ours = tmp_path / f".model.tmp-{pid}-89abcdef"
     ours.mkdir()
-    (ours / "metadata.json").write_text('{"format": "lstm-cli-model", "incomplete": true}')
+    (ours / "metadata.json").write_text('{"format": "lstm-cli-model", "format_version": 1}\n')
     before = {p: tree_digest(p) for p in users}
     result = runner.invoke(app, [*WRITERS["train"](data_dir / "train.csv"), "-m", str(model)])
     assert result.exit_code == 0, result.output
+    assert json.loads((model / "metadata.json").read_text())["id"] != old
     assert {p: tree_digest(p) for p in users} == before
-    assert not ours.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", *(p.name for p in users)])
