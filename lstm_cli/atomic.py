@@ -12,6 +12,7 @@ import ctypes.util
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,15 +68,23 @@ def replacing_file(path: Path, *, newline: str | None = None) -> Iterator[TextIO
     """A UTF-8 text file to write that appears at `path` (replacing what was there) only once it is complete
     and on disk: a crash or an error midway leaves `path` as it was and no temporary file behind.
 
+    A symlink is followed (the file it names is replaced, the link kept). A path that is a device or a pipe
+    (`/dev/stdout`, bash's `>(gzip > x.gz)`) has nothing to replace: it is written to directly.
     A path that cannot be written (missing folder, no permission) raises LstmCliError naming it."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    target = Path(os.path.realpath(path))
     try:
+        special = target.exists() and not stat.S_ISREG(os.stat(target).st_mode) and not target.is_dir()
+        if special:
+            with open(target, "w", encoding="utf-8", newline=newline) as f:
+                yield f
+            return
+        temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             with open(temporary, "x", encoding="utf-8", newline=newline) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(temporary, path)
+            os.replace(temporary, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)

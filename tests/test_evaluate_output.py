@@ -278,3 +278,26 @@ def test_evaluate_batches_by_rows_times_labels_with_the_same_report(trained_mode
                         original(self, texts))  # fmt: skip
     assert json.loads(runner.invoke(app, args).stdout) == whole
     assert max(calls) == 2 and sum(calls) == whole["rows"]["evaluated"]
+
+
+def test_report_files_follow_symlinks_and_write_into_pipes(trained_model, data_dir, tmp_path):
+    """-o through a symlink replaces the file it names and keeps the link; a pipe (a FIFO, `>(cmd)`,
+    /dev/stdout) is written to, never replaced by a regular file."""
+    import os
+    import threading
+
+    base = ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "--format", "json"]
+    (tmp_path / "real.json").write_text("old", encoding="utf-8")
+    (tmp_path / "link.json").symlink_to("real.json")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text(encoding="utf-8")), daemon=True)
+    reader.start()
+    result = runner.invoke(app, [*base, "-o", str(tmp_path / "link.json"), "--errors", str(fifo)])
+    reader.join(timeout=60)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "link.json").is_symlink()
+    assert json.loads((tmp_path / "real.json").read_text(encoding="utf-8")) == json.loads(result.stdout)
+    assert fifo.is_fifo() and received and received[0].startswith("text,label,predicted_label,probability")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
