@@ -35,6 +35,8 @@ FORMAT_VERSION = 1
 # Rows are encoded into chunks of at most this many rows / token ids (4 bytes each) before going to disk.
 CHUNK_ROWS = 1 << 14
 CHUNK_TOKENS = 1 << 18
+# A shard holds at most about this many token ids (64 MiB of int32): training reads one shard at a time.
+SHARD_TOKENS = 1 << 24
 # Names build() writes, and so may remove when it rebuilds.
 _OURS = re.compile(r"(shard-\d{5,}\.(ids|rows)|incoming\.(ids|rows)|cache\.json\.tmp)")
 _SHARD = re.compile(r"shard-\d{5,}")  # the only names a manifest may give its shards: plain, in the directory
@@ -79,12 +81,16 @@ class TokenCache:
         seed: int,
         shard_rows: int = 2**18,
         expected_rows: int | None = None,
+        shard_tokens: int = SHARD_TOKENS,
+        expected_tokens: int | None = None,
     ) -> TokenCache:
         """Write every (token ids, label index) row to `directory` and return the cache.
 
-        The shard count is ceil(expected_rows / shard_rows), so shards hold about `shard_rows` rows each.
-        Without `expected_rows` (and without len(rows)), rows are first written in arrival order to a
-        temporary file, then dealt out to the shards: one more sequential write and read of the ids.
+        The shard count is ceil(expected_rows / shard_rows), or ceil(expected_tokens / shard_tokens) when more
+        (long documents), so shards hold about `shard_rows` rows and at most about `shard_tokens` token ids
+        each: reading one for training costs that much memory, whatever the corpus. Without `expected_rows`
+        (and without len(rows)), rows are first written in arrival order to a temporary file, then dealt out
+        to the shards: one more sequential write and read of the ids.
         A row without ids is stored as [OOV_ID], as the tokenizer encodes a text with no tokens."""
         directory = Path(directory)
         _real_directory(directory.parent)
@@ -94,9 +100,9 @@ class TokenCache:
             expected_rows = len(rows)  # type: ignore[arg-type]
         chunks: Iterable[_Chunk] = _chunks(rows)
         if expected_rows is None:
-            expected_rows = _spool(chunks, directory)
+            expected_rows, expected_tokens = _spool(chunks, directory)
             chunks = _read_spool(directory)
-        shards = max(1, -(-expected_rows // shard_rows))
+        shards = max(1, -(-expected_rows // shard_rows), -(-(expected_tokens or 0) // shard_tokens))
         summary = _deal(chunks, directory, shards, np.random.default_rng([seed, 0x5EED]))
         for name in ("incoming.ids", "incoming.rows"):
             (directory / name).unlink(missing_ok=True)
@@ -279,17 +285,18 @@ def _append(path: Path, values: np.ndarray) -> None:
         f.write(values.astype("<i4", copy=False).tobytes())
 
 
-def _spool(chunks: Iterable[_Chunk], directory: Path) -> int:
-    """Write chunks in arrival order to incoming.*; returns the row count."""
+def _spool(chunks: Iterable[_Chunk], directory: Path) -> tuple[int, int]:
+    """Write chunks in arrival order to incoming.*; returns the row and token counts."""
     ids_path, rows_path = _paths(directory, "incoming")
     for path in (ids_path, rows_path):
         _create(path)
-    total = 0
+    total = tokens = 0
     for chunk in chunks:
         _append(ids_path, chunk.tokens)
         _append(rows_path, np.stack([chunk.lengths, chunk.labels], axis=1))
         total += len(chunk.lengths)
-    return total
+        tokens += len(chunk.tokens)
+    return total, tokens
 
 
 def _read_spool(directory: Path) -> Iterator[_Chunk]:

@@ -190,19 +190,25 @@ def bigram_counts(texts, buckets: int) -> np.ndarray:
     """How many bigrams of `texts` fall in each bucket (index 0, padding's, stays 0): pairs of adjacent
     tokens within a row, hashed as BigramIds hashes them. `texts`: EncodedTexts (token ids and row splits),
     e.g. a token cache's shards, read one at a time. Memory: one uint32 per bucket (64 MiB for the 2^24
-    hash space), whatever the size of the corpus; a count saturates at 2^32 - 1."""
+    hash space), and arrays for BIGRAM_SLICE pairs at a time, whatever the size of the corpus or of a shard;
+    a count saturates at 2^32 - 1."""
     counts = np.zeros(buckets, dtype=np.uint32)
     for encoded in texts:
-        ids = encoded.values.astype(np.int64)
-        if len(ids) < 2:
-            continue
-        within = np.ones(len(ids) - 1, dtype=bool)  # pairs that do not straddle two rows
         starts = encoded.row_splits[1:-1]
-        within[starts[starts > 0] - 1] = False
-        hashed = (ids[:-1] * BIGRAM_MULTIPLIER + ids[1:]) % (buckets - 1) + 1
-        seen, shard_counts = np.unique(hashed[within], return_counts=True)
-        counts[seen] = np.minimum(counts[seen] + shard_counts, np.iinfo(np.uint32).max)
+        for begin in range(0, len(encoded.values) - 1, BIGRAM_SLICE):
+            ids = encoded.values[begin : begin + BIGRAM_SLICE + 1].astype(np.int64)
+            within = np.ones(len(ids) - 1, dtype=bool)  # pairs that do not straddle two rows
+            first = np.searchsorted(starts, begin, side="right")  # row starts inside this slice, after its first id
+            last = np.searchsorted(starts, begin + len(ids) - 1, side="right")
+            within[starts[first:last] - begin - 1] = False
+            hashed = (ids[:-1] * BIGRAM_MULTIPLIER + ids[1:]) % (buckets - 1) + 1
+            seen, slice_counts = np.unique(hashed[within], return_counts=True)
+            counts[seen] = np.minimum(counts[seen] + slice_counts, np.iinfo(np.uint32).max)
     return counts
+
+
+# Token pairs bigram_counts hashes and sorts at once: its arrays stay near 150 MB, not a shard's whole size.
+BIGRAM_SLICE = 1 << 22
 
 
 def kept_bigrams(counts: np.ndarray, min_count: int, max_rows: int = BIGRAM_MAX_ROWS) -> np.ndarray:

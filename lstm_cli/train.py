@@ -199,7 +199,7 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
                    for k in ("max_tokens", "min_count", "punctuation", "max_length", "validation_split",
                              "seed")}}  # fmt: skip
 
-    def cache(name: str, rows: Callable[[], Iterator[tuple[str, str]]], expected: int) -> TokenCache:
+    def cache(name: str, rows: Callable[[], Iterator[tuple[str, str]]], expected: int, tokens: int | None = None):
         fingerprint = {**identity, "part": name}
         found = TokenCache.open(cache_root / name, fingerprint)
         if found is not None:
@@ -207,9 +207,10 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
         stage(f"Encoding the {name} rows into {cache_root / name}")
         encoded = ((tokenizer.ids(text), index[label]) for text, label in rows())
         return TokenCache.build(cache_root / name, encoded, fingerprint=fingerprint, seed=config.seed,
-                                expected_rows=expected)  # fmt: skip
+                                expected_rows=expected, expected_tokens=tokens)  # fmt: skip
 
-    train_cache = cache("train", training_rows, stats.rows)
+    # Shards sized by tokens too: a corpus of long documents gets more of them, each read whole in training.
+    train_cache = cache("train", training_rows, stats.rows, sum(stats.token_counts.values()))
     val_cache, warnings = None, split().warnings
     if validation is not None:
         given = Counter(label for _, label in validation)

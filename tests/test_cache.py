@@ -224,3 +224,13 @@ def test_the_data_layer_does_not_import_tensorflow():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_shards_are_bounded_in_tokens_as_well_as_rows(tmp_path):
+    """Long documents make more shards (training reads one whole shard at a time), spooled or not."""
+    rows = [(list(range(2, 2 + 50)), i % 2) for i in range(400)]  # 20,000 tokens
+    for expected in ({"expected_rows": 400, "expected_tokens": 20_000}, {}):
+        cache = TokenCache.build(tmp_path / f"c{len(expected)}", iter(rows), fingerprint=FINGERPRINT, seed=0,
+                                 shard_rows=10_000, shard_tokens=1_000, **expected)  # fmt: skip
+        assert len(cache.shard_rows) == 20 and sum(cache.shard_rows) == 400, expected
+        assert max(shard["tokens"] for shard in cache.manifest["shards"]) < 2_000

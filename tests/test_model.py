@@ -307,6 +307,17 @@ def test_bigram_vocabulary_keeps_the_buckets_seen_min_count_times_within_rows_ov
     assert kept_bigrams(bigram_counts([], buckets), 2).tolist() == [0]
 
 
+@pytest.mark.parametrize("pairs", [1, 2, 7, 100])
+def test_bigram_counts_are_the_same_whatever_the_slice_of_pairs_counted_at_once(monkeypatch, pairs):
+    from lstm_cli import model
+
+    rng = np.random.default_rng(pairs)
+    shards = [[list(rng.integers(1, 40, rng.integers(0, 9))) for _ in range(rng.integers(1, 30))] for _ in range(3)]
+    whole = model.bigram_counts((encoded(shard) for shard in shards), 97)
+    monkeypatch.setattr(model, "BIGRAM_SLICE", pairs)  # a shard counted a few pairs at a time, as a big one is
+    assert model.bigram_counts((encoded(shard) for shard in shards), 97).tolist() == whole.tolist()
+
+
 def test_bigram_vocabulary_layer_maps_kept_buckets_to_their_rows_and_the_rest_to_padding():
     from lstm_cli.engine.layers import bigram_vocabulary as engine_bigram_vocabulary
     from lstm_cli.model import BigramVocabulary
