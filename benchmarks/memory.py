@@ -2,13 +2,14 @@
 growing, whatever the file's size.
 
     python benchmarks/memory.py [--source ../shared/datasets/sst2/train.csv] [--sizes 0.25,1]
-        [--workdir DIR] [--keep] [--max-steps 30] [--json]
+        [--workdir DIR] [--keep] [--max-steps 30] [--sentences 3] [--json]
 
 For each size (GB) a CSV is written whose rows are three random source sentences joined by spaces, with a
 random binary label (seeded), so the vocabulary barely grows with the size and what grows with the file
-is only what lstm-cli keeps per row or per token. Each is trained with `--max-steps 30 --epochs 1` in a
-child process, and its peak RSS (ru_maxrss of the child, as /usr/bin/time -v reports it) is printed with
-wall and CPU seconds. Heavy: run it under `flock /work/cpu.lock`. Nothing here asserts anything."""
+is only what lstm-cli keeps per row or per token (`--sentences 60` makes long documents instead). Each is
+trained with `--max-steps 30 --epochs 1` in a child process, and its peak RSS (ru_maxrss of that child, as
+/usr/bin/time -v reports it) is printed with wall and CPU seconds. Heavy: run it under
+`flock /work/cpu.lock`. Nothing here asserts anything."""
 
 from __future__ import annotations
 
@@ -29,10 +30,11 @@ LSTM_CLI = [sys.executable, "-m", "lstm_cli"]
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sst2" / "train.csv"
 
 
-def make_csv(source: Path, size: int, path: Path, seed: int = 0) -> int:
-    """Rows of three random source sentences joined, random binary labels, until `size` bytes; returns rows."""
+def make_csv(source: Path, size: int, path: Path, seed: int = 0, sentences: int = 3) -> int:
+    """Rows of `sentences` random source sentences joined, random binary labels, until `size` bytes; returns
+    rows."""
     with source.open(encoding="utf-8-sig", newline="") as f:
-        sentences = [row["text"] for row in csv.DictReader(f)]
+        pool = [row["text"] for row in csv.DictReader(f)]
     rng = random.Random(seed)
     rows = written = 0
     with path.open("w", encoding="utf-8", newline="") as f:
@@ -41,7 +43,7 @@ def make_csv(source: Path, size: int, path: Path, seed: int = 0) -> int:
             out = io.StringIO()
             writer = csv.writer(out, lineterminator="\n")
             for _ in range(4096):
-                writer.writerow([" ".join(rng.choices(sentences, k=3)), rng.choice(("pos", "neg"))])
+                writer.writerow([" ".join(rng.choices(pool, k=sentences)), rng.choice(("pos", "neg"))])
             block = out.getvalue()
             f.write(block)
             written += len(block.encode("utf-8"))
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="where the corpora go (default: a temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the generated corpora")
     parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--sentences", type=int, default=3, help="source sentences per row (60: long documents)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sizes = sorted(float(s) for s in args.sizes.split(","))
@@ -84,8 +87,10 @@ def main() -> None:
     results = []
     try:
         for size in sizes:
-            path = workdir / f"corpus-{size:g}GB.csv"
-            rows = make_csv(args.source, int(size * 1e9), path) if not path.exists() else None
+            path = workdir / (
+                f"corpus-{size:g}GB.csv" if args.sentences == 3 else f"corpus-{size:g}GB-{args.sentences}.csv"
+            )
+            rows = make_csv(args.source, int(size * 1e9), path, sentences=args.sentences) if not path.exists() else None
             figures = train(path, workdir / f"model-{size:g}", args.max_steps)
             results.append({"size_gb": size, "bytes": path.stat().st_size, "rows": rows, **figures})
             if not args.json:
