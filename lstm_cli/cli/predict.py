@@ -104,6 +104,8 @@ def _writer(path: Path | None):
     """A function that writes results: to stdout (as UTF-8 whatever the locale, flushed at once: a pipe's
     reader gets each batch as it is done), or to a file that appears complete or not at all."""
     if path is None:
+        if sys.stdout is None:  # started with it closed: `>&-`
+            raise UsageError("standard output is closed; redirect it, or write the results to a file with -o FILE")
         out = sys.stdout.buffer
 
         def write(text: str) -> None:

@@ -77,3 +77,10 @@ def test_data_with_nothing_to_validate_on_or_no_word_to_learn_is_one_line(comman
     result = runner.invoke(app, args)
     assert message in assert_one_error(1, result.exit_code, result.stderr, result.stdout)
     assert not (tmp_path / "lstm-model").exists()
+
+
+@pytest.mark.parametrize("command", [["predict", "good"], ["predict", "--input", "texts.txt"]])
+def test_a_closed_stdout_is_one_line(command, trained_model, tmp_path):
+    (tmp_path / "texts.txt").write_text("good\nbad\n")
+    result = run([*command, "-m", str(trained_model)], tmp_path, stdout=None, preexec_fn=lambda: os.close(1))
+    assert "standard output is closed" in assert_one_error(2, result.returncode, result.stderr)
