@@ -70,6 +70,7 @@ def test_evaluate_a_tab_separated_file_named_txt(trained_model, data_dir, tmp_pa
         (["--no-header", "--text-column", "body"], "column number"),
         (["--no-header", "--text-column", "0"], "column number"),
         (["--no-header", "--input-format", "jsonl"], "--no-header is for CSV/TSV"),
+        (["--delimiter", ";", "--input-format", "fasttext"], "--delimiter is for CSV/TSV"),
     ],
 )
 @pytest.mark.parametrize("command", ["train", "evaluate"])

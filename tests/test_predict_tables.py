@@ -159,6 +159,7 @@ def test_fasttext_lines_are_labelled_without_their_labels(trained_model, tmp_pat
         (["--text-column", "body"], "no column 'body' in the header", 1),
         (["--format", "json"], "--format is for lines", 2),
         (["--input-format", "lines", "--no-header"], "--no-header is for tables", 2),
+        (["--input-format", "jsonl", "--delimiter", "tab"], "--delimiter is for CSV/TSV tables", 2),
     ],
 )
 def test_table_misuse(trained_model, tmp_path, args, message, code):

@@ -168,6 +168,8 @@ def read_options(*, text_column: str, label_column: str, delimiter: str | None, 
         text_column, label_column = numbers["--text-column"], numbers["--label-column"]
         if input_format in (InputFormat.jsonl, InputFormat.fasttext):
             raise typer.BadParameter(f"--no-header is for CSV/TSV, not {input_format.value}", param_hint="--no-header")
+    if delimiter is not None and input_format in (InputFormat.jsonl, InputFormat.fasttext):
+        raise typer.BadParameter(f"--delimiter is for CSV/TSV, not {input_format.value}", param_hint="--delimiter")
     return {"text_column": text_column, "label_column": label_column, "delimiter": delimiter, "encoding": encoding,
             "skip_bad_rows": skip_bad_rows, "header": not no_header,
             "input_format": input_format.value if input_format is not None else None}  # fmt: skip

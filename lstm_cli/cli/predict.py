@@ -225,9 +225,10 @@ def _predict_table(stream, name: str, input_format: str, *, model: Path, engine:
     """predict on a CSV/TSV/JSON Lines table: the rows written back with their predictions."""
     from lstm_cli.tables import TableReader, predict_table
 
+    for flag, given in (("--no-header", no_header), ("--delimiter", delimiter is not None)):
+        if given and input_format == "jsonl":
+            raise typer.BadParameter(f"{flag} is for CSV/TSV tables, not JSON Lines", param_hint=flag)
     if no_header:
-        if input_format == "jsonl":
-            raise typer.BadParameter("--no-header is for CSV/TSV tables", param_hint="--no-header")
         text_column = "1" if text_column == "text" else text_column
     reader = TableReader(stream, name, input_format=input_format, text_column=text_column, header=not no_header,
                          delimiter=delimiter, encoding=encoding)  # fmt: skip
