@@ -252,9 +252,9 @@ def train_cli(
                             input_format=input_format)  # fmt: skip
         dataset = stream_labeled(data, **read)
         validation = stream_labeled(validation_data, **read) if validation_data else None
+        warn(console, vectors_warnings(vectors, explicit(ctx, "embedding_dim")))  # before TensorFlow's import
         from lstm_cli.train import train as train_model
 
-        warn(console, vectors_warnings(vectors, explicit(ctx, "embedding_dim")))
         with _progress(console, enabled=not quiet and console.is_terminal) as (on_step, on_rows):
             result = train_model(
                 config, dataset, validation=validation, device=device.value, mixed_precision=mixed_precision,

@@ -259,7 +259,7 @@ PROPERTY = settings(deadline=None, suppress_health_check=list(HealthCheck), data
                     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink])  # fmt: skip
 
 
-@settings(PROPERTY, max_examples=25)
+@settings(PROPERTY, max_examples=20)
 @given(data=st.data())
 def test_any_forged_file_gives_results_or_one_error_line(trained_model, data_dir, data):
     _forged_model_keeps_its_contract(trained_model, data_dir, data, tensorflow_budget=1)
