@@ -240,25 +240,24 @@ def _per_class_table(report: dict[str, Any]):
         present = [label for label in labels if report["per_class"][label]["support"]]
         labels = sorted(present, key=lambda label: report["per_class"][label]["f1"])[:PER_CLASS_WEAKEST]
         title = f"Per class: the {len(labels)} lowest F1 of {len(report['labels']):,} (all in --format json)"
-    table = _table(title)
-    table.add_column("label", overflow="fold", ratio=1)
-    for column in ("precision", "recall", "f1", "support"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for label in labels:
-        c = report["per_class"][label]
-        table.add_row(
-            literal(label), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", f"{c['support']:,}"
-        )
-    return table
+    rows = [
+        (label, *(f"{c[k]:.4f}" for k in ("precision", "recall", "f1")), f"{c['support']:,}")
+        for label in labels
+        for c in [report["per_class"][label]]
+    ]
+    return _filled(_table(title), ["label"], ["precision", "recall", "f1", "support"], rows)
 
 
 def _confusion_grid(report: dict[str, Any]):
+    """The grid, labels as column headers folded to fit (_grid_fits checked that they can), counts whole."""
     table = _table("Confusion matrix (rows: true, columns: predicted)")
+    cells = [[f"{n:,}" for n in row] for row in report["confusion_matrix"]]
+    widest = max(len(cell) for row in cells for cell in row)
     table.add_column("", overflow="fold")
     for label in report["labels"]:
-        table.add_column(literal(label), justify="right", overflow="fold")
-    for label, row in zip(report["labels"], report["confusion_matrix"], strict=True):
-        table.add_row(literal(label), *(f"{n:,}" for n in row))
+        table.add_column(literal(label), justify="right", overflow="fold", min_width=widest)
+    for label, row in zip(report["labels"], cells, strict=True):
+        table.add_row(literal(label), *row)
     return table
 
 
@@ -271,14 +270,21 @@ def _most_confused_table(report: dict[str, Any]):
     table = _table(
         f"Most confused: {len(pairs)} largest of {wrong:,} errors (full matrix: --format json, --confusion-csv)"
     )
-    table.add_column("true", overflow="fold", ratio=1)
-    table.add_column("predicted", overflow="fold", ratio=1)
-    table.add_column("count", justify="right", no_wrap=True)
-    table.add_column("of true", justify="right", no_wrap=True)
-    for true, predicted, count, share in pairs:
-        table.add_row(literal(true), literal(predicted), f"{count:,}", f"{share:.1%}")
-    if not pairs:
-        table.add_row("(none)", "", "", "")
+    rows = [(true, predicted, f"{count:,}", f"{share:.1%}") for true, predicted, count, share in pairs]
+    return _filled(table, ["true", "predicted"], ["count", "of true"], rows or [("(none)", "", "", "")])
+
+
+def _filled(table, text_columns: list[str], number_columns: list[str], rows: list[tuple[str, ...]]):
+    """`table` with columns of user text (folded to fit, shown literally) then of numbers, and `rows`.
+    A number column is never narrower than its widest number: on a narrow terminal text and headers fold
+    or shorten, and a number is never cut (rich would crop "40" to "4" to fit)."""
+    for header in text_columns:
+        table.add_column(literal(header), overflow="fold")
+    for i, header in enumerate(number_columns, start=len(text_columns)):
+        widest = max(len(row[i]) for row in rows)
+        table.add_column(literal(header), justify="right", no_wrap=True, min_width=widest)
+    for row in rows:
+        table.add_row(*(literal(cell) for cell in row))
     return table
 
 

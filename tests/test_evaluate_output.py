@@ -301,3 +301,31 @@ def test_report_files_follow_symlinks_and_write_into_pipes(trained_model, data_d
     assert json.loads((tmp_path / "real.json").read_text(encoding="utf-8")) == json.loads(result.stdout)
     assert fifo.is_fifo() and received and received[0].startswith("text,label,predicted_label,probability")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
+
+
+@pytest.mark.parametrize("width", [100, 60, 45])
+def test_narrow_terminals_fold_labels_and_never_cut_a_number(width):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from lstm_cli.render import print_report
+
+    labels = ["card_payment_wrong_exchange_rate", "balance_not_updated", "age_limit", "x", "[b]long_label_name[/b]"]
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 5000)
+    predicted = np.where(rng.random(truth.size) < 0.7, truth, rng.integers(0, 5, truth.size))
+    report = classification_report(truth, predicted, labels)
+    report["confusion_matrix"], report["rows"] = dense_confusion(report), {"evaluated": truth.size}
+    out = StringIO()
+    print_report(report, Console(file=out, width=width, highlight=False, emoji=False))
+    text = out.getvalue()
+    assert all(cell_len(line) <= width for line in text.splitlines())
+    for c in report["per_class"].values():  # every figure whole (support is 4 digits with a comma)
+        assert f"{c['f1']:.4f}" in text and f"{c['support']:,}" in text
+    if "Confusion matrix" in text:  # the grid shows every count whole
+        assert width == 100
+        for row in report["confusion_matrix"]:
+            assert all(f"{n:,}" in text for n in row)
+    else:
+        assert "Most confused" in text
