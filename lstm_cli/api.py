@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from itertools import compress
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from lstm_cli.abstain import UNKNOWN_LABEL, abstains, check_min_probability, check_unknown_label
 from lstm_cli.errors import ArtifactError, UsageError
 from lstm_cli.explain import UNITS, Explanation, occlusion
 from lstm_cli.predict import Predictor
@@ -57,19 +59,34 @@ class Model:
         order; the same numbers as `lstm-cli predict --all-probabilities` prints."""
         return self._predictor.probabilities(_texts(texts))
 
-    def predict(self, texts: Sequence[str], k: int = 1) -> list[list[Prediction]]:
+    def predict(
+        self, texts: Sequence[str], k: int = 1, *, min_probability: float | None = None,
+        unknown_label: str = UNKNOWN_LABEL,
+    ) -> list[list[Prediction]]:  # fmt: skip
         """For each text, a list of its `k` most probable labels (all of them if k is larger, as `lstm-cli
-        predict --top-k` gives), most probable first, ties in `labels` order."""
+        predict --top-k` gives), most probable first, ties in `labels` order.
+
+        `min_probability` (0 to 1): where the top probability is below it, the first Prediction's label is
+        `unknown_label` (never one of `labels`), its probability unchanged, as `lstm-cli predict
+        --min-probability` prints."""
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}")
+        if min_probability is not None:
+            check_min_probability(min_probability, "min_probability")
+            check_unknown_label(unknown_label, self.labels, "unknown_label")
         probabilities = self.predict_proba(texts)
         best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-        return [
+        predictions = [
             [Prediction(self.labels[j], float(row[j])) for j in columns]
             for row, columns in zip(probabilities, best, strict=True)
         ]
+        if min_probability is not None:
+            unsure = abstains([p[0].probability for p in predictions], min_probability)
+            for p in compress(predictions, unsure):
+                p[0] = p[0]._replace(label=unknown_label)
+        return predictions
 
     def explain(self, text: str, *, label: str | None = None, unit: str = "log-odds") -> Explanation:
         """How much each token pushed `label` (default: the predicted one): occlusion on the numpy engine, as

@@ -344,6 +344,7 @@ def evaluate(
     batch_size: int = PREDICT_BATCH,
     misclassified: bool = False,
     scored: Scored | None = None,
+    min_probability: float | None = None,
 ) -> dict[str, Any]:
     """Metrics on rows whose label the model knows; rows with other labels are counted, by label.
 
@@ -351,7 +352,8 @@ def evaluate(
     [true, predicted, count]; "confusion_matrix", the full grid, only up to metrics.DENSE_LABELS labels.
     With `misclassified`, "misclassified" lists the rows predicted wrongly, in input order, as records of
     text, label, predicted_label and probability (of the predicted label, a float32).
-    `scored`: score(predictor, data), if already run."""
+    `scored`: score(predictor, data), if already run. With `min_probability`, "abstention" holds the coverage
+    and the accuracy and macro-F1 of the rows answered at it (lstm_cli.abstain.coverage_report)."""
     from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion
 
     if scored is None:
@@ -371,6 +373,10 @@ def evaluate(
     report["unknown_labels"] = unknown
     report["data"] = data.fingerprint()
     report["model"] = str(predictor.path)
+    if min_probability is not None:
+        from lstm_cli.abstain import coverage_report
+
+        report["abstention"] = coverage_report(truth, predicted, probability, predictor.labels, min_probability)
     if misclassified:
         wrong = np.flatnonzero(truth != predicted)
         report["misclassified"] = [

@@ -156,21 +156,36 @@ def probability_values(probabilities) -> list | float:
 
 
 def prediction_lines(
-    batch, labels: list[str], output_format: str, k: int, *, all_probabilities: bool = False
-) -> list[str]:
+    batch, labels: list[str], output_format: str, k: int, *, all_probabilities: bool = False,
+    abstain: tuple[float, str] | None = None,
+) -> list[str]:  # fmt: skip
     """One output line per text of a `Predictions` batch (vectorised: this is predict's hot path).
 
     tsv and label: the `k` most probable labels (with their probabilities for tsv). json: one object with the
     label and its probability, "top" (the k most probable) when k > 1, and "probabilities" (every label, in the
-    model's order) only with `all_probabilities`."""
+    model's order) only with `all_probabilities`. `abstain`: (P, unknown label); a text whose top probability is
+    below P (lstm_cli.abstain) has the unknown label in place of its label (the first one, with k > 1), its
+    probabilities unchanged; json lines then say "abstained": true or false."""
     best, scores = batch.top(k)
+    unsure = None
+    if abstain is not None:
+        from lstm_cli.abstain import abstains
+
+        min_probability, unknown_label = abstain
+        unsure = abstains(scores[:, 0], min_probability).tolist()
     if output_format == "json":
         scores = probability_values(scores)
         every = probability_values(batch.probabilities) if all_probabilities else None
-        return [_json_line(text, row, s, every[i] if every else None, labels) for i, (text, row, s) in
-                enumerate(zip(batch.texts, best.tolist(), scores, strict=True))]  # fmt: skip
+        return [_json_line(text, row, s, every[i] if every else None, labels,
+                           None if unsure is None else (unsure[i], unknown_label))
+                for i, (text, row, s) in enumerate(zip(batch.texts, best.tolist(), scores, strict=True))]  # fmt: skip
     best = best.tolist()
     labels = [tsv_field(label) for label in labels]
+    if unsure is not None:  # the unknown label takes the place of the first label: an index past the model's
+        labels.append(tsv_field(unknown_label))
+        for row, no in zip(best, unsure, strict=True):
+            if no:
+                row[0] = len(labels) - 1
     if output_format == "label":
         return ["\t".join(labels[i] for i in row) for row in best]
     scores = probability_values(scores)
@@ -182,8 +197,13 @@ def prediction_lines(
     ]
 
 
-def _json_line(text: str, best: list[int], scores: list[float], every: list[float] | None, labels: list[str]) -> str:
+def _json_line(text: str, best: list[int], scores: list[float], every: list[float] | None, labels: list[str],
+               abstained: tuple[bool, str] | None = None) -> str:  # fmt: skip
     record = {"text": text, "label": labels[best[0]], "probability": scores[0]}
+    if abstained is not None:
+        record["abstained"] = abstained[0]
+        if abstained[0]:
+            record["label"] = abstained[1]
     if len(best) > 1:
         record["top"] = [{"label": labels[i], "probability": p} for i, p in zip(best, scores, strict=True)]
     if every is not None:
@@ -230,7 +250,8 @@ def print_report(report: dict[str, Any], console=None) -> None:
     )  # fmt: skip
     fits = len(report["labels"]) <= GRID_CLASSES and "confusion_matrix" in report and _grid_fits(report, console.width)
     confusion = _confusion_grid(report) if fits else _most_confused_table(report)
-    console.print(Group(summary, _per_class_table(report), confusion))
+    abstention = _abstention_text(report)
+    console.print(Group(summary, *([abstention] if abstention else []), _per_class_table(report), confusion))
 
 
 def _per_class_table(report: dict[str, Any]):
@@ -285,6 +306,23 @@ def _filled(table, text_columns: list[str], number_columns: list[str], rows: lis
         table.add_column(literal(header), justify="right", no_wrap=True, min_width=widest)
     for row in rows:
         table.add_row(*(literal(cell) for cell in row))
+    return table
+
+
+def _abstention_text(report: dict[str, Any]):
+    """evaluate --min-probability's table: coverage (rows answered), and accuracy and macro-F1 on those rows."""
+    a = report.get("abstention")
+    if a is None:
+        return None
+
+    def value(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"  # "-": no row answered
+
+    table = _table(f"At --min-probability {a['min_probability']:g}")
+    for column in ("coverage", "answered", "accuracy", "macro-F1"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_row(f"{a['coverage']:.4f}", f"{a['answered']:,} of {report['rows']['evaluated']:,}",
+                  value(a["accuracy"]), value(a["macro_f1"]))  # fmt: skip
     return table
 
 

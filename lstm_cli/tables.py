@@ -96,8 +96,10 @@ class TableWriter:
     """Rows written back in their input's format, each followed by its predictions, into `out` (a buffer that
     the caller empties after each batch: one write a batch, not one a row)."""
 
-    def __init__(self, out: io.StringIO, reader: TableReader, added: Added, labels: list[str]):
+    def __init__(self, out: io.StringIO, reader: TableReader, added: Added, labels: list[str],
+                 abstain: tuple[float, str] | None = None):  # fmt: skip
         self.out = out
+        self.abstain = abstain  # (min probability, unknown label): lstm_cli.abstain
         self.reader = reader
         self.added = added
         self.labels = labels
@@ -116,6 +118,11 @@ class TableWriter:
         from lstm_cli.render import probability_values
 
         best, scores = batch.top(self.added.k)
+        unsure = None
+        if self.abstain is not None:
+            from lstm_cli.abstain import abstains
+
+            unsure = abstains(scores[:, 0], self.abstain[0]).tolist()
         best, scores = best.tolist(), probability_values(scores)
         every = probability_values(batch.probabilities) if self.added.all_probabilities else None
         labels = self.labels
@@ -123,6 +130,8 @@ class TableWriter:
             values: list[object] = []
             for index, p in zip(row, s, strict=True):
                 values += [labels[index], p]
+            if unsure is not None and unsure[i]:
+                values[0] = self.abstain[1]  # predicted_label; every probability stays
             if self._csv is not None:
                 if every is not None:
                     values += every[i]
@@ -144,13 +153,14 @@ def _clash_message(where: str, name: str) -> str:
 
 
 def predict_table(predictor, reader: TableReader, write: Callable[[str], None], *, k: int, all_probabilities: bool,
-                  prefix: str, batch_size: int) -> int:  # fmt: skip
+                  prefix: str, batch_size: int, abstain: tuple[float, str] | None = None) -> int:  # fmt: skip
     """Label every row of `reader` and `write` it with its predictions, a batch at a time (flat memory for any
-    table: at most one batch of rows is held). Returns the number of rows."""
+    table: at most one batch of rows is held). `abstain`: (P, label), the label written as predicted_label
+    where the top probability is below P (lstm_cli.abstain). Returns the number of rows."""
     added = Added.for_model(predictor.labels, k=k, all_probabilities=all_probabilities, prefix=prefix,
                             jsonl=reader.format == "jsonl")  # fmt: skip
     out = io.StringIO()
-    writer = TableWriter(out, reader, added, predictor.labels)
+    writer = TableWriter(out, reader, added, predictor.labels, abstain)
     # The header first, so that a table with no rows still gets one.
     write(out.getvalue())
     out.seek(0)

@@ -95,6 +95,14 @@ def evaluate_cli(
         Path | None,
         typer.Option(help="Write the misclassified rows here as CSV: text, label, predicted_label, probability."),
     ] = None,
+    min_probability: Annotated[
+        float | None,
+        typer.Option(
+            help="Also report coverage (the share of rows whose top probability is at least this, 0 to 1) and "
+            "accuracy and macro-F1 on those rows, as predict --min-probability would answer.",
+            show_default=False,
+        ),
+    ] = None,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -110,6 +118,10 @@ def evaluate_cli(
         _check_writable(path, option)
     console = _console()
     with _errors(verbose):
+        if min_probability is not None:
+            from lstm_cli.abstain import check_min_probability
+
+            check_min_probability(min_probability)
         from lstm_cli.data import read_labeled
 
         read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
@@ -129,7 +141,7 @@ def evaluate_cli(
                 "(non-zero [true, predicted, count] cells) from --format json or -o",
                 param_hint="--confusion-csv",
             )
-        report = evaluate_model(predictor, dataset, misclassified=errors is not None)
+        report = evaluate_model(predictor, dataset, misclassified=errors is not None, min_probability=min_probability)
         misclassified = report.pop("misclassified", None)
         for warning in render.evaluation_warnings(report):
             console.print(render.warning(warning), soft_wrap=False)

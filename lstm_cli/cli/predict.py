@@ -163,6 +163,18 @@ def predict_cli(
             "label list every label, most probable first."
         ),
     ] = False,
+    min_probability: Annotated[
+        float | None,
+        typer.Option(
+            help="Abstain below this top probability (0 to 1): print --unknown-label instead of the label, "
+            "the probabilities unchanged.",
+            show_default=False,
+        ),
+    ] = None,
+    unknown_label: Annotated[
+        str | None,
+        typer.Option(help="The label of texts that abstain (never one of the model's). [default: unknown]"),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -189,7 +201,10 @@ def predict_cli(
     elif output_format is not OutputFormat.tsv:
         raise typer.BadParameter(f"a table's predictions are written as {chosen}, with its columns; --format is for "
                                  "lines", param_hint="--format")  # fmt: skip
+    if unknown_label is not None and min_probability is None:
+        raise typer.BadParameter("--unknown-label is for --min-probability P", param_hint="--unknown-label")
     with _errors(verbose):
+        abstain = _abstain(min_probability, unknown_label)
         stream, name = _source(texts, input_file)
         if table:
             if stream is None:
@@ -197,7 +212,7 @@ def predict_cli(
             _predict_table(stream, name, chosen, model=model, engine=engine, verbose=verbose, text_column=text_column,
                            no_header=no_header, delimiter=delimiter, encoding=encoding, top_k=top_k,
                            all_probabilities=all_probabilities, prefix=column_prefix, output=output,
-                           batch_size=batch_size)  # fmt: skip
+                           batch_size=batch_size, abstain=abstain)  # fmt: skip
             return
         source = iter(texts or ()) if stream is None else _lines(stream, name, chosen, input_format is not None)
         from lstm_cli.predict import Predictor
@@ -205,6 +220,7 @@ def predict_cli(
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
+        _check_abstain(abstain, predictor.labels)
         predictor.share_out()
         n = len(predictor.labels)
         # json keeps its --top-k list and adds every probability; tsv and label list every label.
@@ -213,7 +229,7 @@ def predict_cli(
             with _writer(output) as write:
                 for batch in predictor.predict(source, batch_size=batch_size):
                     lines = prediction_lines(batch, predictor.labels, output_format.value, k,
-                                             all_probabilities=all_probabilities)  # fmt: skip
+                                             all_probabilities=all_probabilities, abstain=abstain)  # fmt: skip
                     write("\n".join(lines) + "\n")
         finally:
             predictor.close()
@@ -221,7 +237,8 @@ def predict_cli(
 
 def _predict_table(stream, name: str, input_format: str, *, model: Path, engine: EngineChoice, verbose: bool,
                    text_column: str, no_header: bool, delimiter: str | None, encoding: str, top_k: int,
-                   all_probabilities: bool, prefix: str, output: Path | None, batch_size: int) -> None:  # fmt: skip
+                   all_probabilities: bool, prefix: str, output: Path | None, batch_size: int,
+                   abstain: tuple[float, str] | None = None) -> None:  # fmt: skip
     """predict on a CSV/TSV/JSON Lines table: the rows written back with their predictions."""
     from lstm_cli.tables import TableReader, predict_table
 
@@ -236,10 +253,28 @@ def _predict_table(stream, name: str, input_format: str, *, model: Path, engine:
 
     predictor = Predictor(model, engine=engine.value)
     _engine_note(predictor, verbose)
+    _check_abstain(abstain, predictor.labels)
     predictor.share_out()
     try:
         with _writer(output) as write:
             predict_table(predictor, reader, write, k=min(top_k, len(predictor.labels)),
-                          all_probabilities=all_probabilities, prefix=prefix, batch_size=batch_size)  # fmt: skip
+                          all_probabilities=all_probabilities, prefix=prefix, batch_size=batch_size,
+                          abstain=abstain)  # fmt: skip
     finally:
         predictor.close()
+
+
+def _abstain(min_probability: float | None, unknown_label: str | None) -> tuple[float, str] | None:
+    """(P, unknown label) for --min-probability, P checked (UsageError: exit 2), or None."""
+    if min_probability is None:
+        return None
+    from lstm_cli.abstain import UNKNOWN_LABEL, check_min_probability
+
+    return check_min_probability(min_probability), UNKNOWN_LABEL if unknown_label is None else unknown_label
+
+
+def _check_abstain(abstain: tuple[float, str] | None, labels: list[str]) -> None:
+    if abstain is not None:
+        from lstm_cli.abstain import check_unknown_label
+
+        check_unknown_label(abstain[1], labels)
