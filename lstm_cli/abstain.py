@@ -35,8 +35,7 @@ def check_unknown_label(label: str, labels: list[str], name: str = "--unknown-la
         raise TypeError(f"{name} must be a str, got {type(label).__name__}")
     if label in labels:
         raise UsageError(
-            f"{name} {label!r} is one of the model's labels, so abstentions would pass for answers; "
-            f"pass another {name}"
+            f"{name} {label!r} is one of the model's labels, so abstentions would pass for answers; pass another {name}"
         )
     return label
 
