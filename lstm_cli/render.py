@@ -250,7 +250,7 @@ def print_report(report: dict[str, Any], console=None) -> None:
     )  # fmt: skip
     fits = len(report["labels"]) <= GRID_CLASSES and "confusion_matrix" in report and _grid_fits(report, console.width)
     confusion = _confusion_grid(report) if fits else _most_confused_table(report)
-    abstention = _abstention_text(report)
+    abstention = _abstention_table(report)
     console.print(Group(summary, *([abstention] if abstention else []), _per_class_table(report), confusion))
 
 
@@ -309,7 +309,7 @@ def _filled(table, text_columns: list[str], number_columns: list[str], rows: lis
     return table
 
 
-def _abstention_text(report: dict[str, Any]):
+def _abstention_table(report: dict[str, Any]):
     """evaluate --min-probability's table: coverage (rows answered), and accuracy and macro-F1 on those rows."""
     a = report.get("abstention")
     if a is None:
@@ -318,12 +318,10 @@ def _abstention_text(report: dict[str, Any]):
     def value(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"  # "-": no row answered
 
-    table = _table(f"At --min-probability {a['min_probability']:g}")
-    for column in ("coverage", "answered", "accuracy", "macro-F1"):
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_row(f"{a['coverage']:.4f}", f"{a['answered']:,} of {report['rows']['evaluated']:,}",
-                  value(a["accuracy"]), value(a["macro_f1"]))  # fmt: skip
-    return table
+    row = (f"{a['coverage']:.4f}", f"{a['answered']:,} of {report['rows']['evaluated']:,}", value(a["accuracy"]),
+           value(a["macro_f1"]))  # fmt: skip
+    title = f"At --min-probability {a['min_probability']:g}"
+    return _filled(_table(title), [], ["coverage", "answered", "accuracy", "macro-F1"], [row])
 
 
 def _table(title: str):

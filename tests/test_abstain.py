@@ -227,7 +227,7 @@ def test_evaluate_coverage_and_accuracy_match_a_hand_count(trained_model, data_d
         assert entry["macro_f1"] == pytest.approx(_macro_f1(t, q))
     assert report["min_probability"] == p and 0 < report["answered"] < len(texts)
     assert [e["min_probability"] for e in report["thresholds"]] == [0.5, 0.7, 0.9, 0.95, 0.99]
-    table = runner.invoke(app, args)
+    table = runner.invoke(app, args, env={"COLUMNS": "40"})  # narrow: headers shorten, numbers stay whole
     assert table.exit_code == 0, table.output
     assert f"{report['coverage']:.4f}" in table.stdout and f"{report['answered']} of {len(texts)}" in table.stdout
     assert f"{report['accuracy']:.4f}" in table.stdout
