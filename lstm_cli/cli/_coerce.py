@@ -18,6 +18,8 @@ from typing import Any, get_args, get_origin
 
 from typer.core import TyperCommand, TyperGroup
 
+from lstm_cli.cli._help import PanelHelp
+
 try:
     from typer._coercion import RuntimeParam, build_runtime_param
     from typer._param_types import coerce_cli_choice, coerce_cli_path, routes_to_path
@@ -106,8 +108,9 @@ class _PlainParams:
         return option
 
 
-class PlainCommand(_PlainParams, TyperCommand):
-    """A TyperCommand whose parameters convert plain values without pydantic (see the module docstring)."""
+class PlainCommand(_PlainParams, PanelHelp, TyperCommand):
+    """A TyperCommand whose parameters convert plain values without pydantic (see the module docstring), and
+    whose --help groups its options (lstm_cli.cli._help)."""
 
 
 class PlainGroup(_PlainParams, TyperGroup):

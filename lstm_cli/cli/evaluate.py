@@ -10,6 +10,7 @@ import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DataArg,
     DelimiterOpt,
@@ -71,6 +72,10 @@ def _write_errors_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 @app.command("evaluate", cls=PlainCommand)
+@panels(
+    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format"),
+    Output=("output_format", "as_json", "output", "confusion_csv", "errors"),
+)  # fmt: skip
 def evaluate_cli(
     data: DataArg,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
@@ -110,6 +115,7 @@ def evaluate_cli(
 
     Tables fit the terminal's width; beyond 15 classes the confusion matrix is shown as the most-confused pairs.
 
+    \b
     Example: lstm-cli evaluate sample_data/test.csv --format json | jq .accuracy
     """
     if as_json:

@@ -64,6 +64,7 @@ def explain_cli(
 ) -> None:
     """Show how much each token pushed the prediction (positive: towards the label).
 
+    \b
     Example: lstm-cli explain "the parcel never arrived, refund please" --format json | jq .tokens
     """
     with _errors(verbose):

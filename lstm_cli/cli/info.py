@@ -22,6 +22,7 @@ def info_cli(
 
     --format json prints the whole metadata.json as it is.
 
+    \b
     Example: lstm-cli info -m lstm-model --format json | jq .labels
     """
     with _errors():

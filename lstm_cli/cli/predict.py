@@ -13,6 +13,7 @@ import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DelimiterOpt,
     EngineChoice,
@@ -121,6 +122,10 @@ def _writer(path: Path | None):
 
 
 @app.command("predict", cls=PlainCommand)
+@panels(
+    Data=("input_file", "input_format", "text_column", "no_header", "delimiter", "encoding"),
+    Output=("output_format", "top_k", "all_probabilities", "output", "column_prefix"),
+)  # fmt: skip
 def predict_cli(
     texts: Annotated[
         list[str] | None,
@@ -188,7 +193,8 @@ def predict_cli(
 
     A table (--input x.csv, .tsv, .jsonl) comes back in its format, every column kept, plus the predictions.
 
-    Example: printf 'great phone\nbroken on arrival\n' | lstm-cli predict - --format json
+    \b
+    Example: printf 'great phone\\nbroken on arrival\\n' | lstm-cli predict - --format json
     """
     chosen = _input_format(input_format, input_file)
     table = chosen in ("csv", "tsv", "jsonl")

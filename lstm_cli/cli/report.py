@@ -10,6 +10,7 @@ import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DataArg,
     DelimiterOpt,
@@ -33,6 +34,10 @@ from lstm_cli.cli._util import (
 
 
 @app.command("report", cls=PlainCommand)
+@panels(
+    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format"),
+    Output=("output", "show_errors"),
+)  # fmt: skip
 def report_cli(
     data: DataArg,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
@@ -61,7 +66,8 @@ def report_cli(
     classes), training curves, the most confident errors explained, and a model card. No network needed to
     view it; it prints too. Needs matplotlib: pip install 'lstm-cli[report]'.
 
-    Example: lstm-cli report sample_data/test.csv -o report.html && xdg-open report.html
+    \b
+    Example: lstm-cli report sample_data/test.csv -o report.html
     """
     console = _console()
     with _errors(verbose):

@@ -48,9 +48,9 @@ def serve_cli(
     """Serve a model over HTTP with TensorFlow Serving's REST API (predict, status, metadata), plus /healthz
     and Prometheus /metrics. SIGTERM or Ctrl-C finishes the requests in flight and exits.
 
-    Example: lstm-cli serve -m lstm-model --name reviews & curl -d '{"instances": ["great phone"]}'
-    localhost:8501/v1/models/reviews:predict
-    """
+    \b
+    Example: lstm-cli serve --name reviews & sleep 3; curl -d '{"instances": ["great phone"]}' localhost:8501/v1/models/reviews:predict
+    """  # noqa: E501 (the example is printed verbatim, on one line, to be copied)
     from lstm_cli.config import number_problem
 
     for flag, value, high in (("--batch-wait-ms", batch_wait_ms, 60_000), ("--processes", processes, 256)):

@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DEFAULTS,
     Cell,
@@ -51,7 +53,18 @@ def _kinds(option: str) -> tuple[str, ...]:
     return () if kinds == ("none",) else kinds
 
 
-@app.command("train")
+@app.command("train", cls=PlainCommand)
+@panels(
+    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format",
+          "validation_data", "validation_split"),
+    Tokens=("max_tokens", "min_count", "punctuation", "max_length", "recurrent_length"),
+    Model=("embedding_dim", "units", "layers", "cell", "bidirectional", "dropout", "recurrent_dropout",
+           "embedding_dropout", "pooling", "embedding_pooling", "bigram_buckets", "bigram_dim", "bigram_min_count",
+           "dense_units", "dense_dropout", "vectors", "freeze_vectors"),
+    Training=("epochs", "batch_size", "learning_rate", "optimizer", "clip_norm", "l2", "patience", "plateau_factor",
+              "label_smoothing", "weight_averaging", "steps_per_epoch", "max_steps", "seed", "class_weight"),
+    Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume", "tensorboard", "worker_timeout"),
+)  # fmt: skip
 def train_cli(
     ctx: typer.Context,
     data: DataArg,
@@ -189,6 +202,7 @@ def train_cli(
 ) -> None:
     """Learn a classifier from a labeled CSV and save it; prints the model directory on stdout.
 
+    \b
     Example: lstm-cli train sample_data/train.csv --epochs 5 && lstm-cli predict "refund please"
     """
     extra = pretrained_options(vectors, freeze_vectors, class_weight)

@@ -10,6 +10,8 @@ from typing import Annotated
 import typer
 
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
+from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DEFAULTS,
     ClassWeightOpt,
@@ -59,7 +61,14 @@ def _base_config(settings: list[str], seed: int, validation_split: float, extra:
         raise typer.BadParameter(str(e), param_hint="--set") from None
 
 
-@app.command("tune")
+@app.command("tune", cls=PlainCommand)
+@panels(
+    Search=("budget", "metric", "trials", "seed", "settings"),
+    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format",
+          "validation_data", "validation_split"),
+    Model=("vectors", "freeze_vectors", "class_weight"),
+    Output=("output_format",),
+)  # fmt: skip
 def tune_cli(
     data: DataArg,
     budget: Annotated[
@@ -104,6 +113,7 @@ def tune_cli(
 
     Trials are printed on stderr as they finish. Ctrl-C (or SIGTERM) ends the search and saves the best so far.
 
+    \b
     Example: lstm-cli tune sample_data/train.csv --budget 2m --metric macro_f1 && lstm-cli info
     """
     from lstm_cli.tune import parse_budget
