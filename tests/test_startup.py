@@ -81,6 +81,9 @@ def test_values_convert_as_typer_converts_them(command):
             return type(e), str(e)
         return type(result), result, [type(x) for x in result] if isinstance(result, list) else None
 
+    if command == "predict":  # and the group's own: --version, --install-completion, --show-completion
+        params += [p for p in group.params if hasattr(p, "type_descriptor")]
+        assert {type(p.get_runtime_param()).__name__ for p in params} == {"_PlainParam"}
     for param in params:
         typers = build_runtime_param(param.type_descriptor)
         for value in VALUES:

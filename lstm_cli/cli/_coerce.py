@@ -36,6 +36,8 @@ def _leaf(annotation: Any, info: Any, value: Any, param: Any, ctx: Any) -> Any:
         return _UNSURE
     if annotation is str:
         return value if type(value) is str else _UNSURE
+    if annotation is bool:  # flags (--install-completion's default is None)
+        return value if value is None or type(value) is bool else _UNSURE
     if annotation is int:
         if type(value) is int:
             number = value
@@ -101,6 +103,10 @@ class _PlainParams:
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain(self.params)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        _plain(self.params)  # typer appends the group's --install-completion and --show-completion after __init__
+        return super().parse_args(ctx, args)
 
     def get_help_option(self, ctx: Any) -> Any:
         option = super().get_help_option(ctx)
