@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from lstm_cli.errors import LstmCliError
+from lstm_cli.errors import LstmCliError, UsageError
 from lstm_cli.owned import carries_marker, made_by_lstm_cli
 
 
@@ -90,6 +90,8 @@ def replacing_file(path: Path, *, newline: str | None = None) -> Iterator[TextIO
                 os.unlink(temporary)
             raise
     except OSError as e:  # a missing folder, no permission, a full disk, a directory at `path`
+        if not path.parent.is_dir():  # misuse, as evaluate's early check says it (exit 2)
+            raise UsageError(f"{path}: the folder {path.parent} does not exist; create it first") from None
         raise LstmCliError(f"{path}: cannot write this file ({e.strerror or e}); check the folder") from None
 
 

@@ -84,3 +84,11 @@ def test_a_closed_stdout_is_one_line(command, trained_model, tmp_path):
     (tmp_path / "texts.txt").write_text("good\nbad\n")
     result = run([*command, "-m", str(trained_model)], tmp_path, stdout=None, preexec_fn=lambda: os.close(1))
     assert "standard output is closed" in assert_one_error(2, result.returncode, result.stderr)
+
+
+@pytest.mark.parametrize("command", [["predict", "good"], ["predict", "--input", "texts.txt", "--format", "json"]])
+def test_predict_into_a_missing_folder_is_misuse_as_for_evaluate(command, trained_model, tmp_path):
+    (tmp_path / "texts.txt").write_text("good\n")
+    result = runner.invoke(app, [*command, "-m", str(trained_model), "-o", "missing/out.txt"])
+    assert "missing" in assert_one_error(2, result.exit_code, result.stderr, result.stdout)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["texts.txt"]
