@@ -372,6 +372,9 @@ def _highlighted(explanation) -> str:
 
 def _errors(report: ReportInput) -> str:
     if not report.explanations:
+        wrong = int(np.sum(report.probabilities.argmax(axis=1) != report.truth))
+        if wrong:
+            return f'<p class="note">{wrong:,} rows were predicted wrongly; none is shown (--show-errors 0).</p>'
         return '<p class="note">No errors: every row was predicted right.</p>'
     unit = getattr(next(iter(report.explanations.values())), "unit", "probability")
     legend = (

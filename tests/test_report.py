@@ -143,6 +143,13 @@ def test_labels_texts_and_paths_are_escaped(labels):
     assert "<data>&.csv" in parsed.text and "<k>=<v>" in parsed.text and "<b>new</b> (1)" in parsed.text
 
 
+def test_errors_not_shown_are_counted_not_denied():
+    report = synthetic(["a", "b", "c"])
+    report.explanations = {}
+    wrong = int(np.sum(report.probabilities.argmax(axis=1) != report.truth))
+    assert wrong and f"{wrong:,} rows were predicted wrongly; none is shown" in render(report)
+
+
 def test_many_classes_show_the_most_confused_pairs():
     labels = [f"class {i}" for i in range(30)]
     page = render(synthetic(labels, rows=300, seed=3))
