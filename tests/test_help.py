@@ -104,7 +104,7 @@ def test_each_example_runs_as_printed(command, scratch):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("command", sorted(SLOW))
-def test_the_training_examples_run_as_printed(command, scratch, tmp_path):
+def test_the_slow_examples_run_as_printed(command, scratch, tmp_path):
     shutil.copytree(scratch, tmp_path / "run")
     out = _run_example(command, tmp_path / "run", timeout=600)
     assert out.returncode == 0, out.stderr
