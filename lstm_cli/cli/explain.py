@@ -13,7 +13,7 @@ import typer
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, VerboseOpt, _engine_note, _errors, app
-from lstm_cli.cli.predict import _texts
+from lstm_cli.cli.predict import PredictInput, _texts
 
 
 class Method(StrEnum):
@@ -37,7 +37,15 @@ def explain_cli(
         list[str] | None,
         typer.Argument(metavar="[TEXT]...", help="Texts to explain; '-' (or a pipe) reads one text per line."),
     ] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", "-i", help="File with one text per line.")] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option("--input", "-i", help="File of texts, one a line; a .csv/.tsv/.jsonl table's text column."),
+    ] = None,
+    input_format: Annotated[
+        PredictInput | None,
+        typer.Option(help="lines, fasttext (lines after their __label__s), or a table (csv, tsv, jsonl: its "
+                     "'text' column) [default: by --input's extension, else lines]"),
+    ] = None,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     method: Annotated[
         Method,
@@ -68,7 +76,7 @@ def explain_cli(
     Example: lstm-cli explain "the parcel never arrived, refund please" --format json | jq .tokens
     """
     with _errors(verbose):
-        source = _texts(texts, input_file)
+        source = _texts(texts, input_file, input_format)
         from lstm_cli import explain, render
         from lstm_cli.data import clean_text
         from lstm_cli.predict import Predictor

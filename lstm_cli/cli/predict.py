@@ -65,18 +65,26 @@ def _source(texts: list[str] | None, input_file: Path | None) -> tuple[BinaryIO 
     return sys.stdin.buffer, "<stdin>"
 
 
-def _texts(texts: list[str] | None, input_file: Path | None):
-    """Texts from the arguments, --input FILE or stdin, one a line (explain reads them so)."""
-    from lstm_cli.data import iter_lines
-
+def _texts(texts: list[str] | None, input_file: Path | None, given: PredictInput | None = None):
+    """The texts explain reads: the arguments; a table's text column (--input x.csv, .tsv, .jsonl, or
+    --input-format); else one a line, refusing a table given as lines as predict does."""
     stream, name = _source(texts, input_file)
-    return iter(texts or ()) if stream is None else iter_lines(stream, name)
+    if stream is None:
+        return iter(texts or ())
+    input_format = _input_format(given, input_file)
+    if input_format in ("csv", "tsv", "jsonl"):
+        from lstm_cli.tables import TableReader
+
+        reader = TableReader(stream, name, input_format=input_format, text_column="text", header=True,
+                             delimiter=None, encoding="utf-8")  # fmt: skip
+        return (text for _, _, text in reader.rows())
+    return _lines(stream, name, input_format, given is not None, verb="explain")
 
 
-def _lines(stream: BinaryIO, name: str, input_format: str, checked: bool):
+def _lines(stream: BinaryIO, name: str, input_format: str, checked: bool, verb: str = "label"):
     """The texts of a line stream: one a line (after its labels, for fastText). Unless the format was given,
     a first line that is a table's header (naming a text column), a JSON object or a fastText label is
-    refused: its rows would be classified with their labels and the header as text."""
+    refused: its rows would be classified (or explained) with their labels and the header as text."""
     from lstm_cli.data import iter_lines, table_hint
 
     lines = iter_lines(stream, name)
@@ -93,9 +101,9 @@ def _lines(stream: BinaryIO, name: str, input_format: str, checked: bool):
             hint, "is a header naming a text column"
         )
         raise UsageError(
-            f"{name}:1: {what}; pass --input-format {hint} to label its texts"
-            + (" and keep its columns" if hint != "fasttext" else " without their labels")
-            + ", or --input-format lines to label every line as it is"
+            f"{name}:1: {what}; pass --input-format {hint} to {verb} its texts"
+            + ((" and keep its columns" if verb == "label" else "") if hint != "fasttext" else " without their labels")
+            + f", or --input-format lines to {verb} every line as it is"
         )
     return chain([first], lines)
 

@@ -1,0 +1,44 @@
+"""Traps a new user walked into after issue 28: explain reading a CSV as lines."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from typer.testing import CliRunner
+
+from lstm_cli.cli import app
+
+runner = CliRunner()
+
+
+def rows_of(path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def explained(model, *args: str, **kwargs) -> list[dict]:
+    result = runner.invoke(app, ["explain", "-m", str(model), "--format", "json", *args], **kwargs)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_explain_reads_a_tables_text_column_not_its_header_or_labels(trained_model, data_dir):
+    texts = [row["text"] for row in rows_of(data_dir / "test.csv")][:6]
+    (data_dir / "few.csv").write_text("label,text\n" + "".join(f"pos,{t}\n" for t in texts), encoding="utf-8")
+    from_table = explained(trained_model, "--input", str(data_dir / "few.csv"))
+    assert from_table == explained(trained_model, *texts)  # each row's text alone: no header, no label
+    tokens = [t["token"] for r in from_table for t in r["tokens"]]
+    assert "label" not in tokens and "pos" not in tokens
+
+
+def test_explain_refuses_a_table_given_as_lines_with_the_fix(trained_model, data_dir):
+    table = (data_dir / "test.csv").read_text(encoding="utf-8")
+    refused = runner.invoke(app, ["explain", "-m", str(trained_model), "-"], input=table)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stdout == "" and refused.stderr.count("Error:") == 1
+    assert "header naming a text column" in refused.stderr and "--input-format csv" in refused.stderr
+    as_csv = explained(trained_model, "--input-format", "csv", "-", input=table)
+    assert len(as_csv) == len(rows_of(data_dir / "test.csv"))
+    as_lines = explained(trained_model, "--input-format", "lines", "-", input=table)
+    assert len(as_lines) == len(table.splitlines())  # the header too, as asked
