@@ -1,4 +1,5 @@
-"""Traps a new user walked into after issue 28: explain reading a CSV as lines."""
+"""Traps a new user walked into after issue 28: explain reading a CSV as lines, and
+predict/evaluate -o DIR failing only after the model had loaded."""
 
 from __future__ import annotations
 
@@ -42,3 +43,21 @@ def test_explain_refuses_a_table_given_as_lines_with_the_fix(trained_model, data
     assert len(as_csv) == len(rows_of(data_dir / "test.csv"))
     as_lines = explained(trained_model, "--input-format", "lines", "-", input=table)
     assert len(as_lines) == len(table.splitlines())  # the header too, as asked
+
+
+def test_output_to_a_directory_is_misuse_before_the_model_loads(tmp_path, data_dir):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    missing_model = str(tmp_path / "no-model")  # loading it would fail with exit 1: it must not be reached
+    for args in (
+        ["predict", "hello", "-o", str(folder)],
+        ["predict", "--input", str(data_dir / "test.csv"), "-o", str(folder)],
+        ["evaluate", str(data_dir / "test.csv"), "-o", str(folder)],
+        ["evaluate", str(data_dir / "test.csv"), "--errors", str(folder)],
+    ):
+        result = runner.invoke(app, [*args, "-m", missing_model])
+        assert result.exit_code == 2, (args, result.output)
+        assert "is a directory" in result.stderr and result.stderr.count("Error:") == 1
+        assert result.stdout == ""
+    assert [p.name for p in folder.iterdir()] == ["keep.txt"]

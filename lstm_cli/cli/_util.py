@@ -193,6 +193,17 @@ ClassWeightOpt = Annotated[
 ]
 
 
+def check_output_path(path: Path | None, option: str) -> None:
+    """Refuse an output file that could not be written (a folder that does not exist, or a directory given as
+    the file) before any work: UsageError, exit 2 (call it inside _errors)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory; give a file name such as {path / 'out'}")
+    if not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+
+
 def _console():
     from rich.console import Console
 

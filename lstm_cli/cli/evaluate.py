@@ -31,16 +31,11 @@ from lstm_cli.cli._util import (
     _engine_note,
     _errors,
     app,
+    check_output_path,
     read_options,
 )
 
 DENSE_LABELS = 1_000  # lstm_cli.metrics.DENSE_LABELS, not imported: --help must not load numpy
-
-
-def _check_writable(path: Path | None, option: str) -> None:
-    """Refuse an output path whose folder does not exist before the evaluation runs, not after."""
-    if path is not None and not path.parent.is_dir():
-        raise typer.BadParameter(f"{path}: the folder {path.parent} does not exist", param_hint=option)
 
 
 def _write_confusion_csv(path: Path, report: dict[str, Any]) -> None:
@@ -120,10 +115,10 @@ def evaluate_cli(
     """
     if as_json:
         output_format = ReportFormat.json
-    for path, option in ((output, "--output"), (confusion_csv, "--confusion-csv"), (errors, "--errors")):
-        _check_writable(path, option)
     console = _console()
     with _errors(verbose):
+        for path, option in ((output, "--output"), (confusion_csv, "--confusion-csv"), (errors, "--errors")):
+            check_output_path(path, option)
         if min_probability is not None:
             from lstm_cli.abstain import check_min_probability
 

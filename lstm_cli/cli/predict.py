@@ -24,6 +24,7 @@ from lstm_cli.cli._util import (
     _engine_note,
     _errors,
     app,
+    check_output_path,
 )
 from lstm_cli.errors import UsageError
 
@@ -218,6 +219,7 @@ def predict_cli(
     if unknown_label is not None and min_probability is None:
         raise typer.BadParameter("--unknown-label is for --min-probability P", param_hint="--unknown-label")
     with _errors(verbose):
+        check_output_path(output, "--output")
         abstain = _abstain(min_probability, unknown_label)
         stream, name = _source(texts, input_file)
         if table:
