@@ -46,6 +46,7 @@ class LabeledData:
     # reason -> rows left out (empty text, empty label, malformed row with --skip-bad-rows)
     skipped: Counter[str] = field(default_factory=Counter)
     format: str = "csv"
+    warnings: list[str] = field(default_factory=list)  # about how the file was read (a header read as data)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -146,6 +147,7 @@ class LabeledStream:
         with self._open() as raw:
             reader = self._start(raw, hashlib.sha256())
         self.format: str = reader.format
+        self.warnings: list[str] = getattr(reader, "warnings", [])  # about how the file is read
         self.delimiter: str | None = reader.delimiter
 
     def fingerprint(self) -> dict[str, object]:
@@ -428,7 +430,8 @@ def read_labeled(path: Path | str, **options) -> LabeledData:
         texts.append(text)
         labels.append(label)
     assert stream.sha256 is not None  # a complete pass sets it
-    return LabeledData(texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped, stream.format)
+    return LabeledData(texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped, stream.format,
+                       stream.warnings)
 
 
 def describe_skipped(skipped: Counter[str]) -> str:

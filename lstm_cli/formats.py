@@ -102,6 +102,10 @@ class Bad:
     message: str  # what is wrong and the fix, without the file:line
 
 
+# The column options' default names: a --no-header file whose first row holds them has a header after all.
+HEADER_NAMES = {"--text-column": "text", "--label-column": "label"}
+
+
 class Columns:
     """Which columns or fields hold what: names, or with `header=False` 0-based indexes from 1-based numbers."""
 
@@ -149,6 +153,7 @@ class CsvReader:
     def __init__(self, replay, name: str, columns: Columns, *, delimiter: str | None, default: str):
         self.name = name
         self.header: list[str] | None
+        self.warnings: list[str] = []  # about how the file is read, for the CLI to show
         names = list(columns.wanted.values())
         if columns.header:
             self.delimiter, self.header = _choose_delimiter(replay, delimiter, default, [str(n) for n in names])
@@ -177,6 +182,9 @@ class CsvReader:
                         f"{'s' if self.width != 1 else ''} split on {printable(self.delimiter)}; "
                         "pass the right --delimiter or column number"
                     )
+            if all(first[int(n) - 1].strip().lower() == HEADER_NAMES.get(f) for f, n in columns.wanted.items()):
+                self.warnings.append(f"{name}:1: {self.delimiter.join(first)!r} looks like a header, but --no-header reads "
+                                     "it as data; leave out --no-header to use it as the header")  # fmt: skip
         self._lines = replay
 
     def records(self) -> Iterator[Record | Bad]:

@@ -47,6 +47,11 @@ def warning(message: str) -> Text:
     return Text.assemble(("Warning:", "yellow"), " ", literal(message))
 
 
+def reading_warnings(*datasets: LabeledData | None) -> list[str]:
+    """What the readers noticed about how the files are read (a first row that looks like a header)."""
+    return [message for d in datasets if d is not None for message in d.warnings]
+
+
 def skipped_warnings(*datasets: LabeledData | None) -> list[str]:
     return [
         f"{d.path}: skipped {sum(d.skipped.values()):,} rows ({describe_skipped(d.skipped)})"

@@ -71,6 +71,7 @@ class TableReader:
             raise too_long(name, len(lines.buffer) + 1) from None
         self.header: list[str] | None = getattr(self._reader, "header", None)
         self.delimiter: str | None = self._reader.delimiter
+        self.warnings: list[str] = getattr(self._reader, "warnings", [])  # a header read as data, ...
         # Written back as the input ends its lines (csv writes '\r\n' unless told).
         self.line_end = "\r\n" if lines.buffer and lines.buffer[0].endswith("\r\n") else "\n"
 

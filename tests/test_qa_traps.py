@@ -1,5 +1,5 @@
-"""Traps a new user walked into after issue 28: explain reading a CSV as lines, and
-predict/evaluate -o DIR failing only after the model had loaded."""
+"""Traps a new user walked into after issue 28: explain reading a CSV as lines, --no-header silently training on
+a header row, and predict/evaluate -o DIR failing only after the model had loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
+from lstm_cli.data import read_labeled
 
 runner = CliRunner()
 
@@ -43,6 +44,22 @@ def test_explain_refuses_a_table_given_as_lines_with_the_fix(trained_model, data
     assert len(as_csv) == len(rows_of(data_dir / "test.csv"))
     as_lines = explained(trained_model, "--input-format", "lines", "-", input=table)
     assert len(as_lines) == len(table.splitlines())  # the header too, as asked
+
+
+def test_no_header_on_a_file_with_a_header_warns_on_one_line(trained_model, data_dir):
+    read = read_labeled(data_dir / "test.csv", header=False, text_column=1, label_column=2)
+    assert len(read.warnings) == 1 and "looks like a header" in read.warnings[0]
+    assert (read.texts[0], read.labels[0]) == ("text", "label")  # read as data, as asked
+    headless = data_dir / "headless.csv"
+    headless.write_text("".join(f"{r['text']},{r['label']}\n" for r in rows_of(data_dir / "test.csv")[:5]))
+    assert read_labeled(headless, header=False, text_column=1, label_column=2).warnings == []
+    for args in (["evaluate", str(data_dir / "test.csv")], ["predict", "--input", str(data_dir / "test.csv")]):
+        result = runner.invoke(app, [*args, "-m", str(trained_model), "--no-header"])
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if "looks like a header" in line]
+        assert len(warnings) == 1 and "leave out --no-header" in warnings[0], result.stderr
+    quiet = runner.invoke(app, ["evaluate", str(headless), "-m", str(trained_model), "--no-header"])
+    assert quiet.exit_code == 0 and "looks like a header" not in quiet.stderr
 
 
 def test_output_to_a_directory_is_misuse_before_the_model_loads(tmp_path, data_dir):

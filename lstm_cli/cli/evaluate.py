@@ -33,6 +33,7 @@ from lstm_cli.cli._util import (
     app,
     check_output_path,
     read_options,
+    warn,
 )
 
 DENSE_LABELS = 1_000  # lstm_cli.metrics.DENSE_LABELS, not imported: --help must not load numpy
@@ -130,6 +131,8 @@ def evaluate_cli(
                             input_format=input_format)  # fmt: skip
         dataset = read_labeled(data, **read)
         from lstm_cli import render
+
+        warn(console, render.reading_warnings(dataset))  # one line each, unwrapped
         from lstm_cli.predict import Predictor
         from lstm_cli.predict import evaluate as evaluate_model
 

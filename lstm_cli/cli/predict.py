@@ -21,10 +21,12 @@ from lstm_cli.cli._util import (
     ModelOpt,
     OutputFormat,
     VerboseOpt,
+    _console,
     _engine_note,
     _errors,
     app,
     check_output_path,
+    warn,
 )
 from lstm_cli.errors import UsageError
 
@@ -265,6 +267,7 @@ def _predict_table(stream, name: str, input_format: str, *, model: Path, engine:
         text_column = "1" if text_column == "text" else text_column
     reader = TableReader(stream, name, input_format=input_format, text_column=text_column, header=not no_header,
                          delimiter=delimiter, encoding=encoding)  # fmt: skip
+    warn(_console(), reader.warnings)
     from lstm_cli.predict import Predictor
 
     predictor = Predictor(model, engine=engine.value)

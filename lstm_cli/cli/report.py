@@ -94,5 +94,5 @@ def report_cli(
             sys.stdout.flush()
             return
         reporting.write(output, page)
-        warn(console, render.skipped_warnings(dataset))
+        warn(console, [*render.reading_warnings(dataset), *render.skipped_warnings(dataset)])
         typer.echo(str(output))

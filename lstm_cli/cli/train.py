@@ -266,6 +266,7 @@ def train_cli(
                             input_format=input_format)  # fmt: skip
         dataset = stream_labeled(data, **read)
         validation = stream_labeled(validation_data, **read) if validation_data else None
+        warn(console, render.reading_warnings(dataset, validation))
         warn(console, vectors_warnings(vectors, explicit(ctx, "embedding_dim")))  # before TensorFlow's import
         from lstm_cli.train import train as train_model
 
