@@ -430,8 +430,9 @@ def read_labeled(path: Path | str, **options) -> LabeledData:
         texts.append(text)
         labels.append(label)
     assert stream.sha256 is not None  # a complete pass sets it
-    return LabeledData(texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped, stream.format,
-                       stream.warnings)
+    return LabeledData(
+        texts, labels, stream.path, stream.sha256, stream.delimiter, stream.skipped, stream.format, stream.warnings
+    )
 
 
 def describe_skipped(skipped: Counter[str]) -> str:

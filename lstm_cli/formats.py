@@ -183,8 +183,11 @@ class CsvReader:
                         "pass the right --delimiter or column number"
                     )
             if all(first[int(n) - 1].strip().lower() == HEADER_NAMES.get(f) for f, n in columns.wanted.items()):
-                self.warnings.append(f"{name}:1: {self.delimiter.join(first)!r} looks like a header, but --no-header reads "
-                                     "it as data; leave out --no-header to use it as the header")  # fmt: skip
+                row = self.delimiter.join(first)
+                self.warnings.append(
+                    f"{name}:1: {row!r} looks like a header, but --no-header reads it as data; "
+                    "leave out --no-header to use it as the header"
+                )
         self._lines = replay
 
     def records(self) -> Iterator[Record | Bad]:

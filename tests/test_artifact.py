@@ -21,7 +21,9 @@ TEXTS = ["good great lovely", "bad awful", "", "okay plain " * 40, "émoji 🙂 
 
 
 def test_saved_model_serves_raw_strings_in_a_process_without_lstm_cli(trained_model):
-    result = runner.invoke(app, ["predict", "-m", str(trained_model), "--format", "json", "--all-probabilities", *TEXTS])
+    result = runner.invoke(
+        app, ["predict", "-m", str(trained_model), "--format", "json", "--all-probabilities", *TEXTS]
+    )
     assert result.exit_code == 0, result.output
     ours = [json.loads(line) for line in result.stdout.splitlines()]
     script = textwrap.dedent(
@@ -190,6 +192,8 @@ def test_mixed_precision_training_exports_a_float32_model(data_dir, tmp_path, mo
         if value.type == types_pb2.DT_HALF or types_pb2.DT_HALF in value.list.type
     ]
     assert half == []  # the serving network computes in float32
-    predicted = runner.invoke(app, ["predict", "-m", str(tmp_path / "m"), "--format", "json", "--all-probabilities", "good great"])
+    predicted = runner.invoke(
+        app, ["predict", "-m", str(tmp_path / "m"), "--format", "json", "--all-probabilities", "good great"]
+    )
     assert predicted.exit_code == 0, predicted.output
     assert sum(json.loads(predicted.stdout)["probabilities"].values()) == pytest.approx(1, abs=1e-6)

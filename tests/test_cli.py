@@ -333,7 +333,8 @@ def test_punctuation_splits_words_by_default_and_both_engines_agree(tmp_path, fl
     engine = json.loads((model / "engine.json").read_text(encoding="utf-8"))
     assert meta["vectorizer"]["standardize"] == engine["tokenizer"]["standardize"] == standardize
     texts = ["Long-term, state-run", "don't e-mail U.S.", "long term state run"]
-    out = {e: runner.invoke(app, ["predict", "-m", str(model), "--engine", e, "--format", "json", "--all-probabilities", *texts])
+    options = ["--format", "json", "--all-probabilities"]
+    out = {e: runner.invoke(app, ["predict", "-m", str(model), "--engine", e, *options, *texts])
            for e in ("numpy", "tensorflow")}  # fmt: skip
     probabilities = {e: [json.loads(line)["probabilities"] for line in r.stdout.splitlines()] for e, r in out.items()}
     for got, expected in zip(probabilities["numpy"], probabilities["tensorflow"], strict=True):

@@ -516,8 +516,8 @@ def test_predict_uses_the_engine_and_agrees_with_tensorflow(trained_model):
     texts = ["good great lovely", "", "bad awful", "Café ÉTÉ 🙂", "okay plain " * 50]
     outputs = {}
     for engine in ("numpy", "tensorflow", "auto"):
-        result = runner.invoke(app, ["predict", "-m", str(trained_model), "--format", "json", "--all-probabilities", "--engine", engine,
-                                     "--verbose", *texts])  # fmt: skip
+        result = runner.invoke(app, ["predict", "-m", str(trained_model), "--format", "json", "--all-probabilities",
+                                     "--engine", engine, "--verbose", *texts])  # fmt: skip
         assert result.exit_code == 0, result.output
         assert f"predicting with the {'numpy' if engine == 'auto' else engine} engine" in result.stderr
         outputs[engine] = [json.loads(line) for line in result.stdout.splitlines()]

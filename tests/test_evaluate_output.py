@@ -9,12 +9,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import TINY, unescape_tsv, write_csv
 from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
 from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion, most_confused
-from conftest import TINY, unescape_tsv, write_csv
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_every_line_fits_the_terminal_and_many_classes_show_the_most_confused_pa
     report = json.loads(_evaluate(many, "--format", "json").stdout)
     pairs = most_confused(report, 20)
     assert pairs, "the tiny model should confuse some classes"
-    for true, predicted, count, share in pairs[:3]:  # the largest pairs are listed with count and share
+    for _true, _predicted, count, share in pairs[:3]:  # the largest pairs are listed with count and share
         assert f"{count:,}" in result.stdout and f"{share:.1%}" in result.stdout
 
 

@@ -392,7 +392,11 @@ def _every_command(workdir: Path, labels: list[str], data_name: str = "data.csv"
     assert train.exit_code == 0 and train.stdout == f"{model}\n", train.output
     texts = [f"w{i} common" for i in range(len(labels))] + ["", "unknown words"]
     for fmt, k in (("tsv", "2"), ("label", "2"), ("json", "2")):
-        out = runner.invoke(app, ["predict", "-m", model, "--format", fmt, "--top-k", k, *(["--all-probabilities"] * (fmt == "json")), "-"], input="\n".join(texts))
+        out = runner.invoke(
+            app,
+            ["predict", "-m", model, "--format", fmt, "--top-k", k, *(["--all-probabilities"] * (fmt == "json")), "-"],
+            input="\n".join(texts),
+        )
         assert out.exit_code == 0 and out.stderr == "", out.output
         lines = out.stdout.split("\n")
         assert lines[-1] == "" and len(lines) - 1 == len(texts), lines  # exactly one line per input

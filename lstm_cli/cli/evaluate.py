@@ -141,7 +141,7 @@ def evaluate_cli(
         if confusion_csv is not None and len(predictor.labels) > DENSE_LABELS:
             raise typer.BadParameter(
                 f"the model has {len(predictor.labels):,} labels, a grid of that many squared cells; "
-                f"--confusion-csv writes at most {DENSE_LABELS:,}: use the JSON report's \"confusion\" "
+                f'--confusion-csv writes at most {DENSE_LABELS:,}: use the JSON report\'s "confusion" '
                 "(non-zero [true, predicted, count] cells) from --format json or -o",
                 param_hint="--confusion-csv",
             )

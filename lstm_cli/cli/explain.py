@@ -43,8 +43,10 @@ def explain_cli(
     ] = None,
     input_format: Annotated[
         PredictInput | None,
-        typer.Option(help="lines, fasttext (lines after their __label__s), or a table (csv, tsv, jsonl: its "
-                     "'text' column) [default: by --input's extension, else lines]"),
+        typer.Option(
+            help="lines, fasttext (lines after their __label__s), or a table (csv, tsv, jsonl: its "
+            "'text' column) [default: by --input's extension, else lines]"
+        ),
     ] = None,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     method: Annotated[

@@ -150,8 +150,8 @@ def tune_cli(
         from lstm_cli import render
 
         given_dim = base.embedding_dim if "embedding_dim" in fixed else None
-        warn(console, [*vectors_warnings(vectors, given_dim), *render.reading_warnings(dataset, validation),
-                       *render.skipped_warnings(dataset, validation)])
+        reading = [*render.reading_warnings(dataset, validation), *render.skipped_warnings(dataset, validation)]
+        warn(console, [*vectors_warnings(vectors, given_dim), *reading])
         from lstm_cli.tune import tune
 
         table = render.TrialTable(say, metric.value)
