@@ -23,7 +23,8 @@ app = typer.Typer(
     add_completion=True,  # --install-completion, --show-completion (typer builds them only for the group)
     rich_markup_mode=None,  # plain help and one-paragraph usage errors, no boxes
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    # help fills the terminal up to 120 columns (click stops at 80 by default: half a wide screen unused)
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
     cls=PlainGroup,  # parses --version/--help without importing pydantic (see _coerce)
 )
 DEFAULTS = TrainConfig()
@@ -73,7 +74,9 @@ class EngineChoice(StrEnum):
     tensorflow = "tensorflow"
 
 
-DataArg = Annotated[Path, typer.Argument(metavar="DATA", help="Labeled CSV/TSV with a header row ('-' for stdin).")]
+DataArg = Annotated[
+    Path, typer.Argument(metavar="DATA", help="Labeled data: CSV/TSV, JSON Lines or fastText ('-' for stdin).")
+]
 ModelOpt = Annotated[
     Path,
     typer.Option("--model", "-m", envvar=MODEL_ENV, help="Model directory.", show_envvar=True),

@@ -200,7 +200,7 @@ def train_cli(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Learn a classifier from a labeled CSV and save it; prints the model directory on stdout.
+    """Learn a classifier from labeled data and save it; prints the model directory on stdout.
 
     \b
     Example: lstm-cli train sample_data/train.csv --epochs 5 && lstm-cli predict "refund please"
