@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -78,3 +81,15 @@ def test_output_to_a_directory_is_misuse_before_the_model_loads(tmp_path, data_d
         assert "is a directory" in result.stderr and result.stderr.count("Error:") == 1
         assert result.stdout == ""
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+
+
+def test_help_uses_a_wide_terminal_and_fits_it():
+    lines = {}
+    for columns in (80, 100, 120):  # a real process: the terminal width is read as a user's shell has it
+        env = {**os.environ, "COLUMNS": str(columns)}
+        result = subprocess.run([sys.executable, "-m", "lstm_cli", "train", "--help"], capture_output=True,
+                                text=True, env=env, check=True)  # fmt: skip
+        lines[columns] = result.stdout.splitlines()
+        assert columns == 80 or max(len(line) for line in lines[columns]) <= columns  # the example is 94 long
+    assert len(lines[120]) < len(lines[100]) < len(lines[80]) - 10  # click alone wrapped at 80 whatever the width
+    assert "JSON Lines" in "\n".join(lines[100])
