@@ -37,6 +37,19 @@ def test_explain_reads_a_tables_text_column_not_its_header_or_labels(trained_mod
     assert "label" not in tokens and "pos" not in tokens
 
 
+def test_explain_takes_the_tables_column_options_its_error_names(trained_model, tmp_path):
+    (tmp_path / "msg.csv").write_text("message,label\ngood great film,pos\n", encoding="utf-8")
+    (tmp_path / "bare.csv").write_text("pos,good great film\n", encoding="utf-8")
+    missing = runner.invoke(app, ["explain", "-m", str(trained_model), "--input", str(tmp_path / "msg.csv")])
+    assert missing.exit_code == 1 and "--text-column" in missing.stderr  # an option explain has
+    want = explained(trained_model, "good great film")
+    assert explained(trained_model, "--input", str(tmp_path / "msg.csv"), "--text-column", "message") == want
+    bare = ["--input", str(tmp_path / "bare.csv"), "--no-header", "--text-column", "2"]
+    assert explained(trained_model, *bare) == want
+    lines = runner.invoke(app, ["explain", "-m", str(trained_model), "--text-column", "message", "good"])
+    assert lines.exit_code == 2 and "for tables" in lines.stderr
+
+
 def test_explain_refuses_a_table_given_as_lines_with_the_fix(trained_model, data_dir):
     table = (data_dir / "test.csv").read_text(encoding="utf-8")
     refused = runner.invoke(app, ["explain", "-m", str(trained_model), "-"], input=table)

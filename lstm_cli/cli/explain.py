@@ -48,6 +48,10 @@ def explain_cli(
             "'text' column) [default: by --input's extension, else lines]"
         ),
     ] = None,
+    text_column: Annotated[
+        str, typer.Option(help="A table's column (or JSON field) to explain; a number from 1 with --no-header.")
+    ] = "text",
+    no_header: Annotated[bool, typer.Option("--no-header", help="The CSV/TSV table has no header row.")] = False,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     method: Annotated[
         Method,
@@ -78,7 +82,7 @@ def explain_cli(
     Example: lstm-cli explain "the parcel never arrived, refund please" --format json | jq .tokens
     """
     with _errors(verbose):
-        source = _texts(texts, input_file, input_format)
+        source = _texts(texts, input_file, input_format, text_column=text_column, no_header=no_header)
         from lstm_cli import explain, render
         from lstm_cli.data import clean_text
         from lstm_cli.predict import Predictor

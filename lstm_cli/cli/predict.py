@@ -68,17 +68,25 @@ def _source(texts: list[str] | None, input_file: Path | None) -> tuple[BinaryIO 
     return sys.stdin.buffer, "<stdin>"
 
 
-def _texts(texts: list[str] | None, input_file: Path | None, given: PredictInput | None = None):
+def _texts(texts: list[str] | None, input_file: Path | None, given: PredictInput | None = None, *,
+           text_column: str = "text", no_header: bool = False):  # fmt: skip
     """The texts explain reads: the arguments; a table's text column (--input x.csv, .tsv, .jsonl, or
     --input-format); else one a line, refusing a table given as lines as predict does."""
+    input_format = _input_format(given, input_file)
+    if input_format not in ("csv", "tsv", "jsonl"):
+        for flag, value, default in (("--text-column", text_column, "text"), ("--no-header", no_header, False)):
+            if value != default:
+                raise UsageError(f"{flag} is for tables (--input x.csv, or --input-format csv, tsv or jsonl)")
+    elif no_header and input_format == "jsonl":
+        raise UsageError("--no-header is for CSV/TSV tables, not JSON Lines")
     stream, name = _source(texts, input_file)
     if stream is None:
         return iter(texts or ())
-    input_format = _input_format(given, input_file)
     if input_format in ("csv", "tsv", "jsonl"):
         from lstm_cli.tables import TableReader
 
-        reader = TableReader(stream, name, input_format=input_format, text_column="text", header=True,
+        column = "1" if no_header and text_column == "text" else text_column
+        reader = TableReader(stream, name, input_format=input_format, text_column=column, header=not no_header,
                              delimiter=None, encoding="utf-8")  # fmt: skip
         return (text for _, _, text in reader.rows())
     return _lines(stream, name, input_format, given is not None, verb="explain")
