@@ -106,3 +106,12 @@ def test_help_uses_a_wide_terminal_and_fits_it():
         assert columns == 80 or max(len(line) for line in lines[columns]) <= columns  # the example is 94 long
     assert len(lines[120]) < len(lines[100]) < len(lines[80]) - 10  # click alone wrapped at 80 whatever the width
     assert "JSON Lines" in "\n".join(lines[100])
+
+
+def test_output_dash_is_stdout_for_predict_and_refused_for_evaluate(trained_model, data_dir, tmp_path):
+    plain = runner.invoke(app, ["predict", "-m", str(trained_model), "good great"])
+    dashed = runner.invoke(app, ["predict", "-m", str(trained_model), "good great", "-o", "-"])
+    assert dashed.exit_code == 0 and dashed.stdout == plain.stdout != ""
+    refused = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "-o", "-"])
+    assert refused.exit_code == 2 and refused.stderr.count("Error:") == 1 and refused.stdout == ""
+    assert list(tmp_path.iterdir()) == []  # no file named '-' (the test runs in tmp_path)

@@ -201,6 +201,8 @@ def check_output_path(path: Path | None, option: str) -> None:
     the file) before any work: UsageError, exit 2 (call it inside _errors)."""
     if path is None:
         return
+    if str(path) == "-":  # would be a file named '-' in the current folder
+        raise UsageError(f"{option} -: give a file name; the results go to stdout without {option}")
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a directory; give a file name such as {path / 'out'}")
     if not path.parent.is_dir():

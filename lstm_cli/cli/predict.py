@@ -229,6 +229,7 @@ def predict_cli(
     if unknown_label is not None and min_probability is None:
         raise typer.BadParameter("--unknown-label is for --min-probability P", param_hint="--unknown-label")
     with _errors(verbose):
+        output = None if str(output) == "-" else output  # stdout, as for any other '-'
         check_output_path(output, "--output")
         abstain = _abstain(min_probability, unknown_label)
         stream, name = _source(texts, input_file)
