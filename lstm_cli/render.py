@@ -333,7 +333,8 @@ def _table(title: str):
     from rich import box
     from rich.table import Table
 
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    # min_width: the title stays on one line above a narrow table (rich wraps a title to the table's width)
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, min_width=len(title))
 
 
 def _grid_fits(report: dict[str, Any], width: int) -> bool:

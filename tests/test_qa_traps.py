@@ -115,3 +115,11 @@ def test_output_dash_is_stdout_for_predict_and_refused_for_evaluate(trained_mode
     refused = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model), "-o", "-"])
     assert refused.exit_code == 2 and refused.stderr.count("Error:") == 1 and refused.stdout == ""
     assert list(tmp_path.iterdir()) == []  # no file named '-' (the test runs in tmp_path)
+
+
+def test_a_small_confusion_matrix_keeps_its_title_on_one_line(trained_model, data_dir):
+    result = runner.invoke(app, ["evaluate", str(data_dir / "test.csv"), "-m", str(trained_model)],
+                           env={"COLUMNS": "100"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    title = "Confusion matrix (rows: true, columns: predicted)"
+    assert any(line.strip() == title for line in result.stdout.splitlines()), result.stdout
