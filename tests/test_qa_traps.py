@@ -123,3 +123,9 @@ def test_a_small_confusion_matrix_keeps_its_title_on_one_line(trained_model, dat
     assert result.exit_code == 0, result.output
     title = "Confusion matrix (rows: true, columns: predicted)"
     assert any(line.strip() == title for line in result.stdout.splitlines()), result.stdout
+
+
+def test_usage_names_the_texts_once():
+    for command in ("predict", "explain"):
+        usage = runner.invoke(app, [command, "--help"]).stdout.splitlines()[0]
+        assert usage == f"Usage: lstm-cli {command} [OPTIONS] [TEXT]...", usage  # was [[TEXT]...]...

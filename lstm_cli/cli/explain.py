@@ -35,7 +35,7 @@ class ExplainFormat(StrEnum):
 def explain_cli(
     texts: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[TEXT]...", help="Texts to explain; '-' (or a pipe) reads one text per line."),
+        typer.Argument(metavar="TEXT", help="Texts to explain; '-' (or a pipe) reads one text per line."),
     ] = None,
     input_file: Annotated[
         Path | None,

@@ -148,7 +148,7 @@ def _writer(path: Path | None):
 def predict_cli(
     texts: Annotated[
         list[str] | None,
-        typer.Argument(metavar="[TEXT]...", help="Texts to classify; '-' (or a pipe) reads one text per line."),
+        typer.Argument(metavar="TEXT", help="Texts to classify; '-' (or a pipe) reads one text per line."),
     ] = None,
     input_file: Annotated[
         Path | None,
