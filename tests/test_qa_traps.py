@@ -69,7 +69,11 @@ def test_no_header_on_a_file_with_a_header_warns_on_one_line(trained_model, data
     headless = data_dir / "headless.csv"
     headless.write_text("".join(f"{r['text']},{r['label']}\n" for r in rows_of(data_dir / "test.csv")[:5]))
     assert read_labeled(headless, header=False, text_column=1, label_column=2).warnings == []
-    for args in (["evaluate", str(data_dir / "test.csv")], ["predict", "--input", str(data_dir / "test.csv")]):
+    for args in (
+        ["evaluate", str(data_dir / "test.csv")],
+        ["predict", "--input", str(data_dir / "test.csv")],
+        ["explain", "--input", str(data_dir / "test.csv")],
+    ):
         result = runner.invoke(app, [*args, "-m", str(trained_model), "--no-header"])
         assert result.exit_code == 0, result.output
         warnings = [line for line in result.stderr.splitlines() if "looks like a header" in line]

@@ -88,6 +88,7 @@ def _texts(texts: list[str] | None, input_file: Path | None, given: PredictInput
         column = "1" if no_header and text_column == "text" else text_column
         reader = TableReader(stream, name, input_format=input_format, text_column=column, header=not no_header,
                              delimiter=None, encoding="utf-8")  # fmt: skip
+        warn(_console(), reader.warnings)
         return (text for _, _, text in reader.rows())
     return _lines(stream, name, input_format, given is not None, verb="explain")
 
