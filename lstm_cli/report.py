@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from lstm_cli import __version__
-from lstm_cli.errors import LstmCliError
+from lstm_cli.errors import LstmCliError, UsageError
 
 ERRORS = 10  # most confident errors shown, each explained
 MANY_CLASSES = 15  # past this, the confusion view is the most-confused pairs and the classes in them
@@ -428,10 +428,10 @@ def _model_card(report: ReportInput) -> str:
 def check_output(path: Path) -> None:
     """Fail before any work when the page could not be written at `path`. lstm-cli replaces only a file it
     wrote (an earlier report, known by its generator tag) or an empty one."""
-    if path.is_dir():
-        raise LstmCliError(f"{path}: is a directory; give -o a file name such as {path / 'report.html'}")
+    if path.is_dir():  # misuse (exit 2), as for every -o
+        raise UsageError(f"{path}: is a directory; give -o a file name such as {path / 'report.html'}")
     if not path.parent.is_dir():
-        raise LstmCliError(f"{path.parent}: no such directory for -o; create it first")
+        raise UsageError(f"{path.parent}: no such directory for -o; create it first")
     if path.exists():
         try:
             with path.open("rb") as f:
@@ -439,7 +439,7 @@ def check_output(path: Path) -> None:
         except OSError as err:
             raise LstmCliError(f"{path}: cannot read the existing file ({err.strerror})") from None
         if head and f'<meta name="generator" content="{GENERATOR}">'.encode() not in head:
-            raise LstmCliError(f"{path}: exists and is not an lstm-cli report; choose another -o, or remove it first")
+            raise UsageError(f"{path}: exists and is not an lstm-cli report; choose another -o, or remove it first")
 
 
 def write(path: Path, page: str) -> None:
