@@ -13,7 +13,7 @@ import typer
 from lstm_cli.artifact import DEFAULT_MODEL_DIR
 from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._util import EngineChoice, EngineOpt, ModelOpt, VerboseOpt, _engine_note, _errors, app
-from lstm_cli.cli.predict import PredictInput, _texts
+from lstm_cli.cli.predict import PredictInputOpt, TableNoHeaderOpt, _texts
 
 
 class Method(StrEnum):
@@ -41,17 +41,11 @@ def explain_cli(
         Path | None,
         typer.Option("--input", "-i", help="File of texts, one a line; a .csv/.tsv/.jsonl table's text column."),
     ] = None,
-    input_format: Annotated[
-        PredictInput | None,
-        typer.Option(
-            help="lines, fasttext (lines after their __label__s), or a table (csv, tsv, jsonl: its "
-            "'text' column) [default: by --input's extension, else lines]"
-        ),
-    ] = None,
+    input_format: PredictInputOpt = None,
     text_column: Annotated[
         str, typer.Option(help="A table's column (or JSON field) to explain; a number from 1 with --no-header.")
     ] = "text",
-    no_header: Annotated[bool, typer.Option("--no-header", help="The CSV/TSV table has no header row.")] = False,
+    no_header: TableNoHeaderOpt = False,
     model: ModelOpt = Path(DEFAULT_MODEL_DIR),
     method: Annotated[
         Method,

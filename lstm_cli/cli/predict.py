@@ -39,6 +39,17 @@ class PredictInput(StrEnum):
     fasttext = "fasttext"
 
 
+# The options predict and explain share for reading their texts from a file.
+PredictInputOpt = Annotated[
+    PredictInput | None,
+    typer.Option(
+        help="lines (one text a line), fasttext (lines after their __label__s), or a table: csv, tsv, jsonl "
+        "(its --text-column) [default: by --input's extension (.csv .tsv .jsonl .ndjson), else lines]."
+    ),
+]
+TableNoHeaderOpt = Annotated[bool, typer.Option("--no-header", help="The CSV/TSV table has no header row.")]
+
+
 def _input_format(given: PredictInput | None, input_file: Path | None) -> str:
     """lines, fasttext (lines after their labels) or a table format: as given, else by --input's extension."""
     if given is not None:
@@ -157,17 +168,11 @@ def predict_cli(
             "--input", "-i", help="File of texts, one a line; a .csv/.tsv/.jsonl table gets its rows back, labelled."
         ),
     ] = None,
-    input_format: Annotated[
-        PredictInput | None,
-        typer.Option(
-            help="lines (one text a line), fasttext (lines after their __label__s), or a table: csv, tsv, jsonl "
-            "[default: by --input's extension (.csv .tsv .jsonl .ndjson), else lines]."
-        ),
-    ] = None,
+    input_format: PredictInputOpt = None,
     text_column: Annotated[
         str, typer.Option(help="A table's column (or JSON field) to label; a number from 1 with --no-header.")
     ] = "text",
-    no_header: Annotated[bool, typer.Option("--no-header", help="The CSV/TSV table has no header row.")] = False,
+    no_header: TableNoHeaderOpt = False,
     delimiter: DelimiterOpt = None,
     encoding: Annotated[str, typer.Option(help="Text encoding of a table (lines are read as UTF-8).")] = "utf-8",
     column_prefix: Annotated[
