@@ -414,8 +414,9 @@ def test_readers_see_a_complete_model_while_it_is_replaced(trained_model, data_d
     swapper.start()
     try:
         for _ in range(8):
-            if engine == "numpy":
-                time.sleep(0.25)  # it loads in milliseconds: spread its loads over several swaps
+            # Spread the loads over several swaps whatever one load costs: without a pause, eight fast loads
+            # could all fall between two swaps when the load timed above happened to be slow.
+            time.sleep(max(0.25, interval / 2))
             try:
                 predictor = Predictor(model, engine=engine)
             except Exception as e:  # noqa: BLE001 - any failure to load is what this test is about
