@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from lstm_cli.owned import (
     mark_model_staging,
     open_regular,
     read_regular,
+    remove_marked_tree,
 )
 from lstm_cli.schema import (
     check_engine,
@@ -353,7 +353,10 @@ def save(
         metadata.update(extra or {})
         metadata["engine"] = {"description": ENGINE_FILE, "weights": ENGINE_WEIGHTS, "vocabulary": VOCABULARY}
         metadata["files"] = _artifact_files(staging)
-        (staging / METADATA).write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        # written aside, then renamed over the provisional marker: a kill never leaves a half-written one
+        aside = staging / f".{METADATA}.new"
+        aside.write_text(json.dumps(metadata, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(aside, staging / METADATA)
         fsync_tree(staging)
         verify_files(staging, read_metadata(staging))
         _check_export(staging, target)
@@ -364,5 +367,5 @@ def save(
             f"{target}: could not write the model ({reason}); the previous model, if any, is untouched"
         ) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_marked_tree(staging)
     return metadata

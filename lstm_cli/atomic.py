@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import os
 import re
-import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lstm_cli.errors import LstmCliError, UsageError
-from lstm_cli.owned import carries_marker, made_by_lstm_cli
+from lstm_cli.owned import carries_marker, made_by_lstm_cli, remove_marked_tree
 
 
 def fsync_tree(root: Path) -> None:
@@ -54,13 +53,13 @@ def install(staging: Path, target: Path) -> None:
         os.rename(staging, target)
         return
     if _exchange(staging, target):
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_marked_tree(staging)
         return
     retired = target.with_name(f".{target.name}.old-{os.getpid()}")
     os.rename(target, retired)
     # A kill here leaves nothing at `target`: `recover` finds `retired` by its name and puts it back.
     os.rename(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
+    remove_marked_tree(retired)
 
 
 @contextlib.contextmanager
@@ -152,11 +151,14 @@ def remove_stale_staging(target: Path) -> None:
     recover(target)
     for path in _dead_siblings(target, "tmp"):
         if carries_marker(path):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_marked_tree(path)
     if os.path.lexists(target):
         for path in _dead_siblings(target, "old"):
             if made_by_lstm_cli(path):
-                shutil.rmtree(path, ignore_errors=True)
+                remove_marked_tree(path)
+            else:  # a removal killed after its last file leaves the empty directory: nothing in it to lose
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
 
 
 def _alive(pid: int) -> bool:

@@ -10,9 +10,9 @@ carrying along what lives beside the state (the token cache, `CARRIED`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 from lstm_cli.atomic import install, recover, remove_stale_staging, staging_path
 from lstm_cli.averaging import EpochWindows
 from lstm_cli.errors import LstmCliError
-from lstm_cli.owned import check_checkpoint_dir, open_regular, write_checkpoint_marker
+from lstm_cli.owned import check_checkpoint_dir, open_regular, remove_marked_tree, write_checkpoint_marker
 from lstm_cli.schema import npz_arrays, read_json
 
 STATE = "state.json"
@@ -34,6 +34,8 @@ CARRIED = ("cache",)  # built once per run, moved into each new checkpoint rathe
 def prepare(directory: Path) -> None:
     """Make the checkpoint directory (with its marker) if there is none, for the token cache to live in."""
     recover(directory)
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only if empty: what a removal killed after its last file leaves
     if not directory.exists():
         staging = staging_path(directory)
         staging.mkdir(parents=True)
@@ -204,4 +206,4 @@ def save(
                 os.rename(staging / name, directory / name)
             except OSError:
                 pass
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_marked_tree(staging)

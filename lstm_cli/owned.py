@@ -195,7 +195,7 @@ def check_checkpoint_dir(directory: Path, *, model: Path | None = None) -> None:
     if os.path.lexists(directory):
         if not directory.is_dir() or directory.is_symlink():
             raise UsageError(f"{directory}: exists and is not a directory lstm-cli made; {fix}")
-        if not is_checkpoint_dir(directory):
+        if not is_checkpoint_dir(directory) and not _empty_directory(directory):
             raise UsageError(
                 f"{directory}: exists and is not an lstm-cli checkpoint directory (no {CHECKPOINT_MARKER}), "
                 f"so lstm-cli will not replace it; {fix}"
@@ -204,7 +204,34 @@ def check_checkpoint_dir(directory: Path, *, model: Path | None = None) -> None:
         raise UsageError(f"{directory}: --checkpoint-dir cannot be the model directory or contain it; {fix}")
 
 
+def _empty_directory(directory: Path) -> bool:
+    """An empty directory (what a removal killed after its last file leaves): replacing it loses nothing."""
+    try:
+        return not any(directory.iterdir())
+    except OSError:
+        return False
+
+
 def remove_checkpoint_dir(directory: Path) -> None:
     """Delete a finished run's checkpoint directory, if it is one lstm-cli made."""
     if directory.is_dir() and not directory.is_symlink() and is_checkpoint_dir(directory):
-        shutil.rmtree(directory, ignore_errors=True)
+        remove_marked_tree(directory)
+
+
+def remove_marked_tree(directory: Path) -> None:
+    """Delete a directory lstm-cli made, its marker file last: a process killed midway leaves a directory
+    that still carries the marker, so the next run can prove it is lstm-cli's and finish the job (a plain
+    rmtree may delete the marker first and strand the rest, which no later run may touch)."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in sorted(entries, key=lambda e: e.name in _MARKERS):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+    shutil.rmtree(directory, ignore_errors=True)

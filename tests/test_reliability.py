@@ -429,3 +429,66 @@ def test_readers_see_a_complete_model_while_it_is_replaced(trained_model, data_d
         stop.set()
         swapper.join()
     assert errors == [] and len(seen) == 8 and len(set(seen)) == 2
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing catches it, so the deletion stops where it is."""
+
+
+def _die_after(monkeypatch, deletions: int) -> None:
+    """Make os.unlink and os.rmdir (which shutil.rmtree uses too) die after `deletions` calls."""
+    done = 0
+    for name in ("unlink", "rmdir"):
+        real = getattr(os, name)
+
+        def deleting(*args, _real=real, **kwargs):
+            nonlocal done
+            if done >= deletions:
+                raise _Killed
+            done += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, deleting)
+
+
+@pytest.mark.parametrize("kind", ["tmp", "old", "checkpoint"])
+def test_a_kill_at_any_point_of_a_deletion_leaves_what_the_next_run_can_prove_is_its_own(
+    trained_model, tmp_path, monkeypatch, kind
+):
+    """Removing a staging, retired or checkpoint directory deletes its marker last, so a process killed after
+    any number of deletions leaves a directory the next run recognises and finishes removing (a plain rmtree
+    could delete the marker first and strand the rest, which lstm-cli may then never touch)."""
+    import shutil
+
+    from lstm_cli import atomic, owned
+
+    dead = 4_194_305  # above Linux's largest pid: no process has it
+    model = tmp_path / "model"
+    shutil.copytree(trained_model, model)
+    if kind == "checkpoint":
+        victim = tmp_path / ".model.checkpoint"
+        victim.mkdir()
+        owned.write_checkpoint_marker(victim)
+        for name in ("latest.npz", "best.npz", "state.json"):
+            (victim / name).write_bytes(b"x" * 10)
+        (victim / "cache").mkdir()
+        (victim / "cache" / "tokens.npy").write_bytes(b"x")
+    else:
+        victim = tmp_path / (f".model.tmp-{dead}-0123abcd" if kind == "tmp" else f".model.old-{dead}")
+        shutil.copytree(trained_model, victim)
+    backup = tmp_path.parent / f"{tmp_path.name}-backup"
+    shutil.copytree(victim, backup)
+    entries = sum(1 for _ in victim.rglob("*")) + 1
+    for deletions in range(entries):
+        with monkeypatch.context() as patch:
+            _die_after(patch, deletions)
+            with pytest.raises(_Killed):
+                owned.remove_marked_tree(victim)
+        if kind == "checkpoint":
+            owned.check_checkpoint_dir(victim)  # the next train still takes it as its own: no UsageError
+            assert owned.is_checkpoint_dir(victim) or not any(victim.iterdir()), deletions
+        else:
+            atomic.remove_stale_staging(model)
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], deletions
+        shutil.rmtree(victim, ignore_errors=True)
+        shutil.copytree(backup, victim)
