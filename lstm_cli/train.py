@@ -28,7 +28,7 @@ from lstm_cli import watchdog
 from lstm_cli.averaging import Choice, EpochWindows, choose
 from lstm_cli.batching import EncodedTexts
 from lstm_cli.cache import TokenCache
-from lstm_cli.config import BIGRAM_HASH_SPACE, TrainConfig, class_weights
+from lstm_cli.config import BIGRAM_HASH_SPACE, BIGRAM_MAX_ROWS, TrainConfig, class_weights
 from lstm_cli.corpus import ValidationSplit, scan, validation_fraction
 from lstm_cli.data import LabeledData, LabeledStream
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
@@ -48,6 +48,7 @@ from lstm_cli.model import (
 )
 from lstm_cli.optim import LazyAdam
 from lstm_cli.owned import check_checkpoint_dir
+from lstm_cli.parent import Parent, extend_bigrams, extend_labels, extend_vocabulary, inherit_weights
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
 
 ENCODE_BATCH = 4096
@@ -94,6 +95,7 @@ class TrainResult:
     vectors: dict[str, Any] | None = None  # file, sha256, dimension, coverage, frozen; when --vectors was given
     steps: int = 0  # optimizer steps taken
     averaging: Choice | None = None  # weight averaging's decision (None: off, or no validation rows)
+    parent: dict[str, Any] | None = None  # with --from: the model continued and what was added (Parent.describe)
 
     @property
     def is_chief(self) -> bool:
@@ -154,13 +156,14 @@ def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[s
     )
 
 
-def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> _Prepared:
+def _prepare(config, data, validation, cache_root: Path, stage, on_progress, parent: Parent | None) -> _Prepared:
     """Read the data in passes that hold no more than one row at a time: (1) labels and the file's hash,
     (2) the training rows' tokens (the vocabulary), (3) every row encoded once into the on-disk token
-    caches, unless they are already there (--resume, or a rerun after an interruption)."""
+    caches, unless they are already there (--resume, or a rerun after an interruption). With a `parent`
+    (--from), its labels and vocabulary come first, keeping their indices, and the data's new ones follow."""
     label_counts: Counter[str] = Counter(label for _, label in data)
     stage(f"Read {sum(label_counts.values()):,} rows from {data.path}")
-    labels = sorted(label_counts)
+    labels = sorted(label_counts) if parent is None else extend_labels(parent.labels, list(label_counts))
     if len(labels) < 2:
         raise DataError(
             f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
@@ -181,7 +184,15 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
 
     stats = scan(training_rows(), max_length=config.max_length, standardize=config.standardization,
                  on_progress=on_progress)  # fmt: skip
-    vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
+    if parent is None:
+        vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
+    else:
+        vocabulary = extend_vocabulary(parent.vocabulary, stats.token_counts, min_count=config.min_count,
+                                       max_tokens=config.max_tokens)  # fmt: skip
+        words, added = len(vocabulary) - len(parent.vocabulary), labels[len(parent.labels) :]
+        stage(f"Continuing {parent.path} (id {parent.id}): {len(parent.vocabulary):,} words and "
+              f"{len(parent.labels)} labels, {words:,} new words and {len(added)} new labels added "
+              f"({', '.join(map(repr, added[:5])) or 'none'}{', ...' if len(added) > 5 else ''})")  # fmt: skip
     if len(vocabulary) <= 2:  # the padding and out-of-vocabulary ids only
         raise DataError(
             f"{data.path}: no word occurs {config.min_count} times in the training rows, so the vocabulary is "
@@ -194,7 +205,7 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
     reading = [getattr(d, "reading", lambda: None)() if d is not None else None for d in (data, validation)]
     identity = {"data": data.sha256, "validation": validation.sha256 if validation is not None else None,
                 "reading": reading,
-                "labels": labels, "vocabulary": len(vocabulary),
+                "labels": labels, "vocabulary": len(vocabulary), "parent": parent.id if parent else None,
                 **{k: getattr(config, k)
                    for k in ("max_tokens", "min_count", "punctuation", "max_length", "validation_split",
                              "seed")}}  # fmt: skip
@@ -218,9 +229,8 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress) -> 
             raise DataError(f"{validation.path}: no rows to validate on; give --validation-data a file with rows")
         unknown = sorted(set(given) - set(labels))
         if unknown:
-            raise DataError(
-                f"{validation.path}: validation labels not in the training data: {', '.join(map(repr, unknown[:5]))}"
-            )
+            where = "the training data" + (" or the model of --from" if parent else "")
+            raise DataError(f"{validation.path}: validation labels not in {where}: {', '.join(map(repr, unknown[:5]))}")
         val_cache = cache("validation", lambda: iter(validation), _row_count(validation))
     elif fraction > 0:
 
@@ -261,7 +271,9 @@ def _class_weights(config: TrainConfig, labels: list[str], train_counts: dict[st
                 f"--class-weight names labels not in {path}: {', '.join(map(repr, unknown[:5]))}; "
                 f"the labels are {', '.join(map(repr, labels[:20]))}"
             )
-    return dict(zip(labels, class_weights(config.class_weight, labels, train_counts), strict=True))
+    present = [label for label in labels if train_counts.get(label)]  # --from: the parent's may have no rows
+    weights = dict(zip(present, class_weights(config.class_weight, present, train_counts), strict=True))
+    return {label: weights.get(label, 1.0) for label in labels}
 
 
 def _pretrained(config: TrainConfig, vectors: WordVectors | None, vocabulary: list[str], counts: np.ndarray):
@@ -408,6 +420,7 @@ def train(
     worker_timeout: float = 300.0,
     on_progress: Callable[[int], None] | None = None,
     strategy: Any = None,
+    parent: Parent | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
@@ -420,6 +433,8 @@ def train(
     over logical CPU devices). `on_progress(rows)`: rows read so far while the vocabulary is counted.
     `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
     before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under).
+    `parent` (lstm_cli.parent.read_parent, --from): continue that model; `config` is then its child's
+    (lstm_cli.parent.child_config).
     Keras' global dtype policy is left as it was, whatever the plan's precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
@@ -452,13 +467,14 @@ def train(
             cache_root = checkpoint_dir / "cache"
         else:
             cache_root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lstm-cli-cache-")))
-        prepared = _prepare(config, data, validation, cache_root, stage, on_progress)
+        prepared = _prepare(config, data, validation, cache_root, stage, on_progress, parent)
         return _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage,
-                      on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard)  # fmt: skip
+                      on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard,
+                      parent)  # fmt: skip
 
 
 def _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage, on_epoch,
-           on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard) -> TrainResult:  # fmt: skip
+           on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard, parent) -> TrainResult:  # fmt: skip
     labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
     train_source, val_source = prepared.train, prepared.validation
     vectorizer = make_vectorizer(config.max_tokens, vocabulary, standardize=config.standardization)
@@ -492,6 +508,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         "labels": labels,
         "vectors": vectors_meta["sha256"] if vectors_meta else None,
         "workers": plan.cluster.workers if plan.cluster else 1,
+        "parent": parent.id if parent else None,
     }
     run = json.loads(json.dumps(run))  # as the checkpoint stores it: tuples (pooling) come back as lists
     state = ckpt.read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
@@ -502,7 +519,11 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     if config.bigram_buckets and config.bigram_min_count:
         if bigram_counted is None:
             bigram_counted = bigram_counts(train_source.texts(), config.bigram_buckets)
-        bigrams = kept_bigrams(bigram_counted, config.bigram_min_count)
+        if parent is None:
+            bigrams = kept_bigrams(bigram_counted, config.bigram_min_count)
+        else:  # the parent's buckets keep their rows; NEW's frequent ones join them
+            bigrams = extend_bigrams(parent.bigrams, bigram_counted, min_count=config.bigram_min_count,
+                                     max_rows=BIGRAM_MAX_ROWS)  # fmt: skip
         why = (f" (automatic: the training rows hold {distinct_bigrams:,} distinct bigrams; --bigram-min-count 0 "
                "gives every one a row)" if distinct_bigrams else "")  # fmt: skip
         stage(f"Bigrams: {len(bigrams) - 1:,} hash buckets seen at least {config.bigram_min_count} times get an "
@@ -513,6 +534,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         network = build_network(config, vocabulary_size=len(vocabulary), num_classes=len(labels),
                                 embeddings=embeddings, trainable_embeddings=not config.freeze_vectors,
                                 bigrams=bigrams)  # fmt: skip
+        if parent is not None:  # its weights, grown for the new words, bigrams and labels
+            inherit_weights(network, parent, bigrams=bigrams)
         adam = LazyAdam if config.optimizer == "lazy-adam" else keras.optimizers.Adam
         optimizer = adam(config.learning_rate)  # clipping: in the train step
         if plan.mixed_precision:
@@ -648,6 +671,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         vectors=vectors_meta,
         steps=step,
         averaging=averaging,
+        parent=parent.describe(vocabulary, labels) if parent else None,
     )
 
 

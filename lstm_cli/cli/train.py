@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import signal
 import sys
 import time
@@ -63,7 +65,8 @@ def _kinds(option: str) -> tuple[str, ...]:
            "dense_units", "dense_dropout", "vectors", "freeze_vectors"),
     Training=("epochs", "batch_size", "learning_rate", "optimizer", "clip_norm", "l2", "patience", "plateau_factor",
               "label_smoothing", "weight_averaging", "steps_per_epoch", "max_steps", "seed", "class_weight"),
-    Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume", "tensorboard", "worker_timeout"),
+    Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume", "from_model", "tensorboard",
+                              "worker_timeout"),
 )  # fmt: skip
 def train_cli(
     ctx: typer.Context,
@@ -191,6 +194,14 @@ def train_cli(
         typer.Option(help="Where per-epoch checkpoints go [default: .MODEL.checkpoint beside the model]."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last finished epoch.")] = False,
+    from_model: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Continue training this model on DATA: its tokenizer, labels and weights, with DATA's new words "
+            "and labels added; options not given are the model's (see the docs for which cannot change).",
+        ),
+    ] = None,
     tensorboard: Annotated[
         Path | None, typer.Option(help="Write loss, accuracy, learning rate and throughput for TensorBoard here.")
     ] = None,
@@ -227,6 +238,8 @@ def train_cli(
     from lstm_cli.config import number_problem
     from lstm_cli.watchdog import MAX_TIMEOUT
 
+    # The options given on the command line: with --from, the model's values fill in the others.
+    given = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if explicit(ctx, f.name) is not None}
     if problem := number_problem("--worker-timeout", worker_timeout, 1, MAX_TIMEOUT):
         raise typer.BadParameter(problem, param_hint="--worker-timeout")
     cluster = _cluster()
@@ -253,6 +266,12 @@ def train_cli(
         if cluster is None or cluster.is_chief:
             check_writable(model)
         check_checkpoint_dir(checkpoints, model=model)
+        parent = None
+        if from_model is not None:  # read whole now: -m may name the same directory, replaced at the end
+            from lstm_cli.parent import child_config, read_parent
+
+            parent = read_parent(from_model)
+            config = child_config(parent.config, given, vocabulary_size=len(parent.vocabulary))
 
         def say(message: str) -> None:
             if not quiet:
@@ -282,6 +301,7 @@ def train_cli(
                 tensorboard=tensorboard,
                 worker_timeout=worker_timeout,
                 on_progress=on_rows,
+                parent=parent,
             )  # fmt: skip
         warn(console, [*render.skipped_warnings(dataset, validation), *result.warnings])
         if not result.is_chief:
@@ -289,8 +309,10 @@ def train_cli(
             say(f"{cluster.task}: training finished; the chief saves the model")
             return
         split = validation.fingerprint() if validation else {"split": config.validation_split, "seed": config.seed}
+        if parent is not None:
+            _check_parent_unchanged(model, parent)
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
-                     skipped=dict(dataset.skipped))  # fmt: skip
+             skipped=dict(dataset.skipped), extra={"parent": result.parent} if parent else None)  # fmt: skip
         remove_checkpoint_dir(checkpoints)
         if not quiet:
             console.print(render.train_summary(result, model))
@@ -340,6 +362,20 @@ def _progress(console, *, enabled: bool):
             bar.update(task, completed=report.step, epoch=report.epoch, speed=speed, loss=report.loss)
 
         yield on_step, on_rows
+
+
+def _check_parent_unchanged(model: Path, parent) -> None:
+    """With -m naming the model of --from: refuse to replace it if another run replaced it meanwhile."""
+    from lstm_cli.errors import LstmCliError
+
+    if not (model.exists() and os.path.samefile(model, parent.path)):
+        return
+    now = _model_id(model)
+    if now != parent.id:
+        raise LstmCliError(
+            f"{model} was replaced by another run while this one trained (its id is now {now}, was {parent.id}); "
+            "not replacing it again: continue it with --from into another -m directory"
+        )
 
 
 def _model_id(model: Path) -> str | None:
