@@ -84,6 +84,10 @@ def read_parent(model_dir: Path) -> Parent:
     try:
         metadata = read_metadata(model_dir)
         files = read_model(model_dir, metadata)
+        if metadata.get("multi_label") or metadata["config"].get("multi_label"):
+            raise UsageError(
+                f"--from {model_dir}: a multi-label model cannot be continued yet; train a new one on all the data"
+            )
         weights = parent_weights(model_dir, metadata, files)
         with (model_dir / METADATA).open("rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
@@ -103,10 +107,23 @@ def _reason(error: Exception, model_dir: Path) -> str:
 
 def parent_weights(model_dir: Path, metadata: dict[str, Any], files) -> dict[str, np.ndarray]:
     """The network's weights by Keras variable path, as training left them: the engine's arrays, which
-    artifact.save writes from the trained network itself (the one place to change if the layout changes)."""
+    artifact.save writes from the trained network itself (the one place to change if the layout changes),
+    with the softmax head's raw logits back (`raw_head`)."""
     if files.weights is None:
         raise ArtifactError(f"{model_dir}: saved by an lstm-cli without the numpy engine's files; train it again")
-    return {name: np.asarray(value) for name, value in files.weights.items()}
+    return raw_head({name: np.asarray(value) for name, value in files.weights.items()}, metadata)
+
+
+def raw_head(weights: dict[str, np.ndarray], metadata: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The weights with the head as training left it: a calibrated model's head was divided by the temperature
+    its metadata records ("calibration.temperature", folded in at save time); training goes on from the raw
+    logits, and the continued model gets a temperature of its own."""
+    section = metadata.get("calibration")
+    temperature = section.get("temperature") if isinstance(section, dict) else None
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or temperature in (0, 1):
+        return weights
+    scale = np.float32(temperature)
+    return {name: value * scale if name.startswith(f"{HEAD}/") else value for name, value in weights.items()}
 
 
 def child_config(parent: TrainConfig, given: Mapping[str, Any], *, vocabulary_size: int) -> TrainConfig:

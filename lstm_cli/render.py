@@ -361,7 +361,7 @@ def _averaged_text(training: dict) -> str:
 
 
 def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
-    """info rows for what only some models have: pretrained vectors, class weights, a tuning search."""
+    """info rows for what only some models have: pretrained vectors, class weights, a parent, a tuning search."""
     rows = []
     vectors = metadata.get("vectors")
     if isinstance(vectors, dict):
@@ -372,6 +372,13 @@ def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(weights, dict):
         shown = (f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in weights.items())
         rows.append(("class weights", ", ".join(shown)))
+    parent = metadata.get("parent")
+    if isinstance(parent, dict):  # train --from
+        added = parent.get("labels_added") if isinstance(parent.get("labels_added"), list) else []
+        lineage = parent.get("lineage") if isinstance(parent.get("lineage"), list) else []
+        older = f"; {len(lineage) - 1} earlier in its lineage" if len(lineage) > 1 else ""
+        rows.append(("continues", f"{parent.get('id')} ({parent.get('path')}): {parent.get('words_added')} words "
+                                  f"and {len(added)} labels added{older}"))  # fmt: skip
     tuning = metadata.get("tuning")
     if isinstance(tuning, dict):
         trials = tuning.get("trials", [])

@@ -86,6 +86,8 @@ def test_the_continued_model_names_its_parent(trained_model, child):
     for key in ("embedding_dim", "units", "bigram_buckets", "punctuation", "max_length", "dense_units"):
         assert meta["config"][key] == parent_meta["config"][key]
     assert meta["config"]["epochs"] == 8 and meta["training"]["class_weights"]["meh"] == 1.0
+    shown = runner.invoke(app, ["info", "-m", str(child)])
+    assert shown.exit_code == 0 and "continues" in shown.stdout and parent_meta["id"] in shown.stdout
 
 
 def test_engine_and_saved_model_agree_on_the_continued_model(child):
@@ -97,15 +99,25 @@ def test_engine_and_saved_model_agree_on_the_continued_model(child):
         np.testing.assert_allclose(fast.predict_proba(texts), saved.predict_proba(texts), atol=1e-5)
 
 
-def test_training_starts_from_the_parents_weights(trained_model, tmp_path):
+@pytest.mark.parametrize("temperature", [None, 2.5])
+def test_training_starts_from_the_parents_weights(trained_model, tmp_path, temperature):
     """A learning rate of 1e-9 leaves every weight where it started (Adam moves each by ~1e-9 a step): the
-    parent's values, and the grown rows and columns as documented."""
+    parent's values, and the grown rows and columns as documented. A calibrated parent's head holds its
+    weights divided by the temperature (calibration.temperature): training goes on from the raw ones."""
+    shutil.copytree(trained_model, "parent")
+    if temperature is not None:  # metadata.json is not among the files it lists the sha256 of
+        meta = json.loads(Path("parent/metadata.json").read_text(encoding="utf-8"))
+        meta["calibration"] = {"method": "temperature", "temperature": temperature}
+        Path("parent/metadata.json").write_text(json.dumps(meta), encoding="utf-8")
     data = write_csv(tmp_path / "new.csv", _new_rows(seed=7))
-    args = ["train", str(data), "--from", str(trained_model), "-m", "child", "--epochs", "1", "--learning-rate",
-            "1e-9", "--quiet"]  # fmt: skip
+    # (72 rows: too few validation rows for the child to get a temperature of its own)
+    args = ["train", str(data), "--from", "parent", "-m", "child", "--epochs", "1", "--learning-rate", "1e-9",
+            "--quiet"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     before, after = _arrays(trained_model), _arrays(tmp_path / "child")
+    for name in ("probabilities/kernel", "probabilities/bias"):
+        before[name] = before[name] * (temperature or 1.0)
     assert set(before) == set(after)
     words, labels = len(_vocabulary(trained_model)), len(read_metadata(trained_model)["labels"])
     assert len(_vocabulary(tmp_path / "child")) > words
@@ -164,12 +176,37 @@ def test_options_that_change_the_parents_shape_are_refused(trained_model, data_d
     _refused([str(data_dir / "train.csv"), "--from", str(trained_model), *option], *words)
 
 
-def test_from_something_that_is_not_a_model_is_refused(data_dir, tmp_path):
+def test_from_something_that_is_not_a_model_is_refused(trained_model, data_dir, tmp_path):
     Path("empty").mkdir()
     data = str(data_dir / "train.csv")
     _refused([data, "--from", "missing"], "--from missing", "no model here")
     _refused([data, "--from", "empty"], "--from empty", "not an lstm-cli model directory")
     _refused([data, "--from", data], f"--from {data}", "not a directory")
+    shutil.copytree(trained_model, "multi")
+    meta = json.loads(Path("multi/metadata.json").read_text(encoding="utf-8"))
+    Path("multi/metadata.json").write_text(json.dumps({**meta, "multi_label": {"thresholds": [0.5] * 3}}))
+    _refused([data, "--from", "multi"], "--from multi", "multi-label")
+
+
+def test_resume_continues_an_interrupted_from_run_of_the_same_parent_only(trained_model, tmp_path, monkeypatch):
+    """Saving fails (the exported graph fails predict's op check), the checkpoint stays; --resume with the same
+    --from saves that run, naming its parent; with another parent it is another run, refused."""
+    from lstm_cli import graphcheck
+
+    shutil.copytree(trained_model, "other")
+    other = json.loads(Path("other/metadata.json").read_text(encoding="utf-8"))
+    Path("other/metadata.json").write_text(json.dumps({**other, "id": "0" * 32}), encoding="utf-8")
+    data = write_csv(tmp_path / "new.csv", _new_rows(seed=11))
+    args = ["train", str(data), *TINY, "-m", "child", "--checkpoint-dir", "ck"]
+    with monkeypatch.context() as patched:
+        patched.setattr(graphcheck, "ALLOWED_OPS", graphcheck.ALLOWED_OPS - {"Softmax"})
+        failed = runner.invoke(app, [*args, "--from", str(trained_model)])
+    assert failed.exit_code == 1 and not Path("child").exists() and Path("ck/state.json").is_file()
+    refused = runner.invoke(app, [*args, "--from", "other", "--resume"])
+    assert refused.exit_code == 1 and "from a run with other data or options" in refused.stderr, refused.output
+    resumed = runner.invoke(app, [*args, "--from", str(trained_model), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert read_metadata(Path("child"))["parent"]["id"] == read_metadata(trained_model)["id"]
 
 
 def test_the_same_values_as_the_parent_and_training_options_are_accepted(trained_model):
