@@ -9,7 +9,8 @@ For a folder holding train.csv and test.csv (text,label), the labels sorted by n
     scratch  lstm-cli train train.csv                     every label at once, for reference
 
 each evaluated on A's test rows (the old data), B's and the whole test set. With --mode rows, the rows are
-cut in two halves instead (every label in both), and the test set is the old data and the new alike.
+cut in two seeded random halves instead (every label in both), and the test set is the old data and the new
+alike.
 
     python benchmarks/forgetting.py ../shared/datasets/banking77 [--seed 1337] [--replay 0.2]
         [--mode labels|rows] [--train-args "--epochs 10"] [--no-scratch] [--json]
@@ -107,10 +108,12 @@ def main() -> None:
                 "model": name,
                 "command": "lstm-cli " + shlex.join(args).replace(str(d) + "/", ""),
                 "train_seconds": round(seconds, 1),
-                "old_test": accuracy(d / name, files["old_test"]),
             }
-            if name != "parent" or options.mode == "rows":
-                result["new_test"] = accuracy(d / name, files["new_test"])
+            if options.mode == "labels":
+                result["old_test"] = accuracy(d / name, files["old_test"])
+            if name != "parent" or options.mode == "rows":  # rows: the test set is the old data and the new
+                if options.mode == "labels":
+                    result["new_test"] = accuracy(d / name, files["new_test"])
                 result["test"] = accuracy(d / name, options.folder / "test.csv")
             results.append(result)
             print(json.dumps(result) if options.json else _line(result), flush=True)

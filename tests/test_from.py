@@ -55,6 +55,7 @@ def child(trained_model, tmp_path_factory) -> Path:
     result = runner.invoke(app, [*args, "--class-weight", "balanced", "--quiet"])
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{out}\n"
+    assert "has no rows of 1 of the labels" in result.stderr and "'meh'): the model will forget" in result.stderr
     return out
 
 
@@ -251,3 +252,46 @@ def test_extend_labels_and_bigrams():
     assert extend_bigrams(kept, counts, min_count=2, max_rows=10).tolist() == [0, 1, 3, 4, 5, 6]
     assert extend_bigrams(kept, counts, min_count=2, max_rows=3).tolist() == [0, 3, 4, 6]  # the most frequent
     assert extend_bigrams(kept, counts, min_count=2, max_rows=1).tolist() == [0, 3]  # the parent's all stay
+
+
+def test_bigram_buckets_of_a_parent_with_a_bigram_min_count_keep_their_rows(data_dir, tmp_path):
+    """With --bigram-min-count, only the buckets seen often enough have rows: the parent's keep theirs (at
+    their place among the sorted buckets), NEW's frequent ones join with the mean row plus a fresh one."""
+    args = ["train", str(data_dir / "train.csv"), "-m", "parent", *TINY, "--bigram-min-count", "3"]
+    parent = runner.invoke(app, args)
+    assert parent.exit_code == 0, parent.output
+    data = write_csv(tmp_path / "new.csv", _new_rows(n=90, seed=13))
+    child = runner.invoke(app, ["train", str(data), "--from", "parent", "-m", "child", "--epochs", "1",
+                                "--learning-rate", "1e-9", "--quiet"])  # fmt: skip
+    assert child.exit_code == 0, child.output
+    before, after = _arrays(Path("parent")), _arrays(Path("child"))
+    old_kept, new_kept = before["bigram_vocabulary/kept"], after["bigram_vocabulary/kept"]
+    assert set(old_kept) < set(new_kept) and list(new_kept) == sorted(new_kept)
+    where = np.searchsorted(new_kept, old_kept)
+    np.testing.assert_allclose(after["bigram_embedding/embeddings"][where], before["bigram_embedding/embeddings"],
+                               atol=1e-6)  # fmt: skip
+    added = np.setdiff1d(np.arange(len(new_kept)), where)
+    mean = before["bigram_embedding/embeddings"][1:].mean(axis=0)
+    assert np.all(np.abs(after["bigram_embedding/embeddings"][added] - mean) <= 0.05 + 1e-6)
+
+
+def test_a_model_replaced_by_another_run_meanwhile_is_not_replaced_again(trained_model, tmp_path, monkeypatch):
+    """-m names the model of --from, and another run replaces it while this one trains (here: its metadata
+    gets another id, as a new model would): this run refuses to save over it, and says so."""
+    from lstm_cli import train as core
+
+    shutil.copytree(trained_model, "model")
+    real = core.train
+
+    def train_then_replaced(*args, **kwargs):
+        result = real(*args, **kwargs)
+        meta = json.loads(Path("model/metadata.json").read_text(encoding="utf-8"))
+        Path("model/metadata.json").write_text(json.dumps({**meta, "id": "f" * 32}), encoding="utf-8")
+        return result
+
+    monkeypatch.setattr(core, "train", train_then_replaced)
+    data = write_csv(tmp_path / "new.csv", _new_rows(seed=17))
+    result = runner.invoke(app, ["train", str(data), "--from", "model", "-m", "model", "--epochs", "1", "--quiet"])
+    assert result.exit_code == 1 and result.stdout == "", result.output
+    assert "was replaced by another run while this one trained" in result.stderr and "f" * 32 in result.stderr
+    assert read_metadata(Path("model"))["id"] == "f" * 32  # the other run's model stays
