@@ -80,6 +80,7 @@ class TrainConfig:
     class_weight: str | dict[str, float] | None = None  # "balanced" or {label: weight} (others weigh 1); None: all 1
     vectors: str | None = None  # word vectors file (text format) that initialises the embedding; its width wins
     freeze_vectors: bool = False  # keep the embedding fixed at the vectors (only with `vectors`)
+    pretrained: str | None = None  # an encoder directory (`lstm-cli pretrain`) the embedding and LSTM start from
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -274,6 +275,8 @@ def config_problems(config: TrainConfig) -> list[str]:
     problems.extend(class_weight_problems(config.class_weight))
     if config.freeze_vectors and not config.vectors:
         problems.append("--freeze-vectors needs --vectors FILE")
+    if config.pretrained and config.vectors:
+        problems.append("--vectors and --pretrained both give the embedding's start; give one")
     return problems
 
 

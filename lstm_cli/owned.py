@@ -23,13 +23,19 @@ CHECKPOINT_MARKER = "lstm-cli-checkpoint.json"
 CHECKPOINT_FORMAT = "lstm-cli-checkpoint"
 MODEL_METADATA = "metadata.json"
 MODEL_FORMAT = "lstm-cli-model"
+ENCODER_METADATA = "encoder.json"  # an encoder directory's (`lstm-cli pretrain`) metadata and marker
+ENCODER_FORMAT = "lstm-cli-encoder"
 
 
 def _marker_text(format: str) -> bytes:
     return (json.dumps({"format": format, "format_version": 1}) + "\n").encode()
 
 
-_MARKERS = {MODEL_METADATA: _marker_text(MODEL_FORMAT), CHECKPOINT_MARKER: _marker_text(CHECKPOINT_FORMAT)}
+_MARKERS = {
+    MODEL_METADATA: _marker_text(MODEL_FORMAT),
+    CHECKPOINT_MARKER: _marker_text(CHECKPOINT_FORMAT),
+    ENCODER_METADATA: _marker_text(ENCODER_FORMAT),
+}
 
 
 class NotRegularFile(OSError):
@@ -88,44 +94,54 @@ def is_checkpoint_dir(directory: Path) -> bool:
     return marker is not None and marker.get("format") == CHECKPOINT_FORMAT
 
 
+def is_encoder_dir(directory: Path) -> bool:
+    """Whether `directory` is an encoder directory `lstm-cli pretrain` wrote: as is_model_dir, with
+    encoder.json and its own format marker."""
+    return _is_listed_dir(directory, ENCODER_METADATA, ENCODER_FORMAT)
+
+
 def is_model_dir(directory: Path) -> bool:
     """Whether `directory` is a model directory lstm-cli wrote (any version): its metadata.json carries the
     format marker, an integer format version and the listing of the other files, and nothing else is in it.
 
     Every lstm-cli release has written all three. A foreign metadata.json, or a model directory into which
     someone put files of their own, does not qualify: replacing it would lose what lstm-cli did not make."""
+    return _is_listed_dir(directory, MODEL_METADATA, MODEL_FORMAT)
+
+
+def _is_listed_dir(directory: Path, metadata_name: str, format: str) -> bool:
     if os.path.islink(directory) or not directory.is_dir():
         return False
-    metadata = _json_object(directory / MODEL_METADATA)
-    if metadata is None or metadata.get("format") != MODEL_FORMAT:
+    metadata = _json_object(directory / metadata_name)
+    if metadata is None or metadata.get("format") != format:
         return False
     version, files = metadata.get("format_version"), metadata.get("files")
     if isinstance(version, bool) or not isinstance(version, int) or not isinstance(files, dict):
         return False
-    return _only_listed(directory, set(files))
+    return _only_listed(directory, set(files), metadata_name)
 
 
-def _only_listed(root: Path, listed: set[str]) -> bool:
-    """Every file under `root` is metadata.json or a listed regular file, and no symbolic link is in it.
+def _only_listed(root: Path, listed: set[str], metadata_name: str = MODEL_METADATA) -> bool:
+    """Every file under `root` is the metadata file or a listed regular file, and no symbolic link is in it.
     (Directories may be empty: a SavedModel's assets/ is.)"""
 
     def unreadable(error: OSError) -> None:
         raise error
 
     try:
-        return _walk_listed(root, listed, unreadable)
+        return _walk_listed(root, listed, unreadable, metadata_name)
     except OSError:
         return False
 
 
-def _walk_listed(root: Path, listed: set[str], onerror) -> bool:
+def _walk_listed(root: Path, listed: set[str], onerror, metadata_name: str = MODEL_METADATA) -> bool:
     for folder, dirs, names in os.walk(root, onerror=onerror):
         relative = Path(folder).relative_to(root).as_posix()
         prefix = "" if relative == "." else relative + "/"
         if any(os.path.islink(os.path.join(folder, name)) for name in dirs):
             return False
         for name in names:
-            if prefix + name not in listed and not (prefix == "" and name == MODEL_METADATA):
+            if prefix + name not in listed and not (prefix == "" and name == metadata_name):
                 return False
             if not stat.S_ISREG(os.lstat(os.path.join(folder, name)).st_mode):
                 return False
@@ -133,9 +149,11 @@ def _walk_listed(root: Path, listed: set[str], onerror) -> bool:
 
 
 def made_by_lstm_cli(directory: Path) -> bool:
-    """A whole model or checkpoint directory lstm-cli made (what a killed swap may have retired)."""
-    return is_model_dir(directory) or (
-        not os.path.islink(directory) and directory.is_dir() and is_checkpoint_dir(directory)
+    """A whole model, encoder or checkpoint directory lstm-cli made (what a killed swap may have retired)."""
+    return (
+        is_model_dir(directory)
+        or is_encoder_dir(directory)
+        or (not os.path.islink(directory) and directory.is_dir() and is_checkpoint_dir(directory))
     )
 
 
@@ -147,6 +165,9 @@ def carries_marker(directory: Path) -> bool:
         return False
     metadata = _json_object(directory / MODEL_METADATA)
     if (metadata is not None and metadata.get("format") == MODEL_FORMAT) or is_checkpoint_dir(directory):
+        return True
+    encoder = _json_object(directory / ENCODER_METADATA)
+    if encoder is not None and encoder.get("format") == ENCODER_FORMAT:
         return True
     try:
         entries = list(directory.iterdir())
@@ -162,6 +183,28 @@ def carries_marker(directory: Path) -> bool:
 def mark_model_staging(directory: Path) -> None:
     """The provisional metadata.json of a model being built in `directory` (the real one replaces it)."""
     (directory / MODEL_METADATA).write_bytes(_MARKERS[MODEL_METADATA])
+
+
+def mark_encoder_staging(directory: Path) -> None:
+    """The provisional encoder.json of an encoder being built in `directory` (the real one replaces it)."""
+    (directory / ENCODER_METADATA).write_bytes(_MARKERS[ENCODER_METADATA])
+
+
+def check_encoder_target(target: Path) -> None:
+    """Refuse an encoder path (`pretrain -o`) that saving would replace although lstm-cli did not make it (exit
+    2): nothing there, an empty directory, or an encoder directory lstm-cli wrote may be replaced."""
+    fix = "choose another path with -o (lstm-cli creates it), or move it out of the way"
+    if not os.path.lexists(target):
+        return
+    refused = f"{target}: exists and is not an lstm-cli encoder directory"
+    if os.path.islink(target) or not target.is_dir():
+        kind = "a symbolic link" if os.path.islink(target) else _kind(target.stat().st_mode)
+        raise UsageError(f"{refused} (it is {kind}), so lstm-cli will not replace it; {fix}")
+    if not _empty_directory(target) and not is_encoder_dir(target):
+        raise UsageError(
+            f'{refused} (no {ENCODER_METADATA} with "format": "{ENCODER_FORMAT}", a version and a listing of '
+            f"every file in it), so lstm-cli will not replace it; {fix}"
+        )
 
 
 def check_model_target(target: Path) -> None:

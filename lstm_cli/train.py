@@ -32,6 +32,7 @@ from lstm_cli.config import BIGRAM_HASH_SPACE, BIGRAM_MAX_ROWS, TrainConfig, cla
 from lstm_cli.corpus import ValidationSplit, scan, validation_fraction
 from lstm_cli.data import LabeledData, LabeledStream
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
+from lstm_cli.encoder import Encoder, load_into
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError, LstmCliError, UsageError
 from lstm_cli.model import (
@@ -96,6 +97,7 @@ class TrainResult:
     steps: int = 0  # optimizer steps taken
     averaging: Choice | None = None  # weight averaging's decision (None: off, or no validation rows)
     parent: dict[str, Any] | None = None  # with --from: the model continued and what was added (Parent.describe)
+    pretrained: dict[str, Any] | None = None  # with --pretrained: the encoder started from (Encoder.describe)
 
     @property
     def is_chief(self) -> bool:
@@ -156,7 +158,8 @@ def build_vocabulary(texts: list[str], config: TrainConfig) -> tuple[Any, list[s
     )
 
 
-def _prepare(config, data, validation, cache_root: Path, stage, on_progress, parent: Parent | None) -> _Prepared:
+def _prepare(config, data, validation, cache_root: Path, stage, on_progress, parent: Parent | None,
+             encoder: Encoder | None = None) -> _Prepared:  # fmt: skip
     """Read the data in passes that hold no more than one row at a time: (1) labels and the file's hash,
     (2) the training rows' tokens (the vocabulary), (3) every row encoded once into the on-disk token
     caches, unless they are already there (--resume, or a rerun after an interruption). With a `parent`
@@ -184,7 +187,9 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
 
     stats = scan(training_rows(), max_length=config.max_length, standardize=config.standardization,
                  on_progress=on_progress)  # fmt: skip
-    if parent is None:
+    if encoder is not None:  # --pretrained: the encoder's tokenizer, word for word
+        vocabulary = encoder.vocabulary
+    elif parent is None:
         vocabulary = stats.vocabulary(config.max_tokens, config.min_count)
     else:
         vocabulary = extend_vocabulary(parent.vocabulary, stats.token_counts, min_count=config.min_count,
@@ -206,6 +211,7 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
     identity = {"data": data.sha256, "validation": validation.sha256 if validation is not None else None,
                 "reading": reading,
                 "labels": labels, "vocabulary": len(vocabulary), "parent": parent.id if parent else None,
+                "encoder": encoder.metadata["id"] if encoder else None,
                 **{k: getattr(config, k)
                    for k in ("max_tokens", "min_count", "punctuation", "max_length", "validation_split",
                              "seed")}}  # fmt: skip
@@ -428,6 +434,7 @@ def train(
     on_progress: Callable[[int], None] | None = None,
     strategy: Any = None,
     parent: Parent | None = None,
+    encoder: Encoder | None = None,
 ) -> TrainResult:
     """Fit a classifier on `data`; validate on `validation` or on a stratified split of `data`.
 
@@ -441,7 +448,8 @@ def train(
     `worker_timeout`: in a cluster, the longest wait for the other workers (at start-up and at any step)
     before this process gives up (enforced by the supervisor `lstm-cli train` runs cluster workers under).
     `parent` (lstm_cli.parent.read_parent, --from): continue that model; `config` is then its child's
-    (lstm_cli.parent.child_config).
+    (lstm_cli.parent.child_config). `encoder` (lstm_cli.encoder.read_encoder, --pretrained): start the
+    embedding and LSTM from it; `config` is then lstm_cli.encoder.classifier_config's.
     Keras' global dtype policy is left as it was, whatever the plan's precision."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
@@ -474,14 +482,15 @@ def train(
             cache_root = checkpoint_dir / "cache"
         else:
             cache_root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lstm-cli-cache-")))
-        prepared = _prepare(config, data, validation, cache_root, stage, on_progress, parent)
+        prepared = _prepare(config, data, validation, cache_root, stage, on_progress, parent, encoder)
         return _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage,
                       on_epoch, on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard,
-                      parent)  # fmt: skip
+                      parent, encoder)  # fmt: skip
 
 
 def _train(config, data, validation, prepared, plan, strategy, guard, cluster, started, stage, on_epoch,
-           on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard, parent) -> TrainResult:  # fmt: skip
+           on_step, checkpoint_dir, resume, vectors, stop, model_dir, tensorboard, parent,
+           encoder=None) -> TrainResult:  # fmt: skip
     labels, vocabulary, warnings = prepared.labels, prepared.vocabulary, list(prepared.warnings)
     train_source, val_source = prepared.train, prepared.validation
     vectorizer = make_vectorizer(config.max_tokens, vocabulary, standardize=config.standardization)
@@ -516,6 +525,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         "vectors": vectors_meta["sha256"] if vectors_meta else None,
         "workers": plan.cluster.workers if plan.cluster else 1,
         "parent": parent.id if parent else None,
+        "encoder": encoder.metadata["id"] if encoder else None,
     }
     run = json.loads(json.dumps(run))  # as the checkpoint stores it: tuples (pooling) come back as lists
     state = ckpt.read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
@@ -543,6 +553,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
                                 bigrams=bigrams)  # fmt: skip
         if parent is not None:  # its weights, grown for the new words, bigrams and labels
             inherit_weights(network, parent, bigrams=bigrams)
+        if encoder is not None:  # the language model's embedding and LSTM
+            load_into(network, encoder)
         adam = LazyAdam if config.optimizer == "lazy-adam" else keras.optimizers.Adam
         optimizer = adam(config.learning_rate)  # clipping: in the train step
         if plan.mixed_precision:
@@ -679,6 +691,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         steps=step,
         averaging=averaging,
         parent=parent.describe(vocabulary, labels) if parent else None,
+        pretrained=encoder.describe() if encoder else None,
     )
 
 

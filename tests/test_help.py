@@ -138,7 +138,7 @@ def test_shell_completion_completes_commands_options_and_choices(tmp_path):
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
-    assert complete("lstm-cli pre") == ["predict"]
+    assert complete("lstm-cli pred") == ["predict"]
     assert complete("lstm-cli train --epo") == ["--epochs"]
     assert complete("lstm-cli explain --unit ") == ["log-odds", "probability"]
 

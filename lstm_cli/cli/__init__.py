@@ -19,6 +19,7 @@ from lstm_cli.cli._util import app  # noqa: E402
 # isort: off
 from lstm_cli.cli.train import train_cli  # noqa: E402
 from lstm_cli.cli.tune import tune_cli
+from lstm_cli.cli.pretrain import pretrain_cli
 from lstm_cli.cli.predict import predict_cli
 from lstm_cli.cli.evaluate import evaluate_cli
 from lstm_cli.cli.explain import explain_cli
@@ -29,8 +30,8 @@ from lstm_cli.cli.serve import serve_cli
 # isort: on
 
 __all__ = [
-    "app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "report_cli", "serve_cli", "train_cli",
-    "tune_cli",
+    "app", "evaluate_cli", "explain_cli", "info_cli", "main", "predict_cli", "pretrain_cli", "report_cli", "serve_cli",
+    "train_cli", "tune_cli",
 ]  # fmt: skip
 
 

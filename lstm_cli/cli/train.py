@@ -62,7 +62,7 @@ def _kinds(option: str) -> tuple[str, ...]:
     Tokens=("max_tokens", "min_count", "punctuation", "max_length", "recurrent_length"),
     Model=("embedding_dim", "units", "layers", "cell", "bidirectional", "dropout", "recurrent_dropout",
            "embedding_dropout", "pooling", "embedding_pooling", "bigram_buckets", "bigram_dim", "bigram_min_count",
-           "dense_units", "dense_dropout", "vectors", "freeze_vectors"),
+           "dense_units", "dense_dropout", "vectors", "freeze_vectors", "pretrained"),
     Training=("epochs", "batch_size", "learning_rate", "optimizer", "clip_norm", "l2", "patience", "plateau_factor",
               "label_smoothing", "weight_averaging", "steps_per_epoch", "max_steps", "seed", "class_weight"),
     Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume", "from_model", "tensorboard",
@@ -186,6 +186,14 @@ def train_cli(
     ),
     vectors: VectorsOpt = None,
     freeze_vectors: FreezeVectorsOpt = False,
+    pretrained: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="ENCODER",
+            help="Start from this encoder (`lstm-cli pretrain -o`): its tokenizer, embedding and LSTM, fine-tuned "
+            "on DATA; its tokenizer and network options cannot be changed.",
+        ),
+    ] = None,
     class_weight: ClassWeightOpt = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     mixed_precision: Annotated[bool, typer.Option(help="float16 compute on a GPU.")] = False,
@@ -266,7 +274,18 @@ def train_cli(
         if cluster is None or cluster.is_chief:
             check_writable(model)
         check_checkpoint_dir(checkpoints, model=model)
-        parent = None
+        parent, encoder = None, None
+        if pretrained is not None:
+            from lstm_cli.encoder import classifier_config, read_encoder
+            from lstm_cli.errors import UsageError
+
+            if from_model is not None:
+                raise UsageError(
+                    f"--pretrained starts a new model from an encoder and --from continues the model {from_model}: "
+                    "give one (train --pretrained first, then --from that model)"
+                )
+            encoder = read_encoder(pretrained)
+            config = classifier_config(config, given, encoder)
         if from_model is not None:  # read whole now: -m may name the same directory, replaced at the end
             from lstm_cli.parent import child_config, read_parent
 
@@ -302,6 +321,7 @@ def train_cli(
                 worker_timeout=worker_timeout,
                 on_progress=on_rows,
                 parent=parent,
+                encoder=encoder,
             )  # fmt: skip
         warn(console, [*render.skipped_warnings(dataset, validation), *result.warnings])
         if not result.is_chief:
@@ -312,7 +332,9 @@ def train_cli(
         if parent is not None:
             _check_parent_unchanged(model, parent)
         save(result, model, data_fingerprint=dataset.fingerprint(), validation=split,
-             skipped=dict(dataset.skipped), extra={"parent": result.parent} if parent else None)  # fmt: skip
+             skipped=dict(dataset.skipped),
+             extra={**({"parent": result.parent} if parent else {}),
+                    **({"pretrained": result.pretrained} if encoder else {})} or None)  # fmt: skip
         remove_checkpoint_dir(checkpoints)
         if not quiet:
             console.print(render.train_summary(result, model))

@@ -1,0 +1,173 @@
+"""`lstm-cli pretrain`: train an embedding and an LSTM as a language model on unlabeled texts; save the encoder."""
+
+from __future__ import annotations
+
+import signal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lstm_cli.cli._coerce import PlainCommand
+from lstm_cli.cli._help import panels
+from lstm_cli.cli._util import (
+    DEFAULTS,
+    DelimiterOpt,
+    Device,
+    EncodingOpt,
+    Punctuation,
+    QuietOpt,
+    SkipBadOpt,
+    TextColumnOpt,
+    VerboseOpt,
+    _console,
+    _errors,
+    _interrupt,
+    app,
+)
+
+DEFAULT_ENCODER_DIR = "lstm-encoder"
+
+
+class TextFormat(StrEnum):
+    text = "text"
+    csv = "csv"
+    tsv = "tsv"
+    jsonl = "jsonl"
+
+
+@app.command("pretrain", cls=PlainCommand)
+@panels(
+    Data=("text_column", "input_format", "delimiter", "encoding", "skip_bad_rows", "no_header"),
+    Tokens=("max_tokens", "min_count", "punctuation", "max_length"),
+    Model=("embedding_dim", "units"),
+    Training=("budget", "epochs", "max_steps", "window", "batch_size", "samples", "learning_rate", "dropout",
+              "eval_steps", "seed"),
+    Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume"),
+)  # fmt: skip
+def pretrain_cli(
+    texts: Annotated[
+        Path,
+        typer.Argument(metavar="TEXTS", help="Unlabeled texts: one a line, or CSV/TSV/JSON Lines ('-' for stdin)."),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Encoder directory to write (for train --pretrained).")
+    ] = Path(DEFAULT_ENCODER_DIR),
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Stop after this much wall time (90s, 10m, 1h30m or seconds), keeping the best state."),
+    ] = None,
+    text_column: TextColumnOpt = "text",
+    input_format: Annotated[
+        TextFormat | None,
+        typer.Option(help="text (one per line), csv, tsv or jsonl [default: by extension, else text]."),
+    ] = None,
+    delimiter: DelimiterOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    skip_bad_rows: SkipBadOpt = False,
+    no_header: Annotated[
+        bool, typer.Option("--no-header", help="The CSV/TSV has no header: --text-column is a number [default: 1].")
+    ] = False,
+    max_tokens: Annotated[int, typer.Option(help="Vocabulary size.")] = DEFAULTS.max_tokens,
+    min_count: Annotated[int, typer.Option(help="Tokens seen fewer times are out of vocabulary.")] = DEFAULTS.min_count,
+    punctuation: Annotated[
+        Punctuation, typer.Option(help="split or strip, as train's --punctuation.")
+    ] = Punctuation.split,
+    max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = DEFAULTS.max_length,
+    embedding_dim: Annotated[int, typer.Option(help="Embedding width.")] = DEFAULTS.embedding_dim,
+    units: Annotated[int, typer.Option(help="LSTM units.")] = DEFAULTS.units,
+    epochs: Annotated[int, typer.Option(help="Passes over the texts, at most.")] = 10,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in all.")] = None,
+    window: Annotated[int, typer.Option(help="Tokens per training sequence.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
+    samples: Annotated[int, typer.Option(help="Sampled softmax: vocabulary entries scored per step.")] = 256,
+    learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
+    dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's inputs and outputs.")] = 0.1,
+    eval_steps: Annotated[
+        int, typer.Option(help="Steps between held-out perplexity measurements and checkpoints.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULTS.seed,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    mixed_precision: Annotated[bool, typer.Option(help="float16 compute on a GPU.")] = False,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where checkpoints and the token cache go [default: .ENCODER.checkpoint beside it]."),
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Learn word embeddings and an LSTM from unlabeled texts (a language model); save them as an encoder
+    directory for `train --pretrained`, and print its path on stdout.
+
+    \b
+    Example: lstm-cli pretrain sample_data/train.csv -o enc --budget 1m && lstm-cli train sample_data/train.csv --pretrained enc
+    """
+    from lstm_cli.pretrain import PretrainConfig
+    from lstm_cli.tune import parse_budget
+
+    try:
+        seconds = parse_budget(budget) if budget is not None else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--budget") from None
+    if no_header:
+        if text_column == "text":
+            text_column = "1"
+        if not text_column.isdigit() or int(text_column) < 1:
+            raise typer.BadParameter(f"with --no-header, --text-column is a column number from 1 (got {text_column!r})",
+                                     param_hint="--text-column")  # fmt: skip
+    try:
+        config = PretrainConfig(
+            max_tokens=max_tokens, min_count=min_count, punctuation=punctuation.value, max_length=max_length,
+            embedding_dim=embedding_dim, units=units, window=window, batch_size=batch_size, samples=samples,
+            learning_rate=learning_rate, dropout=dropout, epochs=epochs, max_steps=max_steps, budget=seconds,
+            eval_steps=eval_steps, seed=seed,
+        )  # fmt: skip
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    console = _console()
+    checkpoints = checkpoint_dir or output.parent / f".{output.name}.checkpoint"
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
+    hint = f"; {output} is unchanged. Continue from the last checkpoint by repeating the command with --resume"
+    with _errors(verbose, interrupted_hint=lambda: hint):
+        from lstm_cli import render
+        from lstm_cli.owned import check_checkpoint_dir, check_encoder_target, remove_checkpoint_dir
+
+        check_encoder_target(output)  # a path lstm-cli would not replace is refused before any work
+        check_checkpoint_dir(checkpoints)
+
+        def say(message: str) -> None:
+            if not quiet:
+                console.print(render.literal(message))
+
+        from lstm_cli.texts import Texts
+
+        source = Texts(texts, input_format=input_format.value if input_format else None, text_column=text_column,
+                       delimiter=delimiter, encoding=encoding, skip_bad_rows=skip_bad_rows,
+                       header=not no_header)  # fmt: skip
+        from lstm_cli.encoder import write_encoder
+        from lstm_cli.pretrain import pretrain
+
+        result = pretrain(config, source, checkpoint_dir=checkpoints, resume=resume, device=device.value,
+                          mixed_precision=mixed_precision, on_stage=say,
+                          on_eval=lambda report: say(_eval_line(report)))  # fmt: skip
+        write_encoder(output, vocabulary=result.vocabulary, weights=result.weights,
+                      settings={**vars(config), "max_length": config.max_length},
+                      training=result.training())  # fmt: skip
+        remove_checkpoint_dir(checkpoints)
+        say(
+            f"Encoder saved to {output}: held-out perplexity {result.heldout_perplexity:,.1f} (unigram "
+            f"{result.unigram_perplexity:,.1f}), {result.tokens:,} tokens in {result.steps:,} steps, "
+            f"{result.seconds:,.0f} s (stopped by {result.stopped_by.replace('_', ' ')})"
+        )
+    typer.echo(str(output))
+
+
+def _eval_line(report) -> str:
+    mark = " *" if report.best else ""
+    return (
+        f"step {report.step:,} (pass {report.epoch}): loss {report.train_loss:.3f}, held-out perplexity "
+        f"{report.perplexity:,.1f}{mark}, {report.tokens:,} tokens, {report.tokens_per_second:,.0f} tokens/s "
+        f"({report.cpu_tokens_per_second:,.0f} per 2 CPU-seconds), {report.seconds:,.0f} s"
+    )
