@@ -102,7 +102,7 @@ def pretrain_cli(
     directory for `train --pretrained`, and print its path on stdout.
 
     \b
-    Example: lstm-cli pretrain sample_data/train.csv -o enc --budget 1m && lstm-cli train sample_data/train.csv --pretrained enc
+    Example: lstm-cli pretrain sample_data/train.csv -o enc && lstm-cli train sample_data/train.csv --pretrained enc
     """
     from lstm_cli.pretrain import PretrainConfig
     from lstm_cli.tune import parse_budget
