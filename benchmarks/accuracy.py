@@ -9,7 +9,8 @@ fits the baseline in the same run: scikit-learn TfidfVectorizer (word 1-2-grams,
         [--train-args "--epochs 5"]
     python benchmarks/accuracy.py --from-json accuracy.jsonl --markdown    # a saved --json result as Markdown
 
-Prints one row per data set: accuracy mean ± std over the seeds, macro-F1, training wall time (and CPU
+Prints one row per data set: accuracy mean ± std over the seeds, macro-F1, the expected calibration error
+(15 bins; before -> after the temperature `train` fits, and the temperature), training wall time (and CPU
 time, steadier on a shared machine), and the baseline's accuracy and macro-F1. Nothing here asserts anything."""
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ def lstm_cli_run(folder: Path, seed: int, train_args: list[str]) -> dict[str, fl
         report = json.loads(done.stdout)
         info = json.loads(subprocess.run([*LSTM_CLI, "info", "-m", model, "--json"], check=True,
                                          capture_output=True, text=True).stdout)  # fmt: skip
+    calibration = report.get("calibration", {})
     return {
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
+        "ece": calibration.get("ece"),
+        "ece_uncalibrated": calibration.get("ece_uncalibrated"),
+        "temperature": calibration.get("temperature"),
         "seconds": seconds,
         "cpu_seconds": cpu,
         "epochs": info["training"]["epochs_run"],
@@ -101,6 +106,9 @@ def measure(folder: Path, seeds: list[int], train_args: list[str]) -> dict:
         "accuracy_mean": statistics.fmean(accuracies),
         "accuracy_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         "macro_f1_mean": statistics.fmean(r["macro_f1"] for r in runs),
+        "ece_mean": _mean(runs, "ece"),
+        "ece_uncalibrated_mean": _mean(runs, "ece_uncalibrated"),
+        "temperature_mean": _mean(runs, "temperature"),
         "train_seconds_mean": statistics.fmean(r["seconds"] for r in runs),
         "train_cpu_seconds_mean": statistics.fmean(r["cpu_seconds"] for r in runs),
         "runs": runs,
@@ -108,14 +116,28 @@ def measure(folder: Path, seeds: list[int], train_args: list[str]) -> dict:
     }
 
 
+def _mean(runs: list[dict], key: str) -> float | None:
+    """The mean of a figure over the runs; None when a run lacks it (an lstm-cli without calibration)."""
+    values = [r.get(key) for r in runs]
+    return statistics.fmean(values) if values and None not in values else None
+
+
+def _ece(r: dict) -> str:
+    """'before -> after' ECE, or '-' for a saved result from before calibration."""
+    before, after = r.get("ece_uncalibrated_mean"), r.get("ece_mean")
+    return "-" if before is None or after is None else f"{before:.3f} → {after:.3f}"
+
+
 def table(rows: list[dict], *, as_markdown: bool) -> str:
-    header = ["data", "lstm-cli accuracy", "macro-F1", "train wall time (CPU)", "TF-IDF + LR accuracy", "macro-F1",
-              "gap"]  # fmt: skip
+    header = ["data", "lstm-cli accuracy", "macro-F1", "ECE before → after", "T", "train wall time (CPU)",
+              "TF-IDF + LR accuracy", "macro-F1", "gap"]  # fmt: skip
     lines = []
     for r in rows:
         b = r["baseline"]
+        temperature = r.get("temperature_mean")
         lines.append([
             r["data"], f"{r['accuracy_mean']:.3f} ± {r['accuracy_std']:.3f}", f"{r['macro_f1_mean']:.3f}",
+            _ece(r), "-" if temperature is None else f"{temperature:.2f}",
             f"{r['train_seconds_mean']:.0f} s ({r['train_cpu_seconds_mean']:.0f} s)",
             f"{b['accuracy']:.3f}", f"{b['macro_f1']:.3f}",
             f"{r['accuracy_mean'] - b['accuracy']:+.3f}",

@@ -205,6 +205,9 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
         },
         "vectors": result.vectors,
         "metrics": result.best_metrics,
+        # The temperature folded into the softmax head (lstm_cli.calibration): the raw logits are the saved
+        # head's times it. None: saved by code that does not calibrate.
+        "calibration": getattr(result, "calibration", None),
     }
 
 

@@ -75,6 +75,9 @@ class TrainConfig:
     # forward or both) when that validates better (lstm_cli.averaging). Needs validation rows; False: always
     # the best epoch's.
     weight_averaging: bool = True
+    # Fit a temperature on the validation rows and fold it into the softmax head, so probabilities match how
+    # often the model is right (lstm_cli.calibration). Training itself is unchanged; False: the raw softmax.
+    calibrate: bool = True
     seed: int = 1337
     # Imbalance and pretrained vectors
     class_weight: str | dict[str, float] | None = None  # "balanced" or {label: weight} (others weigh 1); None: all 1

@@ -306,6 +306,7 @@ class Scored:
     probability: np.ndarray  # [rows] its probability (float32)
     probabilities: np.ndarray | None  # [rows, labels], when asked for (score(keep_probabilities=True))
     unknown: dict[str, int]  # rows whose label the model does not know, by label
+    uncalibrated: np.ndarray | None = None  # [rows] the top probability before calibration (float64)
 
 
 def score(
@@ -326,15 +327,38 @@ def score(
     truth = np.array([index[data.labels[i]] for i in known], dtype=np.int64)
     predicted, probability = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     batch_size = max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels)))  # rows x labels probabilities
+    from lstm_cli.calibration import temperature_of, top_uncalibrated
+
     kept = [np.zeros((0, len(predictor.labels)), np.float32)]
+    temperature, uncalibrated = temperature_of(predictor.metadata), [np.zeros(0)]
     for batch in batched(texts, batch_size, PREDICT_CHARS):
         probabilities = predictor.probabilities(batch)
         predicted.append(probabilities.argmax(axis=1))
         probability.append(probabilities.max(axis=1))
+        uncalibrated.append(top_uncalibrated(probabilities, temperature))
         if keep_probabilities:  # else only the top label is kept: memory stays [rows], not [rows, labels]
             kept.append(probabilities)
     kept_probabilities = np.concatenate(kept) if keep_probabilities else None
-    return Scored(texts, truth, np.concatenate(predicted), np.concatenate(probability), kept_probabilities, unknown)
+    return Scored(texts, truth, np.concatenate(predicted), np.concatenate(probability), kept_probabilities, unknown,
+                  np.concatenate(uncalibrated))  # fmt: skip
+
+
+def calibration_report(
+    truth: np.ndarray,
+    predicted: np.ndarray,
+    probability: np.ndarray,
+    uncalibrated: np.ndarray | None,
+    temperature: float,
+) -> dict[str, Any]:
+    """The expected calibration error (15 equal-width bins of the top probability) of the model's
+    probabilities ("ece") and of the network's before the temperature folded into it ("ece_uncalibrated")."""
+    from lstm_cli.calibration import expected_calibration_error
+    from lstm_cli.curves import ECE_BINS
+
+    correct = truth == predicted
+    after = expected_calibration_error(probability, correct)
+    before = after if uncalibrated is None or temperature == 1.0 else expected_calibration_error(uncalibrated, correct)
+    return {"temperature": temperature, "bins": ECE_BINS, "ece": after, "ece_uncalibrated": before}
 
 
 def evaluate(
@@ -354,6 +378,7 @@ def evaluate(
     text, label, predicted_label and probability (of the predicted label, a float32).
     `scored`: score(predictor, data), if already run. With `min_probability`, "abstention" holds the coverage
     and the accuracy and macro-F1 of the rows answered at it (lstm_cli.abstain.coverage_report)."""
+    from lstm_cli.calibration import temperature_of
     from lstm_cli.metrics import DENSE_LABELS, classification_report, dense_confusion
 
     if scored is None:
@@ -371,6 +396,8 @@ def evaluate(
         "skipped": dict(data.skipped),
     }
     report["unknown_labels"] = unknown
+    report["calibration"] = calibration_report(truth, predicted, probability, scored.uncalibrated,
+                                               temperature_of(predictor.metadata))  # fmt: skip
     report["data"] = data.fingerprint()
     report["model"] = str(predictor.path)
     if min_probability is not None:

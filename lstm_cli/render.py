@@ -8,6 +8,7 @@ lines to a pipe never load it (a third of their start-up otherwise; tests/test_e
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,23 @@ def _metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k} {metrics[k]:.4f}" for k in order if k in metrics)
 
 
+def calibration_text(section: dict[str, Any]) -> str:
+    """A model's calibration in a few words: the temperature and the validation ECE it gave, or why none."""
+    if section.get("method") != "temperature":
+        return f"none ({section.get('reason')})"
+    ece = section.get("validation_ece")
+    ece = ece if isinstance(ece, dict) else {}
+
+    def number(value: object, digits: int) -> str:  # the metadata is the user's file: shown, never trusted
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return f"{value:.{digits}f}" if ok else "?"
+
+    bound = ", at the bound of the search" if section.get("at_bound") else ""
+    return (f"temperature {number(section.get('temperature'), 3)}{bound}: validation ECE "
+            f"{number(ece.get('before'), 4)} -> {number(ece.get('after'), 4)} on "
+            f"{number(section.get('validation_rows'), 0)} rows")  # fmt: skip
+
+
 def train_summary(result, model_dir: Path) -> Text:
     from rich.text import Text
 
@@ -94,6 +112,7 @@ def train_summary(result, model_dir: Path) -> Text:
             if result.averaging and result.averaging.window
             else []
         ),  # fmt: skip
+        *([("calibration", calibration_text(result.calibration))] if result.calibration else []),
         ("wall time", f"{result.seconds:.1f}s ({rows_per_second:,.0f} rows/s)"),
     ]
     return Text("\n").join(Text.assemble((f"{key:<11}", "bold"), " ", literal(value)) for key, value in rows)
@@ -252,11 +271,24 @@ def print_report(report: dict[str, Any], console=None) -> None:
         ("macro-F1 ", "bold"), f"{report['macro_f1']:.4f}   ",
         ("rows ", "bold"), f"{report['rows']['evaluated']:,}   ",
         ("classes ", "bold"), f"{len(report['labels']):,}",
+        *_calibration_text(report.get("calibration")),
     )  # fmt: skip
     fits = len(report["labels"]) <= GRID_CLASSES and "confusion_matrix" in report and _grid_fits(report, console.width)
     confusion = _confusion_grid(report) if fits else _most_confused_table(report)
     abstention = _abstention_table(report)
     console.print(Group(summary, *([abstention] if abstention else []), _per_class_table(report), confusion))
+
+
+def _calibration_text(calibration: dict[str, Any] | None) -> tuple:
+    """evaluate's second summary line: the expected calibration error, before and after the temperature."""
+    if not calibration:
+        return ()
+    if calibration["temperature"] == 1.0:
+        after = f"{calibration['ece']:.4f}   (no temperature: the network's own probabilities)"
+    else:
+        after = (f"{calibration['ece']:.4f}   (before calibration {calibration['ece_uncalibrated']:.4f}, "
+                 f"temperature {calibration['temperature']:.3f})")  # fmt: skip
+    return ("\n", ("calibration error ", "bold"), after)
 
 
 def _per_class_table(report: dict[str, Any]):
@@ -379,6 +411,9 @@ def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
         older = f"; {len(lineage) - 1} earlier in its lineage" if len(lineage) > 1 else ""
         rows.append(("continues", f"{parent.get('id')} ({parent.get('path')}): {parent.get('words_added')} words "
                                   f"and {len(added)} labels added{older}"))  # fmt: skip
+    calibration = metadata.get("calibration")
+    if isinstance(calibration, dict):
+        rows.append(("calibration", calibration_text(calibration)))
     tuning = metadata.get("tuning")
     if isinstance(tuning, dict):
         trials = tuning.get("trials", [])

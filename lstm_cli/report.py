@@ -212,7 +212,7 @@ def _summary(report: ReportInput) -> str:
     ece = reliability(report.probabilities.max(axis=1), predicted == report.truth).ece
     cards = [("accuracy", _pct(ev["accuracy"]), f"baseline {_pct(baseline['accuracy'])}"),
              ("macro-F1", _num(ev["macro_f1"]), f"baseline {_num(baseline['macro_f1'])}"),
-             ("calibration error", _num(ece), "ECE, 15 bins"),
+             ("calibration error", _num(ece), "ECE, 15 bins" + _uncalibrated(report, ", before calibration {}")),
              ("rows", f"{ev['rows']['evaluated']:,}", f"{len(report.labels):,} labels")]  # fmt: skip
     if len(report.labels) == 2:
         from lstm_cli.curves import binary_curves
@@ -291,9 +291,25 @@ def _calibration(report: ReportInput) -> str:
     return (
         f'<p class="note">Predictions grouped into {ECE_BINS} equal-width bins of their top probability. A '
         "calibrated model is right as often as it is confident (bars on the diagonal). The expected calibration "
-        f"error is the rows-weighted mean gap between the two: <b>{bins.ece:.3f}</b>.</p>"
+        f"error is the rows-weighted mean gap between the two: <b>{bins.ece:.3f}</b>"
+        + _uncalibrated(report, " ({} before the temperature training fitted, " + _temperature(report) + ")")
+        + ".</p>"
         + _chart(charts.reliability_diagram(bins))
     )
+
+
+def _temperature(report: ReportInput) -> str:
+    calibration = report.evaluation.get("calibration") or {}
+    return f"T = {calibration.get('temperature', 1.0):.3f}"
+
+
+def _uncalibrated(report: ReportInput, template: str) -> str:
+    """`template` filled with the expected calibration error before calibration, or "" for a model without a
+    temperature (lstm_cli.calibration)."""
+    calibration = report.evaluation.get("calibration") or {}
+    if calibration.get("temperature", 1.0) == 1.0 or "ece_uncalibrated" not in calibration:
+        return ""
+    return template.format(_num(calibration["ece_uncalibrated"]))
 
 
 def _positive(report: ReportInput) -> int:

@@ -228,6 +228,11 @@ def check_metadata(metadata: Any, path: Path, *, format_name: str, newest: int) 
     engine = c.obj(metadata, "engine", '"engine"', null=True)
     for key in engine:
         c.typed(engine, key, f'"engine.{key}"', (str,), "a file name")
+    calibration = c.obj(metadata, "calibration", '"calibration"', null=True)
+    temperature = c.typed(calibration, "temperature", '"calibration.temperature"', _NUMBER, "a number")
+    if temperature is not None:  # evaluate divides by it: a positive, finite number
+        c.need(0 < temperature < math.inf, '"calibration.temperature"', "a positive number", temperature)
+    c.typed(calibration, "method", '"calibration.method"', (str,), "a string")
     tuning = c.obj(metadata, "tuning", '"tuning"', null=True)
     c.typed(tuning, "trials", '"tuning.trials"', (list,), "a list")
     c.typed(tuning, "metric", '"tuning.metric"', (str,), "a string")

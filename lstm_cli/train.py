@@ -98,6 +98,7 @@ class TrainResult:
     averaging: Choice | None = None  # weight averaging's decision (None: off, or no validation rows)
     parent: dict[str, Any] | None = None  # with --from: the model continued and what was added (Parent.describe)
     pretrained: dict[str, Any] | None = None  # with --pretrained: the encoder started from (Encoder.describe)
+    calibration: dict[str, Any] | None = None  # the temperature folded into the head (lstm_cli.calibration.fit)
 
     @property
     def is_chief(self) -> bool:
@@ -407,6 +408,33 @@ def _make_evaluate(network, source, batch_size: int):
     return evaluate
 
 
+def _calibrate(config: TrainConfig, network, source, batch_size: int) -> dict[str, Any]:
+    """Fit the temperature on the validation rows (`source`) and fold it into `network`'s head, in place;
+    returns the metadata "calibration" section (lstm_cli.calibration)."""
+    from lstm_cli import calibration
+
+    if not config.calibrate:
+        return calibration.skipped("--no-calibrate", validation_rows=source.rows if source is not None else 0)
+    if not calibration.is_softmax_head(network):
+        return calibration.skipped("the head is not a softmax over the labels")
+    if source is None:
+        return calibration.skipped("no validation rows (--validation-split 0): nothing to fit a temperature on")
+    # The head's inputs in float32 through the network, then its logits in float64: no probability rounded
+    # to 0 or 1 before the fit (taking logs of the softmax would lose those rows).
+    head = network.get_layer(calibration.HEAD)
+    features = keras.Model(network.inputs, head.input)
+    features_of = tf.function(lambda ids: features(ids, training=False), reduce_retracing=True)
+    kernel, bias = (np.asarray(w, np.float64) for w in head.get_weights())
+    logits, labels = [], []
+    for batch in source.batches(batch_size, seed=None, epoch=0):
+        logits.append(np.asarray(features_of(tf.constant(batch.ids)), np.float64) @ kernel + bias)
+        labels.append(np.asarray(batch.labels, np.int64))
+    fitted = calibration.fit(np.concatenate(logits), np.concatenate(labels))
+    if fitted["temperature"] != 1.0:
+        calibration.fold(network, fitted["temperature"])
+    return fitted
+
+
 def _summaries(directory: Path | None, plan: DevicePlan):
     """TensorBoard's writer for --tensorboard (the chief's only), or None."""
     if directory is None or not plan.is_chief:
@@ -518,7 +546,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
 
     # 4. The run's identity (a checkpoint of another run is refused) and where it left off.
     run = {
-        "config": config.to_dict(),
+        # Calibration comes after the loop (step 8): a checkpoint serves a run with or without it.
+        "config": {k: v for k, v in config.to_dict().items() if k != "calibrate"},
         "data": data.sha256,
         "validation": validation.sha256 if validation is not None else None,
         "labels": labels,
@@ -668,6 +697,15 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
     if best["weights"] is not None:
         network.set_weights(best["weights"] if averaging is None or averaging.weights is None else averaging.weights)
 
+    # 8. Calibration: one temperature fitted on the validation rows and folded into the softmax head, so
+    #    every consumer of these weights gives calibrated probabilities (lstm_cli.calibration). The
+    #    checkpoints keep the raw weights: --resume fits it again, to the same value.
+    calibration = _calibrate(config, network, val_source, config.batch_size)
+    if calibration["method"] == "temperature":
+        ece = calibration["validation_ece"]
+        stage(f"Calibration: temperature {calibration['temperature']:.3f} fitted on {val_source.rows:,} validation "
+              f"rows (expected calibration error {ece['before']:.4f} -> {ece['after']:.4f})")  # fmt: skip
+
     best_index = int(np.argmin([h[monitor] for h in history]))
     return TrainResult(
         network=network,
@@ -692,6 +730,7 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         averaging=averaging,
         parent=parent.describe(vocabulary, labels) if parent else None,
         pretrained=encoder.describe() if encoder else None,
+        calibration=calibration,
     )
 
 

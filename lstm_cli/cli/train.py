@@ -64,7 +64,8 @@ def _kinds(option: str) -> tuple[str, ...]:
            "embedding_dropout", "pooling", "embedding_pooling", "bigram_buckets", "bigram_dim", "bigram_min_count",
            "dense_units", "dense_dropout", "vectors", "freeze_vectors", "pretrained"),
     Training=("epochs", "batch_size", "learning_rate", "optimizer", "clip_norm", "l2", "patience", "plateau_factor",
-              "label_smoothing", "weight_averaging", "steps_per_epoch", "max_steps", "seed", "class_weight"),
+              "label_smoothing", "weight_averaging", "calibrate", "steps_per_epoch", "max_steps", "seed",
+              "class_weight"),
     Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume", "from_model", "tensorboard",
                               "worker_timeout"),
 )  # fmt: skip
@@ -173,6 +174,13 @@ def train_cli(
             "validation loss; --no-weight-averaging: always the best epoch's weights."
         ),
     ] = DEFAULTS.weight_averaging,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            help="Fit a temperature on the validation rows so the probabilities match how often the model is "
+            "right (the labels predicted do not change); --no-calibrate: the network's raw softmax."
+        ),
+    ] = DEFAULTS.calibrate,
     steps_per_epoch: Annotated[
         int | None,
         typer.Option(
@@ -238,7 +246,8 @@ def train_cli(
             epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, optimizer=optimizer.value,
             clip_norm=clip_norm, l2=l2,
             patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,
-            weight_averaging=weight_averaging, steps_per_epoch=steps_per_epoch, max_steps=max_steps,
+            weight_averaging=weight_averaging, calibrate=calibrate, steps_per_epoch=steps_per_epoch,
+            max_steps=max_steps,
             validation_split=validation_split, seed=seed, **extra,
         )  # fmt: skip
     except ValueError as e:
