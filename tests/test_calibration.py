@@ -235,3 +235,30 @@ def test_the_report_shows_the_error_before_calibration():
     report.evaluation["calibration"] = {"temperature": 2.0, "bins": 15, "ece": 0.05, "ece_uncalibrated": 0.123}
     page = render(report)
     assert "before calibration 0.123" in page and "0.123 before the temperature training fitted, T = 2.000" in page
+
+
+def test_resume_fits_the_same_temperature_and_serves_a_run_with_or_without_it(calibrated_pair, tmp_path):
+    """The checkpoints hold the raw weights: a finished run resumed fits the same temperature to the same
+    weights, and a checkpoint written with calibration serves --no-calibrate (calibrate is not part of
+    the run's identity), which saves the raw head."""
+    import dataclasses
+
+    from lstm_cli.config import TrainConfig
+    from lstm_cli.data import read_labeled
+    from lstm_cli.train import train
+
+    data = read_labeled(calibrated_pair[0].parent / "train.csv")
+    config = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, bigram_buckets=512, bigram_dim=4,
+                         epochs=2, batch_size=16, learning_rate=0.02, validation_split=0.3)  # fmt: skip
+    checkpoints = tmp_path / "checkpoints"
+    first = train(config, data, checkpoint_dir=checkpoints)
+    again = train(config, data, checkpoint_dir=checkpoints, resume=True)
+    assert first.calibration["method"] == "temperature" and again.calibration == first.calibration
+    for a, b in zip(first.network.get_weights(), again.network.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    raw = train(dataclasses.replace(config, calibrate=False), data, checkpoint_dir=checkpoints, resume=True)
+    assert raw.calibration["method"] == "none"
+    temperature = first.calibration["temperature"]
+    for folded, unfolded in zip(first.network.get_layer("probabilities").get_weights(),
+                                raw.network.get_layer("probabilities").get_weights(), strict=True):  # fmt: skip
+        np.testing.assert_allclose(folded * temperature, unfolded, rtol=1e-5, atol=1e-7)
