@@ -161,6 +161,8 @@ def test_training_fits_a_temperature_that_the_saved_model_and_engine_apply_alike
     expected = softmax(np.log(raw_p) / temperature)
     np.testing.assert_allclose(pair.engine.probabilities(texts), expected, atol=1e-5)
     assert (pair.engine.probabilities(texts).argmax(axis=1) == raw_p.argmax(axis=1)).all()
+    info = runner.invoke(app, ["info", "-m", str(calibrated)])
+    assert f"temperature {temperature:.3f}" in " ".join(info.stdout.split())
 
 
 def test_no_calibrate_saves_the_raw_softmax_and_says_so(calibrated_pair):
@@ -168,6 +170,8 @@ def test_no_calibrate_saves_the_raw_softmax_and_says_so(calibrated_pair):
     section = _metadata(raw)["calibration"]
     assert section["method"] == "none" and section["temperature"] == 1.0 and section["reason"] == "--no-calibrate"
     assert _metadata(raw)["config"]["calibrate"] is False
+    info = runner.invoke(app, ["info", "-m", str(raw)])
+    assert "none (--no-calibrate)" in " ".join(info.stdout.split())
 
 
 def test_evaluate_reports_the_error_before_and_after(calibrated_pair):
