@@ -276,7 +276,11 @@ def test_evaluate_batches_by_rows_times_labels_with_the_same_report(trained_mode
     original = predict.Predictor.probabilities
     monkeypatch.setattr(predict.Predictor, "probabilities", lambda self, texts: calls.append(len(texts)) or
                         original(self, texts))  # fmt: skip
-    assert json.loads(runner.invoke(app, args).stdout) == whole
+    batched = json.loads(runner.invoke(app, args).stdout)
+    # The calibration errors average probabilities, which the engine computes a rounding apart in batches of
+    # other shapes; every count and label is the same.
+    assert batched.pop("calibration") == pytest.approx(whole.pop("calibration"), abs=1e-6)
+    assert batched == whole
     assert max(calls) == 2 and sum(calls) == whole["rows"]["evaluated"]
 
 
