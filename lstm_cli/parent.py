@@ -32,6 +32,7 @@ from lstm_cli.errors import ArtifactError, UsageError
 FIXED = (
     "punctuation", "max_length", "recurrent_length", "embedding_dim", "units", "layers", "cell", "bidirectional",
     "pooling", "embedding_pooling", "bigram_buckets", "bigram_dim", "bigram_min_count", "dense_units",
+    "multi_label",  # the head's activation and loss (a field of TrainConfig with train --multi-label)
 )  # fmt: skip
 # Worked out again from NEW unless given (TrainConfig.resolved): the parent's values fit the parent's data.
 REDONE = ("batch_size", "learning_rate")
@@ -132,10 +133,11 @@ def child_config(parent: TrainConfig, given: Mapping[str, Any], *, vocabulary_si
     the tokenizer or the weights' shapes, or a --max-tokens below the parent's vocabulary, is a UsageError."""
     given = dict(given)
     for name in FIXED:
-        if name in given and given[name] != getattr(parent, name):
+        kept = getattr(parent, name, False)  # False: a field this lstm-cli lacks (multi_label, before it came)
+        if name in given and given[name] != kept:
             flag = "--" + name.replace("_", "-")
             raise UsageError(
-                f"{flag} {_shown(given[name])} conflicts with the model of --from ({_shown(getattr(parent, name))}): "
+                f"{flag} {_shown(given[name])} conflicts with the model of --from ({_shown(kept)}): "
                 f"continuing keeps its tokenizer and layers; drop {flag}, or train a new model without --from"
             )
     if given.get("vectors") is not None:

@@ -220,6 +220,8 @@ def test_the_same_values_as_the_parent_and_training_options_are_accepted(trained
     assert child.dense_dropout == config.dense_dropout and child.seed == config.seed  # the parent's
     with pytest.raises(UsageError, match="--units 7 conflicts"):
         child_config(config, {"units": 7}, vocabulary_size=3)
+    with pytest.raises(UsageError, match=r"--multi-label true conflicts with the model of --from \(false\)"):
+        child_config(config, {"multi_label": True}, vocabulary_size=3)  # a softmax head stays one
 
 
 words = st.text(alphabet="abcxyz", min_size=1, max_size=3)
