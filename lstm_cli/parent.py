@@ -173,6 +173,13 @@ def extend_vocabulary(
     return [*vocabulary, *(word for _, word in new[:room])]
 
 
+def new_words(vocabulary: list[str], counts: Mapping[str, int], min_count: int) -> int:
+    """How many words of `counts` seen at least `min_count` times `vocabulary` lacks (extend_vocabulary adds
+    them while there is room)."""
+    known = set(vocabulary)
+    return sum(1 for word, count in counts.items() if count >= min_count and word not in known)
+
+
 def extend_labels(labels: list[str], seen: list[str]) -> list[str]:
     """`labels` unchanged (every label keeps its index), then those of `seen` it lacks, sorted."""
     return [*labels, *sorted(set(seen) - set(labels))]

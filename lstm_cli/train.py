@@ -49,7 +49,7 @@ from lstm_cli.model import (
 )
 from lstm_cli.optim import LazyAdam
 from lstm_cli.owned import check_checkpoint_dir
-from lstm_cli.parent import Parent, extend_bigrams, extend_labels, extend_vocabulary, inherit_weights
+from lstm_cli.parent import Parent, extend_bigrams, extend_labels, extend_vocabulary, inherit_weights, new_words
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
 
 ENCODE_BATCH = 4096
@@ -249,6 +249,12 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
     # Occurrences of each vocabulary id in training, out-of-vocabulary tokens at id 1 (for --vectors' coverage).
     counts = np.array([0, 0] + [stats.token_counts.get(token, 0) for token in vocabulary[2:]], dtype=np.int64)
     counts[OOV_ID] = sum(stats.token_counts.values()) - counts.sum()
+    left_out = new_words(parent.vocabulary, stats.token_counts, config.min_count) - words if parent else 0
+    if left_out:
+        warnings.append(
+            f"{data.path}: {left_out:,} of its words seen at least {config.min_count} times are left out of the "
+            f"vocabulary, full at --max-tokens {config.max_tokens:,}; give a larger --max-tokens to add them"
+        )
     absent = [label for label in parent.labels if label not in label_counts] if parent else []
     if absent:  # measured on Banking77: the old labels' accuracy fell from 0.93 to 0.002 (docs: --from)
         warnings.append(

@@ -297,3 +297,17 @@ def test_a_model_replaced_by_another_run_meanwhile_is_not_replaced_again(trained
     assert result.exit_code == 1 and result.stdout == "", result.output
     assert "was replaced by another run while this one trained" in result.stderr and "f" * 32 in result.stderr
     assert read_metadata(Path("model"))["id"] == "f" * 32  # the other run's model stays
+
+
+def test_a_full_vocabulary_takes_new_words_up_to_max_tokens_and_says_what_it_left_out(trained_model, tmp_path):
+    data = write_csv(tmp_path / "new.csv", _new_rows(seed=19))
+    cap = len(_vocabulary(trained_model)) + 1
+    args = ["train", str(data), "--from", str(trained_model), "-m", "child", "--epochs", "1", "--max-tokens",
+            str(cap), "--quiet"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    grown = _vocabulary(Path("child"))
+    assert len(grown) == cap and grown[-1] in NEW_WORDS  # the most frequent new word
+    assert read_metadata(Path("child"))["config"]["max_tokens"] == cap
+    left_out = f"{data}: 1 of its words seen at least 2 times are left out of the vocabulary, full at --max-tokens"
+    assert f"{left_out} {cap}; give a larger --max-tokens" in result.stderr
