@@ -150,8 +150,10 @@ def child_config(parent: TrainConfig, given: Mapping[str, Any], *, vocabulary_si
             f"--max-tokens {max_tokens} is below the vocabulary of the model of --from ({vocabulary_size:,} "
             f"entries), which continuing keeps whole; give --max-tokens {vocabulary_size} or more"
         )
-    values = {**parent.to_dict(), **dict.fromkeys(REDONE), "vectors": None, "freeze_vectors": False}
-    values.update({k: v for k, v in given.items() if k not in ("vectors", "freeze_vectors")})
+    # The embedding starts from the parent's, not from the --vectors or --pretrained encoder it started from.
+    origins = {"vectors": None, "freeze_vectors": False, "pretrained": None}
+    values = {**parent.to_dict(), **dict.fromkeys(REDONE), **origins}
+    values.update({k: v for k, v in given.items() if k not in origins})
     return dataclasses.replace(parent, **values)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -218,6 +219,8 @@ def test_the_same_values_as_the_parent_and_training_options_are_accepted(trained
     assert (child.embedding_dim, child.dropout, child.epochs, child.min_count) == (config.embedding_dim, 0.4, 2, 1)
     assert child.learning_rate is None and child.batch_size is None  # automatic again, for NEW's size
     assert child.dense_dropout == config.dense_dropout and child.seed == config.seed  # the parent's
+    started = dataclasses.replace(config, pretrained="encoder-dir")  # the embedding starts from the parent's now
+    assert child_config(started, {}, vocabulary_size=3).pretrained is None
     with pytest.raises(UsageError, match="--units 7 conflicts"):
         child_config(config, {"units": 7}, vocabulary_size=3)
     with pytest.raises(UsageError, match=r"--multi-label true conflicts with the model of --from \(false\)"):
