@@ -64,13 +64,15 @@ class Parent:
 
     def describe(self, vocabulary: list[str], labels: list[str]) -> dict[str, Any]:
         """The "parent" section of the child's metadata: which model it continues, and what it added."""
-        earlier = self.metadata.get("parent") or {}
+        earlier = self.metadata.get("parent")
+        lineage = earlier.get("lineage") if isinstance(earlier, dict) else None  # metadata is data: checked
+        lineage = [x for x in lineage if isinstance(x, str)] if isinstance(lineage, list) else []
         return {
             "id": self.id,
             "path": str(self.path),
             "metadata_sha256": self.metadata_sha256,
             "created_at": self.metadata.get("created_at"),
-            "lineage": [*earlier.get("lineage", []), self.id],  # the oldest ancestor first, this parent last
+            "lineage": [*lineage, self.id],  # the oldest ancestor first, this parent last
             "vocabulary_size": len(self.vocabulary),
             "words_added": len(vocabulary) - len(self.vocabulary),
             "labels_added": labels[len(self.labels) :],

@@ -250,6 +250,15 @@ def test_extend_vocabulary_keeps_every_id_and_adds_frequent_words_up_to_the_cap(
     assert all(counts[w] <= counts[a] for w in left_out for a in added)
 
 
+@pytest.mark.parametrize("section", [None, "x", {"lineage": "abc"}, {"lineage": ["a", 3, None, "b"]}])
+def test_the_lineage_reads_a_parents_parent_section_as_data(section):
+    from lstm_cli.parent import Parent
+
+    parent = Parent(Path("/p"), {"id": "c", "parent": section}, "0" * 64, TrainConfig(), ["x", "y"], ["", "[UNK]"], {})
+    expected = ["a", "b", "c"] if isinstance(section, dict) and isinstance(section["lineage"], list) else ["c"]
+    assert parent.describe(["", "[UNK]", "w"], ["x", "y", "z"])["lineage"] == expected
+
+
 def test_extend_labels_and_bigrams():
     assert extend_labels(["pos", "neg"], ["wow", "neg", "aha"]) == ["pos", "neg", "aha", "wow"]
     counts = np.array([0, 5, 0, 1, 9, 2, 7, 0], dtype=np.uint32)
