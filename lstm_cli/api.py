@@ -48,6 +48,11 @@ class Model:
         self._predictor = predictor
         self.path = Path(predictor.path)
         self.labels: list[str] = list(predictor.labels)  # the columns of predict_proba, in order
+        # A multi-label model's decision thresholds, one per label (None: a single-label model): a label is
+        # predicted where predict_proba is at or over its threshold.
+        self.thresholds: list[float] | None = None
+        if predictor.thresholds is not None:
+            self.thresholds = [float(t) for t in predictor.metadata["multi_label"]["thresholds"]]
 
     @property
     def engine(self) -> str:
@@ -68,7 +73,8 @@ class Model:
 
         `min_probability` (0 to 1): where the top probability is below it, the first Prediction's label is
         `unknown_label` (never one of `labels`), its probability unchanged, as `lstm-cli predict
-        --min-probability` prints."""
+        --min-probability` prints. A multi-label model refuses (UsageError): use predict_proba and `thresholds`."""
+        self._single_label("predict")
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
         if k < 1:
@@ -91,6 +97,7 @@ class Model:
     def explain(self, text: str, *, label: str | None = None, unit: str = "log-odds") -> Explanation:
         """How much each token pushed `label` (default: the predicted one): occlusion on the numpy engine, as
         `lstm-cli explain` computes it. `unit`: "log-odds" (default) or "probability"."""
+        self._single_label("explain")
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if label is not None and label not in self.labels:
@@ -98,6 +105,13 @@ class Model:
         if unit not in UNITS:
             raise UsageError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
         return occlusion(self._predictor, text, label=label, unit=unit)
+
+    def _single_label(self, what: str) -> None:
+        if self.thresholds is not None:
+            raise UsageError(
+                f"{what}() is for single-label models, and {self.path} is multi-label: a label is predicted where "
+                "predict_proba(texts) is at or over its entry of model.thresholds"
+            )
 
     def close(self) -> None:
         """Stop the engine's threads, if it started any; the model still predicts afterwards (and starts them

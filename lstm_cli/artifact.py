@@ -153,7 +153,7 @@ def verify_files(model_dir: Path, metadata: dict[str, Any], *, only: tuple[str, 
 def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped: dict[str, int]) -> dict[str, Any]:
     from lstm_cli.model import keras, tf
 
-    return {
+    metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "id": uuid.uuid4().hex,
@@ -208,7 +208,16 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
         # The temperature folded into the softmax head (lstm_cli.calibration): the raw logits are the saved
         # head's times it. None: saved by code that does not calibrate.
         "calibration": getattr(result, "calibration", None),
+        # A multi-label model's separator and decision thresholds (lstm_cli.multilabel); None: single-label.
+        "multi_label": result.multi_label,
     }
+    if result.multi_label is not None:
+        metadata["signature"]["outputs"].update(
+            probabilities='float32[batch, labels] in the order of "labels", each label\'s own (sigmoid)',
+            label="string[batch]: the most probable label",
+            selected='bool[batch, labels]: probabilities at or over the saved thresholds ("multi_label")',
+        )
+    return metadata
 
 
 def _recurrent_layers(network) -> list:
@@ -235,10 +244,12 @@ def _export_saved_model(result, directory: Path) -> None:
     for layer in _recurrent_layers(serving):
         layer.use_cudnn = False
     names = tf.constant(result.labels)
-    _write_archive(serving, result.vectorizer, result.config.max_length, names, directory)
+    thresholds = result.multi_label["thresholds"] if result.multi_label else None
+    _write_archive(serving, result.vectorizer, result.config.max_length, names, directory, thresholds)
 
 
-def _write_archive(network, vectorizer, max_length: int, names, directory: Path) -> None:
+def _write_archive(network, vectorizer, max_length: int, names, directory: Path, thresholds=None) -> None:
+    """`thresholds`: a multi-label model's, one per label; its signature adds "selected"."""
     from lstm_cli.model import keras, tf, token_ids
 
     archive = keras.export.ExportArchive()
@@ -249,12 +260,15 @@ def _write_archive(network, vectorizer, max_length: int, names, directory: Path)
     def serve(text):
         probabilities = network(token_ids(vectorizer, text, max_length).to_tensor(), training=False)
         best = tf.argmax(probabilities, axis=1, output_type=tf.int32)
-        return {
+        outputs = {
             "probabilities": probabilities,
             "label": tf.gather(names, best),
             "probability": tf.reduce_max(probabilities, axis=1),
             "label_names": tf.tile(names[tf.newaxis], [tf.shape(text)[0], 1]),
         }
+        if thresholds is not None:
+            outputs["selected"] = probabilities >= tf.constant(thresholds, tf.float32)
+        return outputs
 
     archive.add_endpoint("serve", serve)
     archive.write_out(str(directory), verbose=False)

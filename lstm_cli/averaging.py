@@ -94,14 +94,16 @@ def choose(
     best_loss: float,
     candidates: Iterator[tuple[Window, Weights]],
     validate: Callable[[Weights], dict[str, float]],
+    monitor: Callable[[dict[str, float]], float] = lambda metrics: metrics["val_loss"],
 ) -> Choice:
     """The candidate mean with the lowest validation loss if it is below the best epoch's, else the best epoch.
 
-    `validate` returns the validation metrics of weights, "val_loss" among them."""
+    `validate` returns the validation metrics of weights, "val_loss" among them. `monitor`: what is lowest
+    (a multi-label model's: minus its validation micro-F1); `best_loss` and `val_loss` are then its values."""
     choice = Choice(None, None, best_loss)
     for window, weights in candidates:
         metrics = validate(weights)
-        choice.tried[window] = metrics["val_loss"]
-        if metrics["val_loss"] < choice.val_loss:
-            choice = Choice(window, weights, metrics["val_loss"], metrics, choice.tried)
+        choice.tried[window] = monitor(metrics)
+        if choice.tried[window] < choice.val_loss:
+            choice = Choice(window, weights, choice.tried[window], metrics, choice.tried)
     return choice

@@ -84,6 +84,10 @@ class TrainConfig:
     vectors: str | None = None  # word vectors file (text format) that initialises the embedding; its width wins
     freeze_vectors: bool = False  # keep the embedding fixed at the vectors (only with `vectors`)
     pretrained: str | None = None  # an encoder directory (`lstm-cli pretrain`) the embedding and LSTM start from
+    # Multi-label: a sigmoid per label and binary cross-entropy (lstm_cli.multilabel); a label field holds
+    # one or more labels joined by label_separator (fastText lines: one __label__ each)
+    multi_label: bool = False
+    label_separator: str = ","
 
     def __post_init__(self) -> None:
         problems = config_problems(self)
@@ -280,6 +284,16 @@ def config_problems(config: TrainConfig) -> list[str]:
         problems.append("--freeze-vectors needs --vectors FILE")
     if config.pretrained and config.vectors:
         problems.append("--vectors and --pretrained both give the embedding's start; give one")
+    if (
+        not isinstance(config.label_separator, str)
+        or not config.label_separator
+        or any(c in config.label_separator for c in "\r\n")
+    ):
+        problems.append(
+            f"--label-separator must be one or more characters, no line break, got {config.label_separator!r}"
+        )
+    if config.multi_label and config.class_weight is not None:
+        problems.append("--class-weight is for single-label models; leave it out with --multi-label")
     return problems
 
 

@@ -247,7 +247,8 @@ def build_network(
     trainable_embeddings: bool = True,
     bigrams: np.ndarray | None = None,
 ):
-    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels.
+    """Embedding -> recurrent layer(s) -> pooling -> Dense(relu) -> Dropout -> softmax over the labels (a sigmoid
+    per label with config.multi_label).
 
     `embeddings`: a [vocabulary_size, embedding_dim] matrix to start the embedding from (pretrained vectors).
     `bigrams`: with bigram_min_count, the buckets that get a row (`kept_bigrams`); None: none does."""
@@ -289,11 +290,12 @@ def build_network(
     if config.dense_units:
         x = layers.Dense(config.dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)
         x = layers.Dropout(config.dense_dropout, name="dense_dropout")(x)
-    # Softmax even for two classes: users see one probability per label, summing to 1.
-    # float32 so the output stays exact under a mixed-precision policy.
+    # Softmax even for two classes: users see one probability per label, summing to 1. Multi-label: a sigmoid
+    # per label, each its own yes or no. float32 so the output stays exact under a mixed-precision policy.
     probabilities = layers.Dense(
-        num_classes, activation="softmax", dtype="float32", kernel_regularizer=_l2(config), name="probabilities"
-    )(x)
+        num_classes, activation="sigmoid" if config.multi_label else "softmax", dtype="float32",
+        kernel_regularizer=_l2(config), name="probabilities",
+    )(x)  # fmt: skip
     return keras.Model(ids, probabilities, name="lstm_cli_classifier")
 
 

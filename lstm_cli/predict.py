@@ -229,6 +229,11 @@ class Predictor:
                 time.sleep(0.05)
         self.labels: list[str] = self.metadata["labels"]
         self._workers = None
+        from lstm_cli.multilabel import is_multi_label, saved_thresholds
+
+        # A multi-label model (sigmoid per label) and its saved decision thresholds, one per label.
+        self.multi_label = is_multi_label(self.metadata)
+        self.thresholds = saved_thresholds(self.metadata, model_dir / METADATA) if self.multi_label else None
 
     def share_out(self) -> None:
         """From now on, run batches of WORKER_ROWS texts or WORKER_CHARS characters or more on forked worker
@@ -416,3 +421,41 @@ def evaluate(
             for row in wrong.tolist()
         ]
     return report
+
+
+def evaluate_multi_label(
+    predictor: Predictor, data, *, thresholds=None, batch_size: int = PREDICT_BATCH
+) -> dict[str, Any]:
+    """A multi-label model's metrics on `data` (lstm_cli.multilabel.LabeledSets): micro- and macro-F1, subset
+    accuracy, hamming loss and per-label precision/recall/F1 (lstm_cli.multilabel.report), at `thresholds` (one
+    per label, or one for all; default: the saved ones). Labels the model lacks are left out of the rows' sets
+    and counted in "unknown_labels"."""
+    from lstm_cli.multilabel import decide, report, targets
+
+    thresholds = predictor.thresholds if thresholds is None else thresholds
+    known = set(predictor.labels)
+    unknown = dict(Counter(label for row in data.labels for label in row if label not in known))
+    if not any(label in known for row in data.labels for label in row):
+        raise DataError(
+            f"{data.path}: no row has a label the model knows (the model's: "
+            f"{', '.join(map(repr, predictor.labels[:5]))}{', ...' if len(predictor.labels) > 5 else ''}); "
+            "check --label-column, --label-separator and that this is the model's test data"
+        )
+    truth = targets(data.labels, predictor.labels)
+    batch_size = max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels)))
+    chosen = np.zeros(truth.shape, bool)
+    start = 0
+    for batch in batched(data.texts, batch_size, PREDICT_CHARS):
+        chosen[start : start + len(batch)] = decide(predictor.probabilities(batch), thresholds)
+        start += len(batch)
+    result = report(truth, chosen, predictor.labels)
+    given = np.broadcast_to(np.asarray(thresholds, np.float64), (len(predictor.labels),))
+    result["thresholds"] = [round(float(t), 6) for t in given]  # 0.37, not float32's 0.3700000047683716
+    unknown_rows = sum(any(label not in known for label in row) for row in data.labels)
+    result["rows"] = {"read": len(data) + sum(data.skipped.values()), "evaluated": len(data),
+                      "unknown_label": unknown_rows, "skipped": dict(data.skipped)}  # fmt: skip
+    result["unknown_labels"] = unknown
+    result["data"] = data.fingerprint()
+    result["model"] = str(predictor.path)
+    result["multi_label"] = True
+    return result

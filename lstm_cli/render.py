@@ -64,7 +64,7 @@ def skipped_warnings(*datasets: LabeledData | None) -> list[str]:
 def epoch_line(report) -> str:
     m = report.metrics
     parts = [f"epoch {report.epoch:>{len(str(report.epochs))}}/{report.epochs}"]
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "val_micro_f1"):
         if key in m:
             parts.append(f"{key} {m[key]:.4f}")
     parts.append(f"{report.seconds:.1f}s")
@@ -72,7 +72,7 @@ def epoch_line(report) -> str:
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
-    order = ("loss", "accuracy", "val_loss", "val_accuracy")
+    order = ("loss", "accuracy", "val_loss", "val_accuracy", "val_micro_f1")
     return "  ".join(f"{k} {metrics[k]:.4f}" for k in order if k in metrics)
 
 
@@ -221,6 +221,34 @@ def prediction_lines(
     ]
 
 
+def multilabel_lines(batch, labels: list[str], output_format: str, thresholds) -> list[str]:
+    """A multi-label model's output lines: every label at or over its threshold, most probable first.
+
+    tsv: label<TAB>probability pairs on one line (label, probability, label, probability, ...); label: the
+    labels alone, tab-separated; both escape labels as tsv_field does, so tabs split them unambiguously, and a
+    text with no label over its threshold gets an empty line (no label is empty). json: "labels" (a list) and
+    "probabilities" (every label's, by label)."""
+    import numpy as np
+
+    from lstm_cli.multilabel import decide
+
+    probabilities = batch.probabilities
+    chosen = decide(probabilities, thresholds)
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    picked = [[i for i in row if keep[i]] for row, keep in zip(order.tolist(), chosen.tolist(), strict=True)]
+    values = probability_values(probabilities)
+    if output_format == "json":
+        return [
+            json.dumps({"text": text, "labels": [labels[i] for i in row],
+                        "probabilities": dict(zip(labels, every, strict=True))}, ensure_ascii=False)
+            for text, row, every in zip(batch.texts, picked, values, strict=True)
+        ]  # fmt: skip
+    fields = [tsv_field(label) for label in labels]
+    if output_format == "label":
+        return ["\t".join(fields[i] for i in row) for row in picked]
+    return ["\t".join(f"{fields[i]}\t{every[i]!r}" for i in row) for row, every in zip(picked, values, strict=True)]
+
+
 def _json_line(text: str, best: list[int], scores: list[float], every: list[float] | None, labels: list[str],
                abstained: tuple[bool, str] | None = None) -> str:  # fmt: skip
     record = {"text": text, "label": labels[best[0]], "probability": scores[0]}
@@ -289,6 +317,46 @@ def _calibration_text(calibration: dict[str, Any] | None) -> tuple:
         after = (f"{calibration['ece']:.4f}   (before calibration {calibration['ece_uncalibrated']:.4f}, "
                  f"temperature {calibration['temperature']:.3f})")  # fmt: skip
     return ("\n", ("calibration error ", "bold"), after)
+
+
+def print_multilabel_report(report: dict[str, Any], console=None) -> None:
+    """evaluate's tables for a multi-label model: the summary, the thresholds, and per-label P/R/F1."""
+    from rich.console import Console, Group
+    from rich.text import Text
+
+    console = console or Console(highlight=False, emoji=False)
+    summary = Text.assemble(
+        ("micro-F1 ", "bold"), f"{report['micro_f1']:.4f}   ",
+        ("macro-F1 ", "bold"), f"{report['macro_f1']:.4f}   ",
+        ("subset accuracy ", "bold"), f"{report['subset_accuracy']:.4f}   ",
+        ("hamming loss ", "bold"), f"{report['hamming_loss']:.4f}\n",
+        ("rows ", "bold"), f"{report['rows']['evaluated']:,}   ",
+        ("labels ", "bold"), f"{len(report['labels']):,}   ",
+        ("thresholds ", "bold"), _thresholds_text(report["thresholds"]),
+    )  # fmt: skip
+    console.print(Group(summary, _per_class_table(report)))
+
+
+def _thresholds_text(thresholds: list[float]) -> str:
+    low, high = min(thresholds), max(thresholds)
+    return f"{low:g}" if low == high else f"{low:g} to {high:g} (per label, in --format json)"
+
+
+def multilabel_warnings(report: dict[str, Any]) -> list[str]:
+    """What evaluate says about a multi-label report's rows: labels the model lacks, rows skipped."""
+    warnings = []
+    if report["unknown_labels"]:
+        listed = ", ".join(f"{label!r} ({n})" for label, n in sorted(report["unknown_labels"].items())[:10])
+        warnings.append(
+            f"{report['rows']['unknown_label']:,} rows have labels the model was not trained on, left out of the "
+            f"metrics: {listed}"
+        )
+    skipped = report["rows"]["skipped"]
+    if skipped:
+        warnings.append(
+            f"{report['data']['path']}: skipped {sum(skipped.values()):,} rows ({describe_skipped(skipped)})"
+        )
+    return warnings
 
 
 def _per_class_table(report: dict[str, Any]):

@@ -99,6 +99,7 @@ class TrainResult:
     parent: dict[str, Any] | None = None  # with --from: the model continued and what was added (Parent.describe)
     pretrained: dict[str, Any] | None = None  # with --pretrained: the encoder started from (Encoder.describe)
     calibration: dict[str, Any] | None = None  # the temperature folded into the head (lstm_cli.calibration.fit)
+    multi_label: dict[str, Any] | None = None  # a multi-label model's thresholds (multilabel.choose_thresholds)
 
     @property
     def is_chief(self) -> bool:
@@ -165,12 +166,18 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
     (2) the training rows' tokens (the vocabulary), (3) every row encoded once into the on-disk token
     caches, unless they are already there (--resume, or a rerun after an interruption). With a `parent`
     (--from), its labels and vocabulary come first, keeping their indices, and the data's new ones follow."""
+    # A multi-label model's rows are keyed by their label set (lstm_cli.multilabel): the split is stratified
+    # by set, and the token cache holds a set's index; `labels` are then the labels the sets hold.
     label_counts: Counter[str] = Counter(label for _, label in data)
     stage(f"Read {sum(label_counts.values()):,} rows from {data.path}")
-    labels = sorted(label_counts) if parent is None else extend_labels(parent.labels, list(label_counts))
+    classes = sorted(label_counts)
+    if parent is not None and not config.multi_label:
+        classes = extend_labels(parent.labels, list(label_counts))
+    labels = _labels_of(classes) if config.multi_label else classes
     if len(labels) < 2:
         raise DataError(
-            f"{data.path}: only one class ({labels[0]!r}) in the training data; a classifier needs at least two"
+            f"{data.path}: only one {'label' if config.multi_label else 'class'} ({labels[0]!r}) in the training "
+            "data; a classifier needs at least two"
         )
     fraction = validation_fraction(config.validation_split, label_counts.total()) if validation is None else 0.0
     if 0 < fraction < config.validation_split:
@@ -204,7 +211,7 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
             f"{data.path}: no word occurs {config.min_count} times in the training rows, so the vocabulary is "
             "empty; lower --min-count (1 keeps every word) or add rows"
         )
-    index = {label: i for i, label in enumerate(labels)}
+    index = {label: i for i, label in enumerate(classes)}
     tokenizer = Tokenizer(vocabulary, max_length=config.max_length, standardize=config.standardization)
     # How the files are read is part of what the caches hold: the same bytes read with another --text-column
     # or --delimiter are other rows.
@@ -215,7 +222,7 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
                 "encoder": encoder.metadata["id"] if encoder else None,
                 **{k: getattr(config, k)
                    for k in ("max_tokens", "min_count", "punctuation", "max_length", "validation_split",
-                             "seed")}}  # fmt: skip
+                             "seed", "multi_label", "label_separator")}}  # fmt: skip
 
     def cache(name: str, rows: Callable[[], Iterator[tuple[str, str]]], expected: int, tokens: int | None = None):
         fingerprint = {**identity, "part": name}
@@ -230,11 +237,17 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
     # Shards sized by tokens too: a corpus of long documents gets more of them, each read whole in training.
     train_cache = cache("train", training_rows, stats.rows, sum(stats.token_counts.values()))
     val_cache, warnings = None, split().warnings
+    if config.multi_label and len(warnings) > 1:  # one line, not one per rare combination of labels
+        warnings = [f"{len(warnings):,} label sets have a single row: kept for training, absent from validation"]
     if validation is not None:
         given = Counter(label for _, label in validation)
         if not given:
             raise DataError(f"{validation.path}: no rows to validate on; give --validation-data a file with rows")
-        unknown = sorted(set(given) - set(labels))
+        if config.multi_label:  # sets unseen in training are fine, as long as each of their labels is known
+            for key in sorted(set(given) - set(index)):
+                index[key] = len(classes)
+                classes.append(key)
+        unknown = sorted(set(_labels_of(given) if config.multi_label else given) - set(labels))
         if unknown:
             where = "the training data" + (" or the model of --from" if parent else "")
             raise DataError(f"{validation.path}: validation labels not in {where}: {', '.join(map(repr, unknown[:5]))}")
@@ -262,7 +275,14 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
             f"({', '.join(map(repr, absent[:3]))}{', ...' if len(absent) > 3 else ''}): the model will forget "
             "them; add some of their rows to the data (see 'Forgetting' in the docs of train --from)"
         )
-    return _Prepared(labels, vocabulary, train_cache, val_cache, counts, split().train_counts, warnings)
+    return _Prepared(labels, vocabulary, train_cache, val_cache, counts, split().train_counts, warnings, classes)
+
+
+def _labels_of(keys) -> list[str]:
+    """The labels the label sets (keys of lstm_cli.multilabel.set_key) hold, sorted."""
+    from lstm_cli.multilabel import key_labels
+
+    return sorted({label for key in keys for label in key_labels(key)})
 
 
 def _row_count(data: LabeledData | LabeledStream) -> int:
@@ -278,6 +298,7 @@ class _Prepared:
     token_counts: np.ndarray  # per vocabulary id, in the training rows
     train_label_counts: dict[str, int]
     warnings: list[str]
+    classes: list[str]  # what the token caches' label indices index: the labels, or a multi-label model's sets
 
 
 def _class_weights(config: TrainConfig, labels: list[str], train_counts: dict[str, int], path: str):
@@ -347,21 +368,31 @@ def _batch_stream(strategy, source, batch_size: int, seed: int, first_step: int)
     return iter(strategy.distribute_datasets_from_function(pipeline))
 
 
-def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip_norm: float, smoothing: float):
+def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip_norm: float, smoothing: float,
+                     set_targets: np.ndarray | None = None):  # fmt: skip
     """One optimizer step on the next global batch: (loss, correct rows, tokens, rows), summed over replicas.
 
     Each replica's loss is its rows' weighted cross-entropy divided by the rows of the whole global batch,
-    so the gradients the optimizer sums across replicas are those of the global batch's mean loss."""
+    so the gradients the optimizer sums across replicas are those of the global batch's mean loss.
+    `set_targets`: a multi-label model's 0/1 targets of each label set [sets, labels] (the batches' label
+    indices are sets); its loss is the binary cross-entropy averaged over the labels, and a row is correct
+    when every label is on the right side of 0.5."""
     replicas = strategy.num_replicas_in_sync
     weights_by_label = tf.constant(row_weights, tf.float32)
+    multi = set_targets is not None
+    targets_of_set = tf.constant(set_targets if multi else np.zeros((1, 1)), tf.float32)
     # Clipping is done here, not by the optimizer: Keras clips each replica's part before the replicas are
     # summed, and takes the norm of the embedding's gradient slices before repeated tokens are merged.
 
     def replica_step(ids, labels, weights, global_rows):
         with tf.GradientTape() as tape:
             probabilities = network(ids, training=True)
-            per_row = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
-            if smoothing > 0:  # (1 - e) * CE(label) + e * mean over labels of CE(that label)
+            if multi:  # label smoothing as Keras': targets pulled towards 0.5
+                per_row = keras.losses.binary_crossentropy(tf.gather(targets_of_set, labels), probabilities,
+                                                           label_smoothing=smoothing)  # fmt: skip
+            else:
+                per_row = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+            if smoothing > 0 and not multi:  # (1 - e) * CE(label) + e * mean over labels of CE(that label)
                 spread = -tf.reduce_mean(tf.math.log(tf.clip_by_value(probabilities, 1e-7, 1.0)), axis=-1)
                 per_row = (1 - smoothing) * per_row + smoothing * spread
             weighted = per_row * weights * tf.gather(weights_by_label, labels)
@@ -377,8 +408,12 @@ def _make_train_step(strategy, network, optimizer, row_weights: np.ndarray, clip
             gradients, _ = tf.clip_by_global_norm(dense, clip_norm * _loss_scale(optimizer))
             gradients = [g / replicas for g in gradients]  # the optimizer sums the replicas' copies again
         optimizer.apply(gradients, network.trainable_variables)
-        predicted = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        correct = tf.reduce_sum(weights * tf.cast(tf.equal(predicted, labels), tf.float32))
+        if multi:
+            chosen = tf.cast(probabilities >= 0.5, tf.float32)
+            right = tf.reduce_all(tf.equal(chosen, tf.gather(targets_of_set, labels)), axis=-1)
+        else:
+            right = tf.equal(tf.argmax(probabilities, axis=-1, output_type=tf.int32), labels)
+        correct = tf.reduce_sum(weights * tf.cast(right, tf.float32))
         tokens = tf.reduce_sum(tf.cast(ids != PAD_ID, tf.float32) * weights[:, None])
         return loss, correct, tokens, tf.reduce_sum(weights)
 
@@ -394,14 +429,25 @@ def _loss_scale(optimizer):
     return optimizer.dynamic_scale if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else 1.0
 
 
-def _make_evaluate(network, source, batch_size: int):
+def _make_evaluate(network, source, batch_size: int, set_targets: np.ndarray | None = None):
     """Mean cross-entropy and accuracy of the network on every row of `source` (unweighted).
 
     Every worker evaluates the whole validation set on its own copy of the (identical) weights, so all
-    take the same early-stopping decision without talking to each other."""
+    take the same early-stopping decision without talking to each other. `set_targets`: as _make_train_step's
+    (multi-label: binary cross-entropy, subset accuracy at 0.5, and micro-F1 at the best global threshold)."""
+    from lstm_cli.multilabel import fit_thresholds, micro_f1
+
     probabilities_of = tf.function(lambda ids: network(ids, training=False), reduce_retracing=True)
 
     def evaluate() -> dict[str, float]:
+        if set_targets is not None:
+            probabilities, truth = validation_probabilities(probabilities_of, source, batch_size, set_targets)
+            clipped = np.clip(probabilities.astype(np.float64), 1e-7, 1 - 1e-7)  # as Keras' cross-entropy
+            loss = -(truth * np.log(clipped) + (1 - truth) * np.log(1 - clipped)).mean(axis=1)
+            chosen = probabilities >= 0.5
+            fitted = fit_thresholds(probabilities, truth)["global"]
+            return {"val_loss": float(loss.mean()), "val_accuracy": float((chosen == (truth > 0)).all(axis=1).mean()),
+                    "val_micro_f1": micro_f1(probabilities, truth, fitted)}  # fmt: skip
         loss, correct, rows = 0.0, 0, 0
         for batch in source.batches(batch_size, seed=None, epoch=0):
             probabilities = probabilities_of(tf.constant(batch.ids)).numpy()
@@ -439,6 +485,15 @@ def _calibrate(config: TrainConfig, network, source, batch_size: int) -> dict[st
     if fitted["temperature"] != 1.0:
         calibration.fold(network, fitted["temperature"])
     return fitted
+
+
+def validation_probabilities(probabilities_of, source, batch_size: int, set_targets: np.ndarray):
+    """(probabilities, 0/1 targets), each [rows, labels], of a multi-label model on every row of `source`."""
+    outputs, truth = [], []
+    for batch in source.batches(batch_size, seed=None, epoch=0):
+        outputs.append(probabilities_of(tf.constant(batch.ids)).numpy())
+        truth.append(set_targets[batch.labels])
+    return np.concatenate(outputs), np.concatenate(truth)
 
 
 def _summaries(directory: Path | None, plan: DevicePlan):
@@ -595,10 +650,21 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         if plan.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
-    row_weights = np.array([weights[label] for label in labels] if weights else [1.0] * len(labels))
-    train_step = _make_train_step(strategy, network, optimizer, row_weights, config.clip_norm, config.label_smoothing)
-    evaluate = _make_evaluate(network, val_source, config.batch_size) if val_source is not None else None
+    row_weights = np.array([weights[label] for label in labels] if weights else [1.0] * len(prepared.classes))
+    set_targets = None
+    if config.multi_label:
+        from lstm_cli.multilabel import set_targets as targets_of
+
+        set_targets = targets_of(prepared.classes, labels)
+    train_step = _make_train_step(strategy, network, optimizer, row_weights, config.clip_norm, config.label_smoothing,
+                                  set_targets)  # fmt: skip
+    evaluate = _make_evaluate(network, val_source, config.batch_size, set_targets) if val_source is not None else None
     monitor = "val_loss" if evaluate is not None else "loss"
+    # What early stopping (and weight averaging) minimise: the loss; for a multi-label model with validation
+    # rows, minus the micro-F1 at the best threshold (the loss, dominated by the many easy "no"s, bottomed out
+    # epochs before the labels did on GoEmotions)
+    objective = (lambda m: -m["val_micro_f1"]) if set_targets is not None and evaluate is not None else None
+    watched = objective or (lambda m: m[monitor])
 
     history: list[dict[str, float]] = []
     epoch_seconds: list[float] = []
@@ -663,10 +729,10 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
 
         # Early stopping on val_loss (loss without validation data); the best epoch's weights are kept, and
         # weight averaging keeps those around the best epoch.
-        improved = metrics[monitor] < best["value"]
+        improved = watched(metrics) < best["value"]
         epoch_weights = network.get_weights() if improved or path is not None else None
         if improved:
-            best.update(value=metrics[monitor], epoch=epoch, weights=epoch_weights, wait=0)
+            best.update(value=watched(metrics), epoch=epoch, weights=epoch_weights, wait=0)
         else:
             best["wait"] += 1
             stopped = stopped or best["wait"] > config.patience
@@ -695,11 +761,13 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             network.set_weights(averaged)
             return evaluate()
 
-        averaging = choose(best["value"], path.candidates(), validate)
+        averaging = choose(best["value"], path.candidates(), validate, *([objective] if objective else []))
         if averaging.window is not None:
             first, last = averaging.window
-            stage(f"Weights: the mean of epochs {first}-{last}, validation loss {averaging.val_loss:.4f} "
-                  f"(epoch {best['epoch'] + 1} alone: {best['value']:.4f})")  # fmt: skip
+            what = "micro-F1" if objective else "loss"
+            sign = -1 if objective else 1
+            stage(f"Weights: the mean of epochs {first}-{last}, validation {what} {sign * averaging.val_loss:.4f} "
+                  f"(epoch {best['epoch'] + 1} alone: {sign * best['value']:.4f})")  # fmt: skip
     if best["weights"] is not None:
         network.set_weights(best["weights"] if averaging is None or averaging.weights is None else averaging.weights)
 
@@ -712,7 +780,20 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         stage(f"Calibration: temperature {calibration['temperature']:.3f} fitted on {val_source.rows:,} validation "
               f"rows (expected calibration error {ece['before']:.4f} -> {ece['after']:.4f})")  # fmt: skip
 
-    best_index = int(np.argmin([h[monitor] for h in history]))
+    # 9. A multi-label model's decision thresholds, chosen on the validation rows (lstm_cli.multilabel).
+    multi_label = None
+    if config.multi_label:
+        from lstm_cli.multilabel import choose_thresholds
+
+        probabilities, truth = np.zeros((0, len(labels)), np.float32), np.zeros((0, len(labels)), np.float32)
+        if val_source is not None:
+            probabilities_of = tf.function(lambda ids: network(ids, training=False), reduce_retracing=True)
+            probabilities, truth = validation_probabilities(probabilities_of, val_source, config.batch_size,
+                                                            set_targets)  # fmt: skip
+        multi_label = {"separator": config.label_separator, **choose_thresholds(probabilities, truth, config.seed)}
+        stage(_describe_thresholds(multi_label))
+
+    best_index = int(np.argmin([watched(h) for h in history]))
     return TrainResult(
         network=network,
         vectorizer=vectorizer,
@@ -737,7 +818,20 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
         parent=parent.describe(vocabulary, labels) if parent else None,
         pretrained=encoder.describe() if encoder else None,
         calibration=calibration,
+        multi_label=multi_label,
     )
+
+
+def _describe_thresholds(chosen: dict[str, Any]) -> str:
+    if chosen["mode"] == "default":
+        return f"Thresholds: {chosen['reason']}"
+    cross = chosen["cross_validated_micro_f1"]
+    if chosen["mode"] == "global":
+        what = f"one for every label, {chosen['thresholds'][0]:g}"
+    else:
+        what = f"one per label, {min(chosen['thresholds']):g} to {max(chosen['thresholds']):g}"
+    return (f"Thresholds: {what} (validation micro-F1 {chosen['validation_micro_f1']:.4f}; cross-validated on the "
+            f"validation rows: global {cross['global']:.4f}, per label {cross['per_label']:.4f})")  # fmt: skip
 
 
 def _check_tensorboard_dir(path: Path) -> None:

@@ -69,7 +69,8 @@ def _write_errors_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 @app.command("evaluate", cls=PlainCommand)
 @panels(
-    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format"),
+    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format",
+          "label_separator"),
     Output=("output_format", "as_json", "output", "confusion_csv", "errors"),
 )  # fmt: skip
 def evaluate_cli(
@@ -104,11 +105,27 @@ def evaluate_cli(
             show_default=False,
         ),
     ] = None,
+    label_separator: Annotated[
+        str | None,
+        typer.Option(
+            help="Multi-label models: what joins a row's labels in DATA's label field. [default: the model's]",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Multi-label models: count a label as predicted at or over this probability (above 0, at most 1), "
+            "instead of the thresholds chosen in training.",
+            show_default=False,
+        ),
+    ] = None,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
     """Measure a model on labeled data: accuracy, macro-F1, per-class P/R/F1, confusion matrix.
 
+    A multi-label model gets micro- and macro-F1, subset accuracy, hamming loss and per-label P/R/F1.
     Tables fit the terminal's width; beyond 15 classes the confusion matrix is shown as the most-confused pairs.
 
     \b
@@ -129,6 +146,13 @@ def evaluate_cli(
         read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
                             encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
                             input_format=input_format)  # fmt: skip
+        separator = _multi_label_separator(model, label_separator, threshold,
+                                           refused={"--confusion-csv": confusion_csv, "--errors": errors,
+                                                    "--min-probability": min_probability})  # fmt: skip
+        if separator is not None:
+            _evaluate_multi_label(data, read, separator, threshold, model=model, engine=engine, verbose=verbose,
+                                  output=output, json_output=output_format is ReportFormat.json)  # fmt: skip
+            return
         dataset = read_labeled(data, **read)
         from lstm_cli import render
 
@@ -162,3 +186,58 @@ def evaluate_cli(
             typer.echo(json.dumps(report, ensure_ascii=False))
         else:
             render.print_report(report)
+
+
+def _multi_label_separator(model: Path, separator: str | None, threshold: float | None, refused: dict) -> str | None:
+    """The label separator to read DATA with when the model is multi-label (None: it is not, or its metadata
+    cannot be read, which the Predictor then reports); the options that do not apply refused (exit 2)."""
+    from lstm_cli.errors import LstmCliError, UsageError
+
+    try:
+        from lstm_cli.artifact import read_metadata
+        from lstm_cli.multilabel import is_multi_label
+
+        metadata = read_metadata(model)
+        multi = is_multi_label(metadata)
+    except LstmCliError:
+        metadata, multi = None, False
+    if not multi:
+        for flag, value in (("--label-separator", separator), ("--threshold", threshold)):
+            if value is not None and metadata is not None:
+                raise UsageError(f"{flag} is for multi-label models, and {model} is single-label")
+        return None
+    for flag, value in refused.items():
+        if value is not None:
+            raise UsageError(f"{flag} is for single-label models, and {model} is multi-label; leave it out")
+    from lstm_cli.multilabel import DEFAULT_SEPARATOR, check_separator, check_threshold
+
+    if threshold is not None:
+        check_threshold(threshold)
+    saved = (metadata.get("multi_label") or {}).get("separator", DEFAULT_SEPARATOR)
+    return check_separator(separator if separator is not None else saved)
+
+
+def _evaluate_multi_label(data: Path, read: dict, separator: str, threshold: float | None, *, model: Path,
+                          engine: EngineChoice, verbose: bool, output: Path | None,
+                          json_output: bool) -> None:  # fmt: skip
+    from lstm_cli import render
+    from lstm_cli.multilabel import read_label_sets
+    from lstm_cli.predict import Predictor, evaluate_multi_label
+
+    console = _console()
+    dataset = read_label_sets(data, separator, **read)
+    warn(console, dataset.warnings)
+    predictor = Predictor(model, engine=engine.value)
+    _engine_note(predictor, verbose)
+    report = evaluate_multi_label(predictor, dataset, thresholds=threshold)
+    for warning in render.multilabel_warnings(report):
+        console.print(render.warning(warning), soft_wrap=False)
+    if output is not None:
+        from lstm_cli.atomic import replacing_file
+
+        with replacing_file(output) as f:
+            f.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if json_output:
+        typer.echo(json.dumps(report, ensure_ascii=False))
+    else:
+        render.print_multilabel_report(report)

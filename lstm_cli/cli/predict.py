@@ -155,7 +155,7 @@ def _writer(path: Path | None):
 @app.command("predict", cls=PlainCommand)
 @panels(
     Data=("input_file", "input_format", "text_column", "no_header", "delimiter", "encoding"),
-    Output=("output_format", "top_k", "all_probabilities", "output", "column_prefix"),
+    Output=("output_format", "top_k", "all_probabilities", "threshold", "output", "column_prefix"),
 )  # fmt: skip
 def predict_cli(
     texts: Annotated[
@@ -205,6 +205,14 @@ def predict_cli(
         str | None,
         typer.Option(help="The label of texts that abstain (never one of the model's). [default: unknown]"),
     ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Multi-label models: show the labels with a probability at or over this (above 0, at most 1), "
+            "instead of the thresholds chosen in training.",
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -245,14 +253,21 @@ def predict_cli(
             _predict_table(stream, name, chosen, model=model, engine=engine, verbose=verbose, text_column=text_column,
                            no_header=no_header, delimiter=delimiter, encoding=encoding, top_k=top_k,
                            all_probabilities=all_probabilities, prefix=column_prefix, output=output,
-                           batch_size=batch_size, abstain=abstain)  # fmt: skip
+                           batch_size=batch_size, abstain=abstain, threshold=threshold)  # fmt: skip
             return
         source = iter(texts or ()) if stream is None else _lines(stream, name, chosen, input_format is not None)
         from lstm_cli.predict import Predictor
-        from lstm_cli.render import prediction_lines
+        from lstm_cli.render import multilabel_lines, prediction_lines
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
+        thresholds = _multi_label(
+            predictor,
+            threshold,
+            abstain=abstain,
+            top_k=top_k,
+            all_probabilities=all_probabilities and output_format is not OutputFormat.json,
+        )
         _check_abstain(abstain, predictor.labels)
         predictor.share_out()
         n = len(predictor.labels)
@@ -261,8 +276,11 @@ def predict_cli(
         try:
             with _writer(output) as write:
                 for batch in predictor.predict(source, batch_size=batch_size):
-                    lines = prediction_lines(batch, predictor.labels, output_format.value, k,
-                                             all_probabilities=all_probabilities, abstain=abstain)  # fmt: skip
+                    if thresholds is not None:
+                        lines = multilabel_lines(batch, predictor.labels, output_format.value, thresholds)
+                    else:
+                        lines = prediction_lines(batch, predictor.labels, output_format.value, k,
+                                                 all_probabilities=all_probabilities, abstain=abstain)  # fmt: skip
                     write("\n".join(lines) + "\n")
         finally:
             predictor.close()
@@ -271,7 +289,7 @@ def predict_cli(
 def _predict_table(stream, name: str, input_format: str, *, model: Path, engine: EngineChoice, verbose: bool,
                    text_column: str, no_header: bool, delimiter: str | None, encoding: str, top_k: int,
                    all_probabilities: bool, prefix: str, output: Path | None, batch_size: int,
-                   abstain: tuple[float, str] | None = None) -> None:  # fmt: skip
+                   abstain: tuple[float, str] | None = None, threshold: float | None = None) -> None:  # fmt: skip
     """predict on a CSV/TSV/JSON Lines table: the rows written back with their predictions."""
     from lstm_cli.tables import TableReader, predict_table
 
@@ -287,6 +305,10 @@ def _predict_table(stream, name: str, input_format: str, *, model: Path, engine:
 
     predictor = Predictor(model, engine=engine.value)
     _engine_note(predictor, verbose)
+    if predictor.multi_label:
+        raise UsageError(f"{model} is a multi-label model, and predict does not label tables with one yet; give "
+                         "the texts as lines (--input-format lines, or cut the text column out)")  # fmt: skip
+    _multi_label(predictor, threshold)
     _check_abstain(abstain, predictor.labels)
     predictor.share_out()
     try:
@@ -296,6 +318,29 @@ def _predict_table(stream, name: str, input_format: str, *, model: Path, engine:
                           abstain=abstain)  # fmt: skip
     finally:
         predictor.close()
+
+
+def _multi_label(predictor, threshold: float | None, *, abstain=None, top_k: int = 1,
+                 all_probabilities: bool = False):  # fmt: skip
+    """A multi-label model's thresholds (--threshold, else the saved ones), the options that do not apply to it
+    refused; None for a single-label model, which refuses --threshold. UsageError: exit 2."""
+    if not predictor.multi_label:
+        if threshold is not None:
+            raise UsageError(f"--threshold is for multi-label models, and {predictor.path} is single-label; "
+                             "--min-probability P abstains below a top probability")  # fmt: skip
+        return None
+    for given, flag, why in (
+        (abstain is not None, "--min-probability", "its --threshold decides which labels show"),
+        (top_k != 1, "--top-k", "every label over its threshold is shown"),
+        (all_probabilities, "--all-probabilities", "--format json has every probability"),
+    ):
+        if given:
+            raise UsageError(f"{flag} is for single-label models, and {predictor.path} is multi-label: {why}")
+    if threshold is None:
+        return predictor.thresholds
+    from lstm_cli.multilabel import check_threshold
+
+    return check_threshold(threshold)
 
 
 def _abstain(min_probability: float | None, unknown_label: str | None) -> tuple[float, str] | None:

@@ -84,10 +84,12 @@ def report_cli(
                             encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
                             input_format=input_format)  # fmt: skip
         dataset = read_labeled(data, **read)
+        from lstm_cli.multilabel import refuse as refuse_multi_label
         from lstm_cli.predict import Predictor
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
+        refuse_multi_label(predictor.metadata, "report")
         page = reporting.build(predictor, dataset, errors=show_errors)
         if to_stdout:
             sys.stdout.buffer.write(page.encode("utf-8"))

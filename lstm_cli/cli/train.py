@@ -58,7 +58,7 @@ def _kinds(option: str) -> tuple[str, ...]:
 @app.command("train", cls=PlainCommand)
 @panels(
     Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format",
-          "validation_data", "validation_split"),
+          "validation_data", "validation_split", "multi_label", "label_separator"),
     Tokens=("max_tokens", "min_count", "punctuation", "max_length", "recurrent_length"),
     Model=("embedding_dim", "units", "layers", "cell", "bidirectional", "dropout", "recurrent_dropout",
            "embedding_dropout", "pooling", "embedding_pooling", "bigram_buckets", "bigram_dim", "bigram_min_count",
@@ -86,6 +86,19 @@ def train_cli(
     validation_split: Annotated[
         float, typer.Option(help="Stratified, seeded fraction of DATA held out for validation.")
     ] = DEFAULTS.validation_split,
+    multi_label: Annotated[
+        bool,
+        typer.Option(
+            "--multi-label",
+            help="Several labels a text: a sigmoid per label, decision thresholds chosen on the validation rows.",
+        ),
+    ] = False,
+    label_separator: Annotated[
+        str,
+        typer.Option(
+            help="With --multi-label: what joins a row's labels in its label field (fastText: one __label__ each)."
+        ),
+    ] = DEFAULTS.label_separator,
     max_tokens: Annotated[int, typer.Option(help="Vocabulary size.")] = DEFAULTS.max_tokens,
     min_count: Annotated[
         int, typer.Option(help="Tokens seen fewer times in the training texts are out of vocabulary.")
@@ -248,10 +261,16 @@ def train_cli(
             patience=patience, plateau_factor=plateau_factor, label_smoothing=label_smoothing,
             weight_averaging=weight_averaging, calibrate=calibrate, steps_per_epoch=steps_per_epoch,
             max_steps=max_steps,
-            validation_split=validation_split, seed=seed, **extra,
+            validation_split=validation_split, seed=seed, multi_label=multi_label, label_separator=label_separator,
+            **extra,
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if label_separator != DEFAULTS.label_separator and not multi_label:
+        raise typer.BadParameter("--label-separator is for --multi-label", param_hint="--label-separator")
+    if multi_label and from_model is not None:
+        raise typer.BadParameter("--from continues single-label models; train a multi-label one without --from",
+                                 param_hint="--multi-label")  # fmt: skip
     from lstm_cli.config import number_problem
     from lstm_cli.watchdog import MAX_TIMEOUT
 
@@ -313,6 +332,11 @@ def train_cli(
                             input_format=input_format)  # fmt: skip
         dataset = stream_labeled(data, **read)
         validation = stream_labeled(validation_data, **read) if validation_data else None
+        if multi_label:  # rows keyed by their label sets (lstm_cli.multilabel)
+            from lstm_cli.multilabel import MultiLabelStream
+
+            dataset = MultiLabelStream(dataset, label_separator)
+            validation = MultiLabelStream(validation, label_separator) if validation is not None else None
         warn(console, render.reading_warnings(dataset, validation))
         warn(console, vectors_warnings(vectors, explicit(ctx, "embedding_dim")))  # before TensorFlow's import
         from lstm_cli.train import train as train_model

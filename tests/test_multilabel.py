@@ -1,0 +1,291 @@
+"""Multi-label models: reading label sets, thresholds chosen and saved, predict/evaluate output, both engines
+and the SavedModel, metrics against hand-computed cases, and the commands that refuse such models."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from lstm_cli.cli import app
+from tests.conftest import TINY, unescape_tsv, write_csv
+
+runner = CliRunner()
+
+TOPICS = {
+    "food": "pizza pasta soup bread salad cake".split(),
+    "staff": "waiter waitress staff manager host chef".split(),
+    "pos": "good great lovely excellent fine happy".split(),
+    "neg": "bad awful poor terrible sad horrible".split(),
+}
+FILLER = "the a it was very really quite and".split()
+# Labels that would break a naive output format: the separator of CSV (and of the labels' default), a tab,
+# quotes, a backslash escape's look-alike, a line break, and non-ASCII text.
+HOSTILE = {"food": 'a,b "c"', "staff": "tab\there", "pos": "back\\tslash\nnewline", "neg": "ünï ✓ 'q'"}
+
+
+def label_rows(n: int, seed: int, names: dict[str, str] | None = None) -> list[tuple[str, list[str]]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        topics = rng.sample(sorted(TOPICS), rng.choice([1, 1, 2, 2, 3]))
+        words = [rng.choice(TOPICS[t]) for t in topics for _ in range(rng.randint(1, 2))]
+        words += [rng.choice(FILLER) for _ in range(rng.randint(0, 3))]
+        rng.shuffle(words)
+        rows.append((" ".join(words), [names[t] if names else t for t in topics]))
+    return rows
+
+
+def train(tmp_path, rows, *args: str, separator: str = ",") -> tuple[object, str]:
+    data = write_csv(tmp_path / "train.csv", [(text, separator.join(labels)) for text, labels in rows])
+    model = tmp_path / "model"
+    result = runner.invoke(app, ["train", str(data), "-m", str(model), "--multi-label", *TINY, "--epochs", "8",
+                                 *args])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return model, result
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("multilabel")
+    trained, _ = train(d, label_rows(300, seed=1))
+    write_csv(d / "test.csv", [(text, ",".join(labels)) for text, labels in label_rows(60, seed=2)])
+    return trained
+
+
+def metadata(model) -> dict:
+    return json.loads((model / "metadata.json").read_text(encoding="utf-8"))
+
+
+def predict_json(model, texts: list[str], *args: str) -> list[dict]:
+    result = runner.invoke(app, ["predict", "-m", str(model), "-f", "json", *args, "-"], input="\n".join(texts) + "\n")
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+TEXTS = ["great pizza", "awful waiter", "the", "lovely soup and a terrible manager", "quite"]
+
+
+def test_thresholds_are_saved_and_used(model):
+    saved = metadata(model)
+    assert saved["config"]["multi_label"] is True
+    assert saved["labels"] == ["food", "neg", "pos", "staff"]
+    section = saved["multi_label"]
+    assert section["mode"] in ("global", "per_label") and len(section["thresholds"]) == 4
+    assert set(section["cross_validated_micro_f1"]) == {"global", "per_label"}
+    thresholds = dict(zip(saved["labels"], section["thresholds"], strict=True))
+    for record in predict_json(model, TEXTS):
+        probabilities = record["probabilities"]
+        over = {label for label, p in probabilities.items() if np.float32(p) >= np.float32(thresholds[label])}
+        assert set(record["labels"]) == over
+        # most probable first; independent sigmoids, not a distribution
+        assert [probabilities[label] for label in record["labels"]] == sorted(
+            (probabilities[label] for label in record["labels"]), reverse=True
+        )
+    assert predict_json(model, ["great pizza"])[0]["labels"][:2] in (["pos", "food"], ["food", "pos"])
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.5, 0.95])
+def test_threshold_overrides_the_saved_ones(model, threshold):
+    for record in predict_json(model, TEXTS, "--threshold", str(threshold)):
+        over = {label for label, p in record["probabilities"].items() if p >= threshold}
+        assert set(record["labels"]) == over
+    low = predict_json(model, TEXTS, "--threshold", "0.01")
+    assert sum(len(r["labels"]) for r in low) > sum(len(r["labels"]) for r in predict_json(model, TEXTS))
+
+
+def test_tsv_and_label_lines_match_json(model):
+    records = predict_json(model, TEXTS, "--threshold", "0.3")
+    for fmt in ("tsv", "label"):
+        result = runner.invoke(app, ["predict", "-m", str(model), "-f", fmt, "--threshold", "0.3", *TEXTS])
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.split("\n")
+        assert lines[-1] == "" and len(lines) == len(TEXTS) + 1  # one line per input
+        for line, record in zip(lines, records, strict=False):
+            fields = line.split("\t") if line else []
+            if fmt == "tsv":
+                labels, probabilities = fields[0::2], [float(p) for p in fields[1::2]]
+                assert probabilities == [record["probabilities"][label] for label in record["labels"]]
+            else:
+                labels = fields
+            assert [unescape_tsv(f) for f in labels] == record["labels"]
+
+
+def test_a_text_over_no_threshold_gets_an_empty_line(model):
+    result = runner.invoke(app, ["predict", "-m", str(model), "--threshold", "1", "great pizza", "the"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "\n\n"
+    assert [r["labels"] for r in predict_json(model, ["the"], "--threshold", "1")] == [[]]
+
+
+def test_engines_and_saved_model_agree(model):
+    import tensorflow as tf
+
+    from lstm_cli.predict import Predictor
+
+    texts = [*TEXTS, "", "pizza " * 50, "unseen words only"]
+    numpy_engine = Predictor(model, engine="numpy")
+    tensorflow = Predictor(model, engine="tensorflow")
+    assert numpy_engine.engine == "numpy"
+    ours = numpy_engine.probabilities(texts)
+    np.testing.assert_allclose(ours, tensorflow.probabilities(texts), atol=1e-5)
+    serve = tf.saved_model.load(str(model)).signatures["serving_default"]
+    outputs = serve(text=tf.constant(texts))
+    np.testing.assert_allclose(ours, outputs["probabilities"].numpy(), atol=1e-5)
+    assert not np.allclose(ours.sum(axis=1), 1.0)  # sigmoids, not a softmax
+    thresholds = np.array(metadata(model)["multi_label"]["thresholds"], np.float32)
+    np.testing.assert_array_equal(outputs["selected"].numpy(), outputs["probabilities"].numpy() >= thresholds)
+
+
+def test_evaluate_reports_the_metrics_of_predict(model):
+    test = model.parent / "test.csv"
+    result = runner.invoke(app, ["evaluate", str(test), "-m", str(model), "--json", "--threshold", "0.4"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = label_rows(60, seed=2)
+    predicted = predict_json(model, [text for text, _ in rows], "--threshold", "0.4")
+    labels = metadata(model)["labels"]
+    truth = np.array([[label in row for label in labels] for _, row in rows])
+    chosen = np.array([[label in r["labels"] for label in labels] for r in predicted])
+    hits = (truth & chosen).sum()
+    assert report["micro_f1"] == pytest.approx(2 * hits / (truth.sum() + chosen.sum()))
+    assert report["subset_accuracy"] == pytest.approx((truth == chosen).all(axis=1).mean())
+    assert report["hamming_loss"] == pytest.approx((truth != chosen).mean())
+    assert report["thresholds"] == [0.4] * 4 and report["rows"]["evaluated"] == 60
+    table = runner.invoke(app, ["evaluate", str(test), "-m", str(model)], env={"COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    for words in ("micro-F1", "macro-F1", "subset accuracy", "hamming loss", "staff"):
+        assert words in table.stdout
+
+
+def test_report_against_a_hand_computed_case():
+    from lstm_cli.multilabel import report
+
+    # rows x labels (a, b, c)
+    truth = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])
+    chosen = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 0]])
+    r = report(truth, chosen, ["a", "b", "c"])
+    # a: tp 2, fp 0, fn 0 -> F1 1; b: tp 2 -> 1; c: tp 0, fp 1, fn 2 -> 0. micro: tp 4, fp 1, fn 2.
+    assert r["micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 1 + 2))
+    assert r["macro_f1"] == pytest.approx((1 + 1 + 0) / 3)
+    assert r["subset_accuracy"] == pytest.approx(1 / 4)  # only row 3 is exact
+    assert r["hamming_loss"] == pytest.approx(3 / 12)  # cells wrong: (0,c) (1,c) (3,c)
+    assert r["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 2, "predicted": 1}
+    assert r["per_class"]["a"]["precision"] == 1.0 and r["per_class"]["b"]["recall"] == 1.0
+
+
+def test_global_and_per_label_thresholds_are_chosen_on_held_out_rows():
+    from lstm_cli.multilabel import choose_thresholds, fit_thresholds
+
+    rng = np.random.default_rng(0)
+    truth = rng.random((400, 2)) < 0.4
+    # label 0 separates at 0.8, label 1 at 0.2: only per-label thresholds get both right
+    probabilities = np.where(truth, [0.85, 0.25], [0.75, 0.15]).astype(np.float32)
+    fitted = fit_thresholds(probabilities, truth)
+    assert 0.75 < fitted["per_label"][0] <= 0.85 and 0.15 < fitted["per_label"][1] <= 0.25
+    chosen = choose_thresholds(probabilities, truth, seed=1)
+    assert chosen["mode"] == "per_label" and chosen["validation_micro_f1"] == 1.0
+    # one boundary for both labels: one threshold is as good, and per label does not win
+    same = np.where(truth, 0.6, 0.3).astype(np.float32)
+    assert choose_thresholds(same, truth, seed=1)["mode"] == "global"
+    assert choose_thresholds(np.zeros((0, 2), np.float32), np.zeros((0, 2)), seed=1)["thresholds"] == [0.5, 0.5]
+
+
+def test_hostile_labels_read_back_unambiguously(tmp_path):
+    rows = label_rows(200, seed=3, names=HOSTILE)
+    model, _ = train(tmp_path, rows, "--label-separator", "|", separator="|")
+    assert sorted(metadata(model)["labels"]) == sorted(HOSTILE.values())
+    records = predict_json(model, TEXTS, "--threshold", "0.2")
+    for fmt in ("tsv", "label"):
+        result = runner.invoke(app, ["predict", "-m", str(model), "-f", fmt, "--threshold", "0.2", *TEXTS])
+        assert result.exit_code == 0, result.output
+        lines = result.stdout.split("\n")[:-1]
+        assert len(lines) == len(TEXTS)
+        for line, record in zip(lines, records, strict=True):
+            fields = line.split("\t") if line else []
+            labels = fields[0::2] if fmt == "tsv" else fields
+            assert [unescape_tsv(f) for f in labels] == record["labels"]
+    assert any(len(r["labels"]) > 1 for r in records)
+    write_csv(tmp_path / "test.csv", [(t, "|".join(labels)) for t, labels in rows[:40]])
+    result = runner.invoke(app, ["evaluate", str(tmp_path / "test.csv"), "-m", str(model), "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["per_class"]) == set(HOSTILE.values())
+
+
+def test_fasttext_lines_with_several_labels(tmp_path):
+    from lstm_cli.data import stream_labeled
+    from lstm_cli.multilabel import MultiLabelStream
+
+    path = tmp_path / "train.txt"
+    path.write_text("__label__a __label__b,c some text\n__label__a other text\n__label__x ,,\n", encoding="utf-8")
+    rows = list(MultiLabelStream(stream_labeled(path), ",").label_sets())
+    # fastText labels are taken whole: a comma in one is part of it
+    assert rows == [("some text", ("a", "b,c")), ("other text", ("a",)), (",,", ("x",))]
+
+
+def test_label_fields_are_split_stripped_and_deduplicated(tmp_path):
+    from lstm_cli.data import stream_labeled
+    from lstm_cli.multilabel import MultiLabelStream
+
+    data = write_csv(tmp_path / "d.csv", [("one", " a , b,a,"), ("two", "b"), ("three", " , ")])
+    stream = MultiLabelStream(stream_labeled(data), ",")
+    assert list(stream.label_sets()) == [("one", ("a", "b")), ("two", ("b",))]
+    assert stream.skipped["empty label"] == 1 and stream.rows == 2
+    assert [key for _, key in stream] == ['["a", "b"]', '["b"]']
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict", "--top-k", "2", "x"], "--top-k is for single-label models"),
+        (["predict", "--min-probability", "0.5", "x"], "--min-probability is for single-label models"),
+        (["predict", "--all-probabilities", "x"], "--all-probabilities is for single-label models"),
+        (["predict", "--threshold", "0", "x"], "--threshold must be a probability above 0"),
+        (["predict", "--threshold", "1.5", "x"], "--threshold must be a probability above 0"),
+        (["explain", "x"], "explain does not handle multi-label models"),
+        (["evaluate", "TEST", "--errors", "e.csv"], "--errors is for single-label models"),
+        (["evaluate", "TEST", "--min-probability", "0.5"], "--min-probability is for single-label models"),
+    ],
+)
+def test_options_a_multi_label_model_refuses(model, args, message):
+    args = [str(model.parent / "test.csv") if a == "TEST" else a for a in args]
+    result = runner.invoke(app, [*args, "-m", str(model)])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tables_report_and_serve_refuse_a_multi_label_model(model, tmp_path):
+    table = write_csv(tmp_path / "t.csv", [("great pizza", "x")])
+    result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(table)])
+    assert result.exit_code == 2 and "multi-label" in result.stderr and result.stdout == ""
+    result = runner.invoke(app, ["report", str(model.parent / "test.csv"), "-m", str(model), "-o", "r.html"])
+    assert result.exit_code == 2 and "report does not handle multi-label models" in result.stderr
+    result = runner.invoke(app, ["serve", "-m", str(model), "--port", "0"])
+    assert result.exit_code == 2 and "serve does not handle multi-label models" in result.stderr
+
+
+def test_single_label_options_and_models_refuse_multi_label_ones(trained_model, data_dir):
+    result = runner.invoke(app, ["predict", "-m", str(trained_model), "--threshold", "0.5", "x"])
+    assert result.exit_code == 2 and "--threshold is for multi-label models" in result.stderr
+    test = str(data_dir / "test.csv")
+    result = runner.invoke(app, ["evaluate", test, "-m", str(trained_model), "--threshold", "0.5"])
+    assert result.exit_code == 2 and "--threshold is for multi-label models" in result.stderr
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), "--label-separator", ";"])
+    assert result.exit_code == 2 and "--label-separator is for --multi-label" in result.stderr
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), "--multi-label", "--class-weight", "balanced"])
+    assert result.exit_code == 2 and "--class-weight is for single-label models" in result.stderr
+
+
+def test_python_api(model):
+    from lstm_cli import api
+    from lstm_cli.errors import UsageError
+
+    with api.load(model) as loaded:
+        assert loaded.thresholds == metadata(model)["multi_label"]["thresholds"]
+        assert loaded.predict_proba(["great pizza"]).shape == (1, 4)
+        with pytest.raises(UsageError, match="multi-label"):
+            loaded.predict(["great pizza"])
