@@ -97,7 +97,6 @@ class Model:
     def explain(self, text: str, *, label: str | None = None, unit: str = "log-odds") -> Explanation:
         """How much each token pushed `label` (default: the predicted one): occlusion on the numpy engine, as
         `lstm-cli explain` computes it. `unit`: "log-odds" (default) or "probability"."""
-        self._single_label("explain")
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if label is not None and label not in self.labels:

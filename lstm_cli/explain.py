@@ -57,14 +57,15 @@ def _label_index(labels: list[str], label: str | None, probabilities: np.ndarray
     return int(probabilities.argmax()) if label is None else labels.index(label)
 
 
-def log_odds(probabilities: np.ndarray, k: int) -> np.ndarray:
+def log_odds(probabilities: np.ndarray, k: int, *, independent: bool = False) -> np.ndarray:
     """log p_k - log(1 - p_k) for each row of probabilities [n, labels], 1 - p_k summed from the other labels.
 
     Summing the others keeps the precision float32 rounds away from 1 - p_k: a softmax computes each
     probability from its own exponential, so a 1e-9 stays 1e-9 beside a p_k that rounded to 1.0. Within
-    1e-6 of the pre-softmax logit difference on two labels (measured); capped where a probability underflows."""
+    1e-6 of the pre-softmax logit difference on two labels (measured); capped where a probability underflows.
+    `independent`: a multi-label model's sigmoids, whose others do not sum to 1 - p_k: that is taken as is."""
     p = probabilities.astype(np.float64)
-    rest = np.delete(p, k, axis=1).sum(axis=1)
+    rest = 1.0 - p[:, k] if independent else np.delete(p, k, axis=1).sum(axis=1)
     tiny = float(np.finfo(np.float32).tiny)
     return np.log(np.maximum(p[:, k], tiny)) - np.log(np.maximum(rest, tiny))
 
@@ -96,7 +97,8 @@ def occlusion(predictor: Predictor, text: str, *, label: str | None = None, unit
         variants = [" ".join(words)] + [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
         probabilities = predictor.probabilities(variants)
     k = _label_index(predictor.labels, label, probabilities[0])
-    measure = log_odds(probabilities, k) if unit == "log-odds" else probabilities[:, k]
+    independent = bool(getattr(predictor, "multi_label", False))
+    measure = log_odds(probabilities, k, independent=independent) if unit == "log-odds" else probabilities[:, k]
     scores = measure[0] - measure[1:]
     return Explanation(
         text=text,

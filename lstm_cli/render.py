@@ -108,7 +108,17 @@ def train_summary(result, model_dir: Path) -> Text:
         ("epochs", f"{len(result.history)} run, best {result.best_epoch}"),
         ("best", _metrics_text(result.best_metrics)),
         *(
-            [("weights", f"mean of epochs {_span(result.averaging.window)}, val_loss {result.averaging.val_loss:.4f}")]
+            [
+                (
+                    "weights",
+                    f"mean of epochs {_span(result.averaging.window)}, "
+                    + (
+                        f"val_micro_f1 {-result.averaging.val_loss:.4f}"
+                        if getattr(result, "multi_label", None)
+                        else f"val_loss {result.averaging.val_loss:.4f}"
+                    ),
+                )
+            ]
             if result.averaging and result.averaging.window
             else []
         ),  # fmt: skip

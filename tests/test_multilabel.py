@@ -245,7 +245,6 @@ def test_label_fields_are_split_stripped_and_deduplicated(tmp_path):
         (["predict", "--all-probabilities", "x"], "--all-probabilities is for single-label models"),
         (["predict", "--threshold", "0", "x"], "--threshold must be a probability above 0"),
         (["predict", "--threshold", "1.5", "x"], "--threshold must be a probability above 0"),
-        (["explain", "x"], "explain does not handle multi-label models"),
         (["evaluate", "TEST", "--errors", "e.csv"], "--errors is for single-label models"),
         (["evaluate", "TEST", "--min-probability", "0.5"], "--min-probability is for single-label models"),
     ],
@@ -278,6 +277,23 @@ def test_single_label_options_and_models_refuse_multi_label_ones(trained_model, 
     assert result.exit_code == 2 and "--label-separator is for --multi-label" in result.stderr
     result = runner.invoke(app, ["train", str(data_dir / "train.csv"), "--multi-label", "--class-weight", "balanced"])
     assert result.exit_code == 2 and "--class-weight is for single-label models" in result.stderr
+
+
+def test_explain_scores_a_labels_own_log_odds(model):
+    from lstm_cli.explain import occlusion
+    from lstm_cli.predict import Predictor
+
+    predictor = Predictor(model)
+    explanation = occlusion(predictor, "lovely soup and a terrible waiter", label="neg")
+    p = predictor.probabilities(["lovely soup and a terrible waiter", "lovely soup and a waiter"]).astype(np.float64)
+    k = predictor.labels.index("neg")
+    odds = np.log(p[:, k]) - np.log(1 - p[:, k])  # the sigmoid's own odds, not the other labels' sum
+    scores = {t.token: t.score for t in explanation.tokens}
+    assert scores["terrible"] == pytest.approx(odds[0] - odds[1], abs=1e-4)
+    assert scores["terrible"] > 0
+    result = runner.invoke(app, ["explain", "-m", str(model), "--format", "json", "great pizza"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["label"] in ("pos", "food")
 
 
 def test_python_api(model):

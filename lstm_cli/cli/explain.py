@@ -79,12 +79,10 @@ def explain_cli(
         source = _texts(texts, input_file, input_format, text_column=text_column, no_header=no_header)
         from lstm_cli import explain, render
         from lstm_cli.data import clean_text
-        from lstm_cli.multilabel import refuse as refuse_multi_label
         from lstm_cli.predict import Predictor
 
         predictor = Predictor(model, engine=engine.value)
         _engine_note(predictor, verbose)
-        refuse_multi_label(predictor.metadata, "explain")
         if label is not None and label not in predictor.labels:
             choices = ", ".join(repr(x) for x in predictor.labels[:20])
             raise typer.BadParameter(f"{label!r} is not one of the model's labels ({choices})", param_hint="--label")
