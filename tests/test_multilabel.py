@@ -257,14 +257,40 @@ def test_options_a_multi_label_model_refuses(model, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_tables_report_and_serve_refuse_a_multi_label_model(model, tmp_path):
+def test_tables_and_report_refuse_a_multi_label_model(model, tmp_path):
     table = write_csv(tmp_path / "t.csv", [("great pizza", "x")])
     result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(table)])
     assert result.exit_code == 2 and "multi-label" in result.stderr and result.stdout == ""
     result = runner.invoke(app, ["report", str(model.parent / "test.csv"), "-m", str(model), "-o", "r.html"])
     assert result.exit_code == 2 and "report does not handle multi-label models" in result.stderr
-    result = runner.invoke(app, ["serve", "-m", str(model), "--port", "0"])
-    assert result.exit_code == 2 and "serve does not handle multi-label models" in result.stderr
+
+
+def test_serve_answers_with_the_saved_models_selected_output(model):
+    from google.protobuf.json_format import MessageToDict
+    from starlette.testclient import TestClient
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from lstm_cli.predict import Predictor
+    from lstm_cli.serve.app import build_app
+
+    predictor = Predictor(model)
+    server = build_app([predictor.probabilities], name="m", labels=predictor.labels, thresholds=predictor.thresholds)
+    with TestClient(server) as client:
+        rows = client.post("/v1/models/m:predict", json={"instances": TEXTS}).json()["predictions"]
+        columns = client.post("/v1/models/m:predict", json={"inputs": TEXTS}).json()["outputs"]
+        ours = client.get("/v1/models/m/metadata").json()["metadata"]["signature_def"]["signature_def"]
+    expected = predictor.probabilities(TEXTS) >= predictor.thresholds
+    assert [row["selected"] for row in rows] == expected.tolist() == columns["selected"]
+    assert any(sum(row) > 1 for row in expected.tolist())
+    saved = saved_model_pb2.SavedModel.FromString((model / "saved_model.pb").read_bytes())
+    options = {"preserving_proto_field_name": True}
+    try:
+        real = MessageToDict(saved.meta_graphs[0], always_print_fields_with_no_presence=True, **options)
+    except TypeError:  # protobuf < 5.26
+        real = MessageToDict(saved.meta_graphs[0], including_default_value_fields=True, **options)
+    for signature in real["signature_def"].values():
+        signature.setdefault("defaults", {})
+    assert ours == real["signature_def"]
 
 
 def test_single_label_options_and_models_refuse_multi_label_ones(trained_model, data_dir):

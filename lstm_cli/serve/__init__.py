@@ -76,9 +76,6 @@ def serve(
 
     name = check_name(name if name is not None else model_dir.resolve().name, option="--name")
     predictor = Predictor(model_dir, engine=engine)
-    from lstm_cli.multilabel import refuse as refuse_multi_label
-
-    refuse_multi_label(predictor.metadata, "serve")
     sock = listen(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}/v1/models/{name}"
@@ -94,6 +91,7 @@ def serve(
             pool.slots,
             name=name,
             labels=predictor.labels,
+            thresholds=predictor.thresholds,
             max_body=max_body,
             max_batch=max_batch,
             max_wait=max_wait,

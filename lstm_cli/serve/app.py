@@ -76,12 +76,14 @@ def build_app(
     max_wait: float = 0.002,
     on_startup: Callable[[], None] | None = None,
     on_shutdown: Callable[[], None] | None = None,
+    thresholds: np.ndarray | None = None,
 ) -> Starlette:
     """An app serving model `name`, TF Serving's way, with `slots` predicting batches (each a function
-    texts -> probabilities [texts, labels], called by one thread at a time; lstm_cli.serve.engines)."""
+    texts -> probabilities [texts, labels], called by one thread at a time; lstm_cli.serve.engines).
+    `thresholds`: a multi-label model's (answers add "selected", as its SavedModel's signature does)."""
     metrics = Metrics()
     batcher = MicroBatcher(slots, max_texts=max_batch, max_wait=max_wait, metrics=metrics)
-    responses = Responses(name, labels)
+    responses = Responses(name, labels, thresholds)
 
     def answered(route: str, handler: Callable[[Request], Awaitable[Response]]):
         async def endpoint(request: Request) -> Response:

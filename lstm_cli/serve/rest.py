@@ -145,11 +145,14 @@ def _decimal(v: float) -> str:
 
 
 class Responses:
-    """JSON bodies for one model: its labels quoted once, numbers written per request."""
+    """JSON bodies for one model: its labels quoted once, numbers written per request. `thresholds`: a
+    multi-label model's, one per label; its SavedModel's signature adds "selected" (probabilities at or over
+    them), and so do these answers."""
 
-    def __init__(self, name: str, labels: list[str]):
+    def __init__(self, name: str, labels: list[str], thresholds: np.ndarray | None = None):
         self.name = name
         self.labels = labels
+        self.thresholds = thresholds
         self._quoted = [json.dumps(label) for label in labels]  # ASCII escapes: valid UTF-8 whatever a label holds
         self._names = "[" + ",".join(self._quoted) + "]"
 
@@ -161,15 +164,22 @@ class Responses:
         top = decimals(probabilities[np.arange(rows), best]) if rows else []
         vectors = ["[" + ",".join(numbers[r * width : (r + 1) * width]) + "]" for r in range(rows)]
         labels = [self._quoted[i] for i in best.tolist()]
+        selected = [""] * rows
+        if self.thresholds is not None:
+            chosen = np.asarray(probabilities, np.float32) >= self.thresholds
+            selected = ["[" + ",".join("true" if x else "false" for x in row) + "]" for row in chosen.tolist()]
         if columnar:
+            more = f',"selected":[{",".join(selected)}]' if self.thresholds is not None else ""
             body = (
                 f'{{"outputs":{{"label":[{",".join(labels)}],"label_names":[{",".join([self._names] * rows)}],'
-                f'"probabilities":[{",".join(vectors)}],"probability":[{",".join(top)}]}}}}'
+                f'"probabilities":[{",".join(vectors)}],"probability":[{",".join(top)}]{more}}}}}'
             )
         else:
             items = (
-                f'{{"label":{label},"label_names":{self._names},"probabilities":{vector},"probability":{p}}}'
-                for label, vector, p in zip(labels, vectors, top, strict=True)
+                f'{{"label":{label},"label_names":{self._names},"probabilities":{vector},"probability":{p}'
+                + (f',"selected":{chosen}' if self.thresholds is not None else "")
+                + "}"
+                for label, vector, p, chosen in zip(labels, vectors, top, selected, strict=True)
             )
             body = f'{{"predictions":[{",".join(items)}]}}'
         return body.encode("utf-8")
@@ -199,6 +209,7 @@ class Responses:
                     "label_names": tensor("DT_STRING", [-1, n], f"{call}:1"),
                     "probabilities": tensor("DT_FLOAT", [-1, n], f"{call}:2"),
                     "probability": tensor("DT_FLOAT", [-1], f"{call}:3"),
+                    **({"selected": tensor("DT_BOOL", [-1, n], f"{call}:4")} if self.thresholds is not None else {}),
                 },
                 "method_name": "tensorflow/serving/predict",
                 "defaults": {},
