@@ -286,6 +286,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     if not sep or name not in known:
         raise ValueError(f"--set expects FIELD=VALUE with FIELD one of: {', '.join(known)}; got {text!r}")
+    if name in ("multi_label", "label_separator"):  # tune reads one label a row and scores accuracy
+        raise ValueError(f"tune trains single-label models; --set {name} is not supported (use train --multi-label)")
     try:
         value = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)
     except ValueError:

@@ -322,6 +322,11 @@ def test_explain_scores_a_labels_own_log_odds(model):
     assert json.loads(result.stdout)["label"] in ("pos", "food")
 
 
+def test_tune_refuses_multi_label_settings(data_dir):
+    result = runner.invoke(app, ["tune", str(data_dir / "train.csv"), "--set", "multi_label=true"])
+    assert result.exit_code == 2 and "tune trains single-label models" in result.stderr
+
+
 def test_python_api(model):
     from lstm_cli import api
     from lstm_cli.errors import UsageError
