@@ -209,9 +209,9 @@ def build_metadata(result, *, data_fingerprint: dict, validation: dict, skipped:
         # head's times it. None: saved by code that does not calibrate.
         "calibration": getattr(result, "calibration", None),
         # A multi-label model's separator and decision thresholds (lstm_cli.multilabel); None: single-label.
-        "multi_label": result.multi_label,
+        "multi_label": getattr(result, "multi_label", None),
     }
-    if result.multi_label is not None:
+    if metadata["multi_label"] is not None:
         metadata["signature"]["outputs"].update(
             probabilities='float32[batch, labels] in the order of "labels", each label\'s own (sigmoid)',
             label="string[batch]: the most probable label",
@@ -244,7 +244,8 @@ def _export_saved_model(result, directory: Path) -> None:
     for layer in _recurrent_layers(serving):
         layer.use_cudnn = False
     names = tf.constant(result.labels)
-    thresholds = result.multi_label["thresholds"] if result.multi_label else None
+    multi_label = getattr(result, "multi_label", None)
+    thresholds = multi_label["thresholds"] if multi_label else None
     _write_archive(serving, result.vectorizer, result.config.max_length, names, directory, thresholds)
 
 
