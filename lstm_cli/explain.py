@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.artifact import KERAS_FILE, verify_files
+from lstm_cli.artifact import load_network
 from lstm_cli.engine.tokenizer import OOV_ID, Token
 from lstm_cli.predict import Predictor
 
@@ -113,15 +113,14 @@ def occlusion(predictor: Predictor, text: str, *, label: str | None = None, unit
 
 
 class IntegratedGradients:
-    """The Keras network from model.keras, split after its Embedding so embeddings can be fed in."""
+    """The model's Keras network (lstm_cli.artifact.load_network), split after its Embedding so embeddings can be
+    fed in."""
 
     def __init__(self, predictor: Predictor, *, steps: int = IG_STEPS):
         from lstm_cli.model import keras, tf  # also registers lstm-cli's own layers for loading
 
         self.tf, self.predictor, self.steps = tf, predictor, steps
-        verify_files(predictor.path, predictor.metadata, only=(KERAS_FILE,))
-        # safe_mode: a model file can describe layers but never carry code to run.
-        network = keras.saving.load_model(Path(predictor.path) / KERAS_FILE, compile=False, safe_mode=True)
+        network = load_network(Path(predictor.path), predictor.metadata)
         embedding = next(layer for layer in network.layers if isinstance(layer, keras.layers.Embedding))
         self.table = np.asarray(embedding.embeddings)
         self.tail = keras.Model([network.inputs[0], embedding.output], network.outputs[0])

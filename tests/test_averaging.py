@@ -75,9 +75,9 @@ def _mean(epochs: list[list[np.ndarray]]) -> list[np.ndarray]:
 
 
 def _trained_weights(model_dir) -> list[np.ndarray]:
-    import keras
+    from lstm_cli.artifact import network_weights
 
-    return [np.asarray(w) for w in keras.saving.load_model(model_dir / "model.keras").weights]
+    return list(network_weights(model_dir).values())
 
 
 @pytest.mark.parametrize("averaging_wins", [True, False])

@@ -31,9 +31,9 @@ def numpy_lstm(x: np.ndarray, kernel: np.ndarray, recurrent: np.ndarray, bias: n
 
 @pytest.fixture(scope="module")
 def network(trained_model):
-    import keras
+    from lstm_cli.artifact import load_network
 
-    return keras.saving.load_model(trained_model / "model.keras")
+    return load_network(trained_model)
 
 
 def test_trained_lstm_layer_matches_numpy_gate_equations(network):

@@ -53,9 +53,9 @@ def _wait_for_epoch(checkpoint: Path, epoch: int, proc: subprocess.Popen, timeou
 
 
 def _weights(model_dir: Path) -> list[np.ndarray]:
-    import keras
+    from lstm_cli.artifact import network_weights
 
-    return [np.asarray(w) for w in keras.saving.load_model(model_dir / "model.keras").weights]
+    return list(network_weights(model_dir).values())
 
 
 def test_interrupted_training_resumes_to_the_same_weights(data_dir, tmp_path):

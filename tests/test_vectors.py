@@ -130,9 +130,9 @@ def _train(data: Path, model: Path, *extra: str, quiet: bool = True):
 
 
 def _embedding(model_dir: Path) -> np.ndarray:
-    import keras
+    from lstm_cli.artifact import network_weights
 
-    return np.asarray(keras.saving.load_model(model_dir / "model.keras").get_layer("embedding").embeddings)
+    return network_weights(model_dir)["embedding/embeddings"]
 
 
 def _toy(tmp_path: Path) -> Path:
