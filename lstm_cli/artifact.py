@@ -1,7 +1,7 @@
-"""Model directories: a SavedModel that takes raw strings, plus plain-JSON metadata and vocabulary, and the numpy
-engine's network description and weights. Each weight is stored twice, once for each reader (the SavedModel's
-variables for TensorFlow, engine.npz for the numpy engine); the Keras network, when something needs one
-(integrated gradients, continued training), is rebuilt from the metadata's config and engine.npz
+"""Model directories: a SavedModel that takes raw strings, plus plain-JSON metadata, vocabulary and the numpy
+engine's network description. Each weight is stored once, in the SavedModel's variables, which the numpy engine
+reads too (lstm_cli.tensorbundle; engine.npz in directories saved before); the Keras network, when something
+needs one (integrated gradients, continued training), is rebuilt from the metadata's config and those weights
 (`load_network`). Written to a temporary sibling, checked, then swapped in atomically (docs/model-directory.md)."""
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from lstm_cli.schema import (
     npz_headers,
     read_json,
 )
+from lstm_cli.tensorbundle import DATA as VARIABLES_DATA
+from lstm_cli.tensorbundle import INDEX as VARIABLES_INDEX
 
 FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 1
@@ -44,8 +46,9 @@ METADATA = MODEL_METADATA
 VOCABULARY = "vocabulary.json"
 KERAS_FILE = "model.keras"  # the Keras network, in model directories saved before it was rebuilt instead
 ENGINE_FILE = "engine.json"  # the network as plain JSON, for the numpy engine (lstm_cli.engine)
-ENGINE_WEIGHTS = "engine.npz"  # its weights, float32 arrays by name (read with allow_pickle=False)
-ENGINE_FILES = (ENGINE_FILE, ENGINE_WEIGHTS, VOCABULARY)  # what the numpy engine reads
+# Its weights: the SavedModel's variables (engine.json maps each weight's name to its checkpoint key), or, in
+# directories saved before and when a weight is not found there, float32 arrays by name in engine.npz.
+ENGINE_WEIGHTS = "engine.npz"
 SAVED_MODEL = "saved_model.pb"
 SIGNATURE = "serving_default"
 SERVING_FILES = (SAVED_MODEL, "variables/", "assets/")  # what predict reads
@@ -104,26 +107,54 @@ class ModelFiles:
 
     vocabulary: list[str]
     description: dict[str, Any] | None = None  # engine.json (None: saved before the numpy engine)
-    weights: dict[str, Any] | None = None  # engine.npz's arrays by name
+    weights: dict[str, Any] | None = None  # the network's arrays by name (views of the file holding them)
+    weights_file: str = ENGINE_WEIGHTS  # that file: variables/variables.data-00000-of-00001 or engine.npz
 
 
 def read_model(model_dir: Path, metadata: dict[str, Any]) -> ModelFiles:
-    """vocabulary.json, engine.json and engine.npz, validated as a whole (lstm_cli.schema) before any is used:
+    """vocabulary.json, engine.json and the weights, validated as a whole (lstm_cli.schema) before any is used:
     a damaged or forged directory fails here with one message naming the file, whichever engine serves it."""
     vocabulary = check_vocabulary(_json_file(model_dir, metadata, VOCABULARY), model_dir / VOCABULARY, metadata)
     if ENGINE_FILE not in metadata.get("files", {}):
         return ModelFiles(vocabulary)
     description = _json_file(model_dir, metadata, ENGINE_FILE)
-    data = read_verified(model_dir, metadata, ENGINE_WEIGHTS)
+    if not isinstance(description, dict):
+        check_engine(description, {}, vocabulary, metadata, path=model_dir / ENGINE_FILE, weights_path=model_dir)
+    name, data, headers = _engine_weights(model_dir, metadata, description)
+    check_engine(description, headers, vocabulary, metadata, path=model_dir / ENGINE_FILE,
+                 weights_path=model_dir / name)  # fmt: skip
+    return ModelFiles(vocabulary, description, npz_arrays(data, headers), name)
+
+
+def _engine_weights(model_dir: Path, metadata: dict[str, Any], description: dict) -> tuple[str, bytes, dict]:
+    """(file name, its bytes, each weight's shape, dtype and offset in it by name) for the numpy engine."""
+    from lstm_cli.schema import Member
+    from lstm_cli.tensorbundle import entries
+
+    name = description.get("weights_file", ENGINE_WEIGHTS)
+    if name == ENGINE_WEIGHTS:
+        data = read_verified(model_dir, metadata, ENGINE_WEIGHTS)
+        try:
+            return name, data, npz_headers(data)
+        except ValueError as e:
+            raise ArtifactError(f"{model_dir / name}: {e}; the model directory is damaged, train it again") from None
+    keys = description.get("weights_keys")
+    if name != VARIABLES_DATA or not isinstance(keys, dict) or not all(isinstance(k, str) for k in keys.values()):
+        raise ArtifactError(
+            f'{model_dir / ENGINE_FILE}: "weights_file" and "weights_keys" must name {ENGINE_WEIGHTS}, or '
+            f"{VARIABLES_DATA} and each weight's checkpoint key; the model directory is damaged, train it again"
+        )
+    index = read_verified(model_dir, metadata, VARIABLES_INDEX)
+    data = read_verified(model_dir, metadata, VARIABLES_DATA)
     try:
-        headers = npz_headers(data)
+        found = entries(index, len(data), keys)
     except ValueError as e:
         raise ArtifactError(
-            f"{model_dir / ENGINE_WEIGHTS}: {e}; the model directory is damaged, train it again"
+            f"{model_dir / VARIABLES_INDEX}: {e}; the model directory is damaged, train it again"
         ) from None
-    check_engine(description, headers, vocabulary, metadata, path=model_dir / ENGINE_FILE,
-                 weights_path=model_dir / ENGINE_WEIGHTS)  # fmt: skip
-    return ModelFiles(vocabulary, description, npz_arrays(data, headers))
+    import numpy as np
+
+    return name, data, {k: Member(found[k][0], np.dtype(found[k][1]), False, found[k][2]) for k in keys}  # in order
 
 
 def network_weights(model_dir: Path, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -163,7 +194,7 @@ def load_network(model_dir: Path, metadata: dict[str, Any] | None = None):
     variables = {variable.path: variable for variable in network.weights}
     if variables.keys() != weights.keys() or any(tuple(v.shape) != weights[k].shape for k, v in variables.items()):
         raise ArtifactError(
-            f"{model_dir / ENGINE_WEIGHTS}: its weights do not fit the network its configuration describes; it was "
+            f"{model_dir / files.weights_file}: its weights do not fit the network its configuration describes; it was "
             "saved by another lstm-cli version: use that one, or train the model again"
         )
     for name, variable in variables.items():
@@ -351,10 +382,36 @@ def _write_engine_files(result, directory: Path) -> None:
         max_length=result.config.max_length,
         standardize=result.config.standardization,
     )
-    description["weights_file"] = ENGINE_WEIGHTS
+    keys = _checkpoint_keys(directory, weights)
+    if keys is not None:  # every weight is in the SavedModel's variables: the engine reads them there
+        description["weights_file"], description["weights_keys"] = VARIABLES_DATA, keys
+    else:
+        description["weights_file"] = ENGINE_WEIGHTS
+        with (directory / ENGINE_WEIGHTS).open("wb") as f:
+            np.savez(f, **weights)
     (directory / ENGINE_FILE).write_text(json.dumps(description, indent=1, ensure_ascii=False), encoding="utf-8")
-    with (directory / ENGINE_WEIGHTS).open("wb") as f:
-        np.savez(f, **weights)
+    return description["weights_file"]
+
+
+def _checkpoint_keys(directory: Path, weights: dict[str, Any]) -> dict[str, str] | None:
+    """Each weight's key in the SavedModel's variables, found by its value (equal values are interchangeable,
+    so a tie is no ambiguity); None when one is not there."""
+    import numpy as np
+
+    from lstm_cli.tensorbundle import numeric_entries
+
+    data = (directory / VARIABLES_DATA).read_bytes()
+    stored = numeric_entries((directory / VARIABLES_INDEX).read_bytes(), len(data))
+    keys = {}
+    for name, array in weights.items():
+        wanted = np.ascontiguousarray(array)
+        raw = wanted.astype(wanted.dtype.newbyteorder("<")).tobytes()
+        keys[name] = next((key for key, (shape, dtype, offset) in stored.items()
+                           if shape == wanted.shape and np.dtype(dtype) == wanted.dtype
+                           and data[offset : offset + len(raw)] == raw), None)  # fmt: skip
+        if keys[name] is None:
+            return None
+    return keys
 
 
 def read_verified(model_dir: Path, metadata: dict[str, Any], name: str) -> bytes:
@@ -430,10 +487,10 @@ def save(
         mark_model_staging(staging)  # so a staging directory left by a kill is known as lstm-cli's
         _export_saved_model(result, staging)
         (staging / VOCABULARY).write_text(json.dumps(result.vocabulary, ensure_ascii=False), encoding="utf-8")
-        _write_engine_files(result, staging)
+        weights_file = _write_engine_files(result, staging)
         metadata = build_metadata(result, data_fingerprint=data_fingerprint, validation=validation, skipped=skipped)
         metadata.update(extra or {})
-        metadata["engine"] = {"description": ENGINE_FILE, "weights": ENGINE_WEIGHTS, "vocabulary": VOCABULARY}
+        metadata["engine"] = {"description": ENGINE_FILE, "weights": weights_file, "vocabulary": VOCABULARY}
         metadata["files"] = _artifact_files(staging)
         # written aside, then renamed over the provisional marker: a kill never leaves a half-written one
         aside = staging / f".{METADATA}.new"

@@ -18,7 +18,6 @@ import numpy as np
 
 from lstm_cli.artifact import (
     ENGINE_FILE,
-    ENGINE_WEIGHTS,
     METADATA,
     SAVED_MODEL,
     SERVING_FILES,
@@ -120,10 +119,10 @@ def _numpy_backend(root: Path, metadata: dict[str, Any], files: ModelFiles, mode
         return Backend("tensorflow", None, fallback=f"the numpy engine cannot run this model ({e})")
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:  # parses, but does not run
         raise ArtifactError(
-            f"{root / ENGINE_FILE}: the network does not run on its weights in {ENGINE_WEIGHTS} ({type(e).__name__}: "
-            f"{str(e)[:200]}); the model directory is damaged, train it again"
+            f"{root / ENGINE_FILE}: the network does not run on its weights in {files.weights_file} "
+            f"({type(e).__name__}: {str(e)[:200]}); the model directory is damaged, train it again"
         ) from None
-    check_outputs(probe, 2, len(metadata["labels"]), root / ENGINE_WEIGHTS)
+    check_outputs(probe, 2, len(metadata["labels"]), root / files.weights_file)
     return Backend("numpy", engine.probabilities, tokenizer=engine.tokenizer, engine=engine,
                    vocabulary=files.vocabulary)  # fmt: skip
 

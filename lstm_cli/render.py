@@ -532,7 +532,8 @@ def print_info(metadata: dict[str, Any], model_dir: Path) -> None:
                      f"{_averaged_text(training)}) on {training.get('device')} in {training.get('seconds')}s"),
         ("metrics", _metrics_text(metadata.get("metrics", {}))),
         *_extra_info(metadata),
-        ("engine", "numpy (engine.json, engine.npz) or TensorFlow" if metadata.get("engine")
+        ("engine", f"numpy (engine.json, {metadata['engine'].get('weights', 'engine.npz')}) or TensorFlow"
+                   if metadata.get("engine")
                    else "TensorFlow only (saved before the numpy engine; train again for the fast path)"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
     ]  # fmt: skip

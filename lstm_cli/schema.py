@@ -4,8 +4,9 @@
 - .npz archives: every member a plain numeric array stored uncompressed, its shape and dtype read from the .npy
   header inside the zip before any array is made, so a member can never claim more than the file holds
   (`npz_headers`, `npz_arrays`).
-- A model directory: metadata.json, vocabulary.json, engine.json and engine.npz checked as a whole (types,
-  references, shapes and counts agree with one another) when it is loaded (`check_metadata`, `check_model`).
+- A model directory: metadata.json, vocabulary.json, engine.json and the weights' headers (engine.npz's, or the
+  SavedModel's variables index, lstm_cli.tensorbundle) checked as a whole (types, references, shapes and counts
+  agree with one another) when it is loaded (`check_metadata`, `check_engine`).
 Everything here raises with a message naming the file and what is wrong; nothing here imports TensorFlow."""
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ def check_engine(
     path: Path,
     weights_path: Path,
 ) -> dict[str, Any]:
-    """engine.json against itself, engine.npz's headers (before any array is read), the vocabulary and the
+    """engine.json against itself, its weights' headers (before any array is read), the vocabulary and the
     metadata: every field of the type the engine reads, every reference to an earlier node, every weight
     present, embedding tables as long as the ids they look up, and the output as wide as the labels."""
     c = _Checker(path)

@@ -117,3 +117,31 @@ def pipe_path(content: bytes) -> Path:
 
     threading.Thread(target=write_once, daemon=True).start()
     return Path(f"/dev/fd/{read}")
+
+
+def npz_layout(model: Path) -> Path:
+    """`model` (a copy) changed in place into the layout lstm-cli wrote when the numpy engine read its weights
+    from engine.npz, not from the SavedModel's variables; its metadata.json rehashed."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from lstm_cli.artifact import network_weights
+
+    weights = network_weights(model)
+    with (model / "engine.npz").open("wb") as f:
+        np.savez(f, **{name: np.array(array) for name, array in weights.items()})
+    description = json.loads((model / "engine.json").read_text(encoding="utf-8"))
+    description["weights_file"] = "engine.npz"
+    del description["weights_keys"]
+    (model / "engine.json").write_text(json.dumps(description), encoding="utf-8")
+    meta = json.loads((model / "metadata.json").read_text(encoding="utf-8"))
+    meta["engine"]["weights"] = "engine.npz"
+    meta["files"] = {
+        p.relative_to(model).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(model.rglob("*"))
+        if p.is_file() and p.name != "metadata.json"
+    }
+    (model / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    return model

@@ -14,6 +14,7 @@ import pytest
 from conftest import TINY
 from typer.testing import CliRunner
 
+from lstm_cli.artifact import network_weights
 from lstm_cli.cli import app
 
 runner = CliRunner()
@@ -57,7 +58,7 @@ def test_saved_model_cli_shows_the_string_signature(trained_model):
 def test_metadata_is_plain_json_describing_everything(trained_model):
     files = sorted(p.name for p in trained_model.iterdir())
     assert {"saved_model.pb", "variables", "metadata.json", "vocabulary.json"} <= set(files)
-    assert {"engine.json", "engine.npz"} <= set(files)
+    assert "engine.json" in files and "engine.npz" not in files  # the engine reads the SavedModel's variables
     assert not list(trained_model.rglob("*.pkl")) and not list(trained_model.rglob("*.pickle"))
     meta = json.loads((trained_model / "metadata.json").read_text())
     assert meta["format"] == "lstm-cli-model" and meta["format_version"] == 1
@@ -65,12 +66,14 @@ def test_metadata_is_plain_json_describing_everything(trained_model):
     vocabulary = json.loads((trained_model / "vocabulary.json").read_text())
     assert vocabulary[:2] == ["", "[UNK]"] and len(vocabulary) == meta["vectorizer"]["vocabulary_size"]
     assert "created_at" in meta and meta["training"]["validation"] == {"split": 0.1, "seed": 1337}
-    assert {"engine.json", "engine.npz", "vocabulary.json"} <= set(meta["files"])  # hashed like every file
+    assert {"engine.json", "vocabulary.json", "variables/variables.index"} <= set(meta["files"])  # hashed
     engine = json.loads((trained_model / "engine.json").read_text())
     assert engine["tokenizer"]["max_length"] == meta["config"]["max_length"]
-    with np.load(trained_model / "engine.npz", allow_pickle=False) as weights:
-        named = {key for node in engine["network"]["nodes"] for key in node["weights"]}
-        assert named == set(weights.files) and all(weights[k].dtype == np.float32 for k in weights.files)
+    assert engine["weights_file"] == meta["engine"]["weights"] == "variables/variables.data-00000-of-00001"
+    named = {key for node in engine["network"]["nodes"] for key in node["weights"]}
+    assert named == set(engine["weights_keys"])  # each weight's key in the SavedModel's checkpoint
+    weights = network_weights(trained_model)
+    assert named == set(weights) and all(weights[k].dtype == np.float32 for k in weights)
 
 
 def _weights(model_dir: Path) -> list[np.ndarray]:
@@ -141,9 +144,13 @@ def test_damaged_model_directory_names_the_file(model_copy, damage):
     elif damage == "delete-saved-model":
         (model_copy / "saved_model.pb").unlink()
         assert "saved_model.pb" in _predict_error(model_copy, "--engine", "tensorflow")
-    elif damage == "truncate-engine-weights":
-        (model_copy / "engine.npz").write_bytes((model_copy / "engine.npz").read_bytes()[:100])
-        assert "engine.npz" in _predict_error(model_copy)
+    elif damage == "truncate-engine-weights":  # the numpy engine reads the SavedModel's variables too
+        for name in ("variables.index", "variables.data-00000-of-00001"):
+            target = model_copy / "variables" / name
+            kept = target.read_bytes()
+            target.write_bytes(kept[:100])
+            assert name in _predict_error(model_copy)
+            target.write_bytes(kept)
     elif damage == "tamper-engine":
         description = json.loads((model_copy / "engine.json").read_text())
         description["network"]["nodes"][1]["type"] = "Lambda"

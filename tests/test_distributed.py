@@ -46,8 +46,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _engine_weights(model_dir: Path) -> dict[str, np.ndarray]:
-    with np.load(model_dir / "engine.npz", allow_pickle=False) as saved:
-        return {name: saved[name] for name in saved.files}
+    from lstm_cli.artifact import network_weights
+
+    return network_weights(model_dir)
 
 
 def test_two_workers_on_loopback_train_one_model_that_matches_a_single_process(data_dir, tmp_path):

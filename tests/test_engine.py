@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lstm_cli.artifact import network_weights
 from lstm_cli.config import TrainConfig
 from lstm_cli.data import clean_text
 from lstm_cli.engine import Engine, Unsupported
@@ -107,8 +108,17 @@ def export_model(config: TrainConfig, directory: Path, *, seed: int = 0) -> Path
     return directory
 
 
+def engine_parts(directory: Path) -> tuple[bytes, bytes, bytes, bytes | None]:
+    """engine.json, its weights, vocabulary.json and (when the weights are the SavedModel's variables) their index:
+    Engine.from_bytes's arguments."""
+    description = (directory / "engine.json").read_bytes()
+    weights_file = json.loads(description)["weights_file"]
+    index = None if weights_file == "engine.npz" else (directory / "variables" / "variables.index").read_bytes()
+    return description, (directory / weights_file).read_bytes(), (directory / "vocabulary.json").read_bytes(), index
+
+
 def load_engine(directory: Path) -> Engine:
-    return Engine.from_bytes(*((directory / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")))
+    return Engine.from_bytes(*engine_parts(directory))
 
 
 class Pair:
@@ -340,8 +350,8 @@ def test_a_model_trained_with_a_bigram_min_count_keeps_the_bigrams_seen_that_oft
         for a, b in zip(ids, ids[1:], strict=False):
             bucket = (a * BIGRAM_MULTIPLIER + b) % (buckets - 1) + 1
             counts[bucket] = counts.get(bucket, 0) + 1
-    with np.load(model / "engine.npz", allow_pickle=False) as weights:
-        (kept,) = [weights[name] for name in weights.files if "bigram_vocabulary" in name]
+    weights = network_weights(model)
+    (kept,) = [weights[name] for name in weights if "bigram_vocabulary" in name]
     assert kept.dtype == np.int32
     assert kept.tolist() == [0, *sorted(b for b, n in counts.items() if n >= 2)]
     assert 0 < len(kept) - 1 < len(counts)  # some kept, some seen once and left out
@@ -444,7 +454,10 @@ def test_engine_package_runs_with_tensorflow_blocked(trained_model):
         from lstm_cli.engine import Engine
         import lstm_cli.engine.export
         m = Path({str(trained_model)!r})
-        engine = Engine.from_bytes(*((m / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")))
+        index = (m / "variables" / "variables.index").read_bytes()
+        data = (m / "variables" / "variables.data-00000-of-00001").read_bytes()
+        parts = [(m / n).read_bytes() for n in ("engine.json", "vocabulary.json")]
+        engine = Engine.from_bytes(parts[0], data, parts[1], index=index)
         print(engine.probabilities(["good great", "awful"]).shape)
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -457,9 +470,9 @@ def test_weights_are_read_without_pickle(trained_model):
 
     buffer = io.BytesIO()
     np.savez(buffer, planted=np.array([{"a": 1}], dtype=object))
-    parts = [(trained_model / n).read_bytes() for n in ("engine.json", "engine.npz", "vocabulary.json")]
+    parts = [(trained_model / n).read_bytes() for n in ("engine.json", "vocabulary.json")]
     with pytest.raises(ValueError, match="object values, not numbers"):
-        Engine.from_bytes(parts[0], buffer.getvalue(), parts[2])
+        Engine.from_bytes(parts[0], buffer.getvalue(), parts[1])
 
 
 @pytest.mark.parametrize(
@@ -474,14 +487,14 @@ def test_unknown_layers_and_settings_are_refused(trained_model, change, message)
     description = json.loads((trained_model / "engine.json").read_text(encoding="utf-8"))
     dense = next(n for n in description["network"]["nodes"] if n["type"] == "Dense")
     change(dense)
-    parts = [(trained_model / n).read_bytes() for n in ("engine.npz", "vocabulary.json")]
+    _, *parts = engine_parts(trained_model)
     with pytest.raises(Unsupported, match=message):
         Engine.from_bytes(json.dumps(description).encode(), *parts)
 
 
 def test_a_standardization_the_engine_does_not_know_is_refused_and_a_missing_one_is_keras(trained_model):
     description = json.loads((trained_model / "engine.json").read_text(encoding="utf-8"))
-    parts = [(trained_model / n).read_bytes() for n in ("engine.npz", "vocabulary.json")]
+    _, *parts = engine_parts(trained_model)
     description["tokenizer"]["standardize"] = "lower_and_fold_accents"  # say, from a newer lstm-cli
     with pytest.raises(Unsupported, match="lower_and_fold_accents"):
         Engine.from_bytes(json.dumps(description).encode(), *parts)
@@ -499,9 +512,10 @@ def _old_model(trained_model: Path, tmp_path: Path) -> Path:
     old = tmp_path / "old-model"
     shutil.copytree(trained_model, old)
     meta = json.loads((old / "metadata.json").read_text(encoding="utf-8"))
-    for name in ("engine.json", "engine.npz"):
-        (old / name).unlink()
-        del meta["files"][name]
+    for name in ("engine.json", "engine.npz"):  # engine.npz: in directories saved when the engine read it
+        if name in meta["files"]:
+            (old / name).unlink()
+            del meta["files"][name]
     del meta["engine"]
     (old / "metadata.json").write_text(json.dumps(meta), encoding="utf-8")
     return old

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lstm_cli import tensorbundle
 from lstm_cli.engine.network import Network, Unsupported
 from lstm_cli.engine.tokenizer import STANDARDIZATIONS, STRIP_PUNCTUATION, Token, Tokenizer, flattened
 from lstm_cli.schema import load_json, npz_arrays
@@ -45,10 +46,15 @@ class Engine:
         self._pool: ThreadPoolExecutor | None = None
 
     @classmethod
-    def from_bytes(cls, description: bytes, weights: bytes, vocabulary: bytes) -> Engine:
-        """From the contents of engine.json, engine.npz and vocabulary.json (never unpickles anything); a model
-        directory's files are checked as a whole first by lstm_cli.artifact.read_model."""
-        return cls(load_json(description), npz_arrays(weights), load_json(vocabulary))
+    def from_bytes(cls, description: bytes, weights: bytes, vocabulary: bytes, index: bytes | None = None) -> Engine:
+        """From the contents of engine.json, its weights and vocabulary.json (never unpickles anything): the weights
+        are engine.npz's, or, with `index` (variables/variables.index), the SavedModel's variables data, each found
+        by the checkpoint key engine.json gives it. A model directory's files are checked as a whole first by
+        lstm_cli.artifact.read_model."""
+        described = load_json(description)
+        if index is None:
+            return cls(described, npz_arrays(weights), load_json(vocabulary))
+        return cls(described, tensorbundle.arrays(index, weights, described["weights_keys"]), load_json(vocabulary))
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """One row of label probabilities per text (valid Unicode), in input order."""

@@ -31,17 +31,28 @@ def rehash(model: Path) -> None:
         (model / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
 
 
+# Files edited as bytes: fn(bytes) returns the new contents.
+FILES = {"variables_index": "variables/variables.index", "variables_data": "variables/variables.data-00000-of-00001"}
+
+
 def forge(model: Path, target: Path, **edits: Callable) -> Path:
     """A copy of `model` at `target` with each file edited (`engine_json=fn`: fn(parsed JSON) changes it in
-    place or returns the new value; `engine_npz=fn`: fn(dict of arrays) likewise, or returns raw bytes), then
+    place or returns the new value; `engine_npz=fn`: fn(dict of arrays) likewise, or returns raw bytes, on the
+    copy changed into the layout with engine.npz; `variables_index=fn`: fn(bytes) returns the new bytes), then
     rehashed. metadata.json is edited after rehashing, so its own edits survive."""
     shutil.copytree(model, target)
+    if "engine_npz" in edits and not (target / "engine.npz").exists():
+        from conftest import npz_layout
+
+        npz_layout(target)  # the layout of directories saved when the engine read engine.npz: still read
     for key, edit in edits.items():
         if key == "metadata_json":
             continue
-        name = key.replace("_", ".", 1)
+        name = FILES.get(key, key.replace("_", ".", 1))
         path = target / name
-        if name.endswith(".json"):
+        if key in FILES:
+            path.write_bytes(edit(path.read_bytes()))
+        elif name.endswith(".json"):
             value = json.loads(path.read_text(encoding="utf-8"))
             new = edit(value)
             path.write_text(

@@ -60,13 +60,45 @@ def _wrong_shape(arrays):
     arrays["dense/kernel"] = arrays["dense/kernel"][:-1]
 
 
+def _missing_key(d):
+    d["weights_keys"]["dense/kernel"] = "no/key"
+
+
+def _elsewhere(d):
+    d["weights_file"] = "../../etc/passwd"
+
+
+def _keys_a_list(d):
+    d["weights_keys"] = list(d["weights_keys"])
+
+
+def _block_past_the_end(index: bytes) -> bytes:
+    """The footer's handle of the index block pointing past the end of the file."""
+    from lstm_cli.tensorbundle import _varint
+
+    _, i = _varint(index, len(index) - 48)
+    _, i = _varint(index, i)
+    footer = index[len(index) - 48 : i] + bytes([0xFF, 0xFF, 0x7F, 0x10])
+    return index[:-48] + footer + bytes(40 - len(footer)) + index[-8:]
+
+
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
 # (file edited, edit, file named in the error, what the error says)
 CASES = {
     "engine config of the wrong type": ("engine_json", _dense_bias_string, "engine.json", "use_bias"),
     "reference to a missing tensor": ("engine_json", _missing_tensor, "engine.json", "no_such_layer"),
     "number in the vocabulary": ("vocabulary_json", _vocabulary_number, "vocabulary.json", "strings"),
     "npz member that is not an array": ("engine_npz", _member_not_an_array, "engine.npz", "dense/kernel"),
-    "more labels than outputs": ("metadata_json", _more_labels, "engine.npz", "4 labels"),
+    "more labels than outputs": ("metadata_json", _more_labels, "variables.data-00000-of-00001", "4 labels"),
+    "a weight's checkpoint key missing": ("engine_json", _missing_key, "variables.index", "no/key"),
+    "weights read from elsewhere": ("engine_json", _elsewhere, "engine.json", "weights_file"),
+    "weights keys not an object": ("engine_json", _keys_a_list, "engine.json", "weights_keys"),
+    "a truncated checkpoint index": ("variables_index", lambda b: b[:-9], "variables.index", "no table footer"),
+    "a block past the index's end": ("variables_index", _block_past_the_end, "variables.index", "past the file"),
+    "a truncated checkpoint data file": ("variables_data", _half, "variables.index", "in a data file of"),
     "a kernel one row short": ("engine_npz", _wrong_shape, "engine.json", "does not run"),
     "engine.json not an object": ("engine_json", lambda d: [d], "engine.json", "must be an object"),
     "vocabulary shorter than the metadata says": ("vocabulary_json", lambda v: v[:-1], "vocabulary.json", "tokens"),
@@ -194,6 +226,19 @@ def _mutate_npz(arrays: dict, data):
     return arrays
 
 
+def _mutate_bytes(raw: bytes, data) -> bytes:
+    """One change at a random place of a binary file: a byte changed, bytes cut out or put in, the file cut short."""
+    at = data.draw(st.integers(0, len(raw) - 1), "offset")
+    action = data.draw(st.sampled_from(["byte", "cut", "insert", "truncate"]), "action")
+    if action == "byte":
+        return raw[:at] + bytes([data.draw(st.integers(0, 255), "byte")]) + raw[at + 1 :]
+    if action == "cut":
+        return raw[:at] + raw[at + data.draw(st.integers(1, 16), "length") :]
+    if action == "insert":
+        return raw[:at] + data.draw(st.binary(min_size=1, max_size=16), "bytes") + raw[at:]
+    return raw[:at]
+
+
 def _vm_bytes() -> int:
     status = Path("/proc/self/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmSize")).split()[1]) * 1024
@@ -222,10 +267,12 @@ _tensorflow_runs = {"done": 0}
 
 
 def _forged_model_keeps_its_contract(trained_model, data_dir, data, tensorflow_budget: int) -> None:
-    files = ["metadata_json", "vocabulary_json", "engine_json", "engine_npz"]
+    files = ["metadata_json", "vocabulary_json", "engine_json", "engine_npz", "variables_index"]
     key = data.draw(st.sampled_from(files), "file")
     with tempfile.TemporaryDirectory() as tmp:
-        edit = (lambda a: _mutate_npz(a, data)) if key == "engine_npz" else (lambda v: _mutate_json(v, data))
+        edit = {"engine_npz": lambda a: _mutate_npz(a, data), "variables_index": lambda b: _mutate_bytes(b, data)}.get(
+            key, lambda v: _mutate_json(v, data)
+        )
         model = forge(trained_model, Path(tmp) / "m", **{key: edit})
         commands = {
             "predict": (["predict", "-m", str(model), "-"], 2),
