@@ -223,9 +223,11 @@ def test_continuing_a_calibrated_model_starts_from_its_raw_head(calibrated_pair,
             "--learning-rate", "1e-9", "--no-calibrate", "--quiet"]  # fmt: skip
     done = runner.invoke(app, args)
     assert done.exit_code == 0, done.output
-    with np.load(tmp_path / "child" / "engine.npz") as child, np.load(raw / "engine.npz") as twin:
-        for name in ("probabilities/kernel", "probabilities/bias"):
-            np.testing.assert_allclose(child[name], twin[name], rtol=1e-5, atol=1e-6)
+    from lstm_cli.artifact import network_weights  # whatever file holds them (the SavedModel's variables)
+
+    child, twin = network_weights(tmp_path / "child"), network_weights(raw)
+    for name in ("probabilities/kernel", "probabilities/bias"):
+        np.testing.assert_allclose(child[name], twin[name], rtol=1e-5, atol=1e-6)
 
 
 def test_the_report_shows_the_error_before_calibration():

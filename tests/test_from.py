@@ -39,8 +39,9 @@ def _new_rows(n: int = 48, seed: int = 4, labels=("pos", "neg")) -> list[tuple[s
 
 
 def _arrays(model: Path) -> dict[str, np.ndarray]:
-    with np.load(model / "engine.npz") as saved:
-        return {name: saved[name] for name in saved.files}
+    from lstm_cli.artifact import network_weights  # whatever file holds them (the SavedModel's variables)
+
+    return network_weights(model)
 
 
 def _vocabulary(model: Path) -> list[str]:
