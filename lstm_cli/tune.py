@@ -288,6 +288,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise ValueError(f"--set expects FIELD=VALUE with FIELD one of: {', '.join(known)}; got {text!r}")
     if name in ("multi_label", "label_separator"):  # tune reads one label a row and scores accuracy
         raise ValueError(f"tune trains single-label models; --set {name} is not supported (use train --multi-label)")
+    if name == "pretrained":  # the trials would train from scratch while the table named the encoder
+        raise ValueError("tune trains from scratch; --set pretrained is not supported (use train --pretrained ENCODER)")
     try:
         value = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)
     except ValueError:

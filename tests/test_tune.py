@@ -240,3 +240,13 @@ def test_an_interrupt_waits_for_the_printed_row_then_ends_the_search():
         assert done == [True]
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_tune_refuses_a_pretrained_encoder_it_would_not_load(data_dir, tmp_path):
+    """The trials train from scratch: a --set pretrained=ENCODER would be recorded in the table and the
+    model's config while no trial used it, so it is refused before any work."""
+    args = ["tune", str(data_dir / "train.csv"), "-m", str(tmp_path / "m"), "--set", "pretrained=x"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--set pretrained is not supported" in result.stderr and "train --pretrained" in result.stderr
+    assert not (tmp_path / "m").exists()
