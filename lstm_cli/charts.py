@@ -115,8 +115,11 @@ def confusion_heatmap(
         return _svg(fig)
 
 
-def reliability_diagram(bins: Reliability) -> str:
-    """Accuracy against mean confidence per bin over the diagonal, and how many predictions each bin holds."""
+def reliability_diagram(bins: Reliability, *, what: tuple[str, str, str] = ("accuracy", "top probability", "rows")
+                        ) -> str:  # fmt: skip
+    """Accuracy against mean confidence per bin over the diagonal, and how many predictions each bin holds.
+    `what`: the names of the share that was right, of the probability binned and of what is counted."""
+    right, binned, counted = what
     with matplotlib.rc_context(STYLE):
         fig = _figure(4.6, 4.6)
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
@@ -125,21 +128,21 @@ def reliability_diagram(bins: Reliability) -> str:
         filled = bins.count > 0
         top.plot([0, 1], [0, 1], color="#888888", linestyle="--", linewidth=1, label="perfect calibration")
         top.bar(centers[filled], bins.accuracy[filled], width=width * 0.95, color=COLORS["precision"], alpha=0.85,
-                label="accuracy in the bin")  # fmt: skip
+                label=f"{right} in the bin")  # fmt: skip
         # Each bin's mean confidence as a tick across its bar: the gap between the two is what ECE averages.
         left = centers[filled] - width * 0.475
         top.hlines(bins.confidence[filled], left, left + width * 0.95, color="#d62728", linewidth=2,
                    label="mean confidence in the bin")  # fmt: skip
         top.set_xlim(0, 1)
         top.set_ylim(0, 1)
-        top.set_ylabel("accuracy")
+        top.set_ylabel(right)
         # Above the axes: inside, it would cover bars wherever the model is confident or not.
         top.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncols=2, frameon=False, fontsize=8)
         bottom.bar(centers, bins.count, width=width * 0.95, color="#999999")
         bottom.set_yscale("log" if bins.count.max(initial=0) > 50 * max(1, np.median(bins.count[filled])) else
                           "linear")  # fmt: skip
-        bottom.set_ylabel("rows")
-        bottom.set_xlabel("top probability")
+        bottom.set_ylabel(counted)
+        bottom.set_xlabel(binned)
         return _svg(fig)
 
 
@@ -167,15 +170,16 @@ def roc_pr(curves: BinaryCurves) -> str:
         return _svg(fig)
 
 
-def training_curves(history: list[dict[str, float]], *, best_epoch: int | None, window: list[int] | None) -> str:
-    """Loss and accuracy per epoch (training and validation); the kept weights marked."""
+def training_curves(history: list[dict[str, float]], *, best_epoch: int | None, window: list[int] | None,
+                    metric: str = "accuracy") -> str:  # fmt: skip
+    """Loss and `metric` per epoch (training and validation, those the history has); the kept weights marked."""
     epochs = np.arange(1, len(history) + 1)
     with matplotlib.rc_context(STYLE):
         fig = _figure(7.5, 3.0)
         axes = fig.subplots(1, 2)
-        for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for ax, shown in zip(axes, ("loss", metric), strict=True):
             for prefix, name, color in (("", "training", COLORS["train"]), ("val_", "validation", COLORS["val"])):
-                values = [h.get(prefix + metric, np.nan) for h in history]
+                values = [h.get(prefix + shown, np.nan) for h in history]
                 if not np.all(np.isnan(values)):
                     ax.plot(epochs, values, "o-", color=color, markersize=3, linewidth=1.4, label=name)
             if window:
@@ -183,7 +187,25 @@ def training_curves(history: list[dict[str, float]], *, best_epoch: int | None, 
             elif best_epoch:
                 ax.axvline(best_epoch, color="#54a24b", linestyle=":", linewidth=1.4, label="weights kept")
             ax.set_xlabel("epoch")
-            ax.set_title(metric)
+            ax.set_title(shown.replace("_", "-"))
             ax.set_xticks(epochs if len(epochs) <= 20 else np.linspace(1, len(epochs), 10).round().astype(int))
             ax.legend(frameon=False, fontsize=8)
+        return _svg(fig)
+
+
+def threshold_sweep(grid: np.ndarray, precision: np.ndarray, recall: np.ndarray, f1: np.ndarray, *,
+                    used: float | None) -> str:  # fmt: skip
+    """Micro precision, recall and F1 of one threshold for every label, across thresholds; `used` marked."""
+    with matplotlib.rc_context(STYLE):
+        fig = _figure(6.0, 2.8)
+        ax = fig.add_subplot()
+        for values, metric in ((precision, "precision"), (recall, "recall"), (f1, "f1")):
+            ax.plot(grid, values, color=COLORS[metric], linewidth=1.6, label=f"micro-{metric.upper()}" if
+                    metric == "f1" else f"micro {metric}")  # fmt: skip
+        if used is not None:
+            ax.axvline(used, color="#333333", linestyle=":", linewidth=1.4, label=f"in use: {used:g}")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("one threshold for every label")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncols=4, frameon=False, fontsize=8)
         return _svg(fig)

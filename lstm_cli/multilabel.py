@@ -188,6 +188,17 @@ def fit_thresholds(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, An
     return {"global": _grid(best), "per_label": [_grid(j) for j in per_label]}
 
 
+def sweep(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Micro precision, recall and F1 of each GRID threshold used for every label: "threshold", "precision",
+    "recall", "f1", each [len(GRID)]."""
+    predicted, hits = _grid_counts(probabilities, truth)
+    predicted, hits = predicted.sum(axis=0), hits.sum(axis=0)
+    positives = float(np.asarray(truth).sum())
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = hits / positives if positives else np.zeros_like(hits)
+    return {"threshold": GRID, "precision": precision, "recall": recall, "f1": _f1(hits, predicted, positives)}
+
+
 def _grid(j) -> float:
     return round(float(GRID[j]), 2)  # 0.37, not float32's 0.3700000047683716
 

@@ -422,13 +422,24 @@ def evaluate(
     return report
 
 
+def multi_label_probabilities(predictor: Predictor, texts: list[str], *, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """float32 [rows, labels]: every label's probability for each text, all held at once (report's need)."""
+    probabilities = np.zeros((len(texts), len(predictor.labels)), np.float32)
+    start = 0
+    for batch in batched(texts, max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels))), PREDICT_CHARS):
+        probabilities[start : start + len(batch)] = predictor.probabilities(batch)
+        start += len(batch)
+    return probabilities
+
+
 def evaluate_multi_label(
-    predictor: Predictor, data, *, thresholds=None, batch_size: int = PREDICT_BATCH
+    predictor: Predictor, data, *, thresholds=None, batch_size: int = PREDICT_BATCH, probabilities=None
 ) -> dict[str, Any]:
     """A multi-label model's metrics on `data` (lstm_cli.multilabel.LabeledSets): micro- and macro-F1, subset
     accuracy, hamming loss and per-label precision/recall/F1 (lstm_cli.multilabel.report), at `thresholds` (one
     per label, or one for all; default: the saved ones). Labels the model lacks are left out of the rows' sets
-    and counted in "unknown_labels"."""
+    and counted in "unknown_labels". `probabilities`: multi_label_probabilities(predictor, data.texts), if
+    already computed (otherwise they are computed a batch at a time, never all held)."""
     from lstm_cli.multilabel import decide, report, targets
 
     thresholds = predictor.thresholds if thresholds is None else thresholds
@@ -441,12 +452,15 @@ def evaluate_multi_label(
             "check --label-column, --label-separator and that this is the model's test data"
         )
     truth = targets(data.labels, predictor.labels)
-    batch_size = max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels)))
-    chosen = np.zeros(truth.shape, bool)
-    start = 0
-    for batch in batched(data.texts, batch_size, PREDICT_CHARS):
-        chosen[start : start + len(batch)] = decide(predictor.probabilities(batch), thresholds)
-        start += len(batch)
+    if probabilities is not None:
+        chosen = decide(probabilities, thresholds)
+    else:
+        batch_size = max(1, min(batch_size, EVALUATE_CELLS // len(predictor.labels)))
+        chosen = np.zeros(truth.shape, bool)
+        start = 0
+        for batch in batched(data.texts, batch_size, PREDICT_CHARS):
+            chosen[start : start + len(batch)] = decide(predictor.probabilities(batch), thresholds)
+            start += len(batch)
     result = report(truth, chosen, predictor.labels)
     given = np.broadcast_to(np.asarray(thresholds, np.float64), (len(predictor.labels),))
     result["thresholds"] = [round(float(t), 6) for t in given]  # 0.37, not float32's 0.3700000047683716

@@ -103,12 +103,18 @@ def render(report: ReportInput) -> str:
         ("errors", "Most confident errors", _errors(report)),
         ("model-card", "Model card", _model_card(report)),
     ]
+    return page(report, sections)
+
+
+def page(report, sections: list[tuple[str, str, str]]) -> str:
+    """The whole HTML document: a header naming `report`'s model and data, a link to each (id, title, content)
+    section, then the sections."""
     body = "\n".join(
         f'<section id="{key}">\n<h2>{title}</h2>\n{content}\n</section>' for key, title, content in sections
     )
     model = report.evaluation.get("model", "")
     data = report.evaluation.get("data", {}).get("path", "")
-    page = f"""<!DOCTYPE html>
+    document = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -128,7 +134,7 @@ lstm-cli {e(__version__)}</p>
 </body>
 </html>
 """
-    return page.encode("utf-8", "replace").decode("utf-8")  # text read with surrogate escapes: '?', not a crash
+    return document.encode("utf-8", "replace").decode("utf-8")  # text read with surrogate escapes: '?', not a crash
 
 
 CSS = """
@@ -158,6 +164,8 @@ tr.mark td { font-weight: 600; background: #fff6dc; }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 14px; }
 .tok { border-radius: 3px; padding: 0 1px; }
 .legend span { padding: 0 4px; border-radius: 3px; }
+b.fp { color: #c0392b; }
+b.fn { color: #8a5a00; text-decoration: underline dashed; }
 dl.card-list { display: grid; grid-template-columns: max-content 1fr; gap: 3px 16px; margin: 0; }
 dl.card-list dt { font-weight: 600; }
 dl.card-list dd { margin: 0; overflow-wrap: anywhere; }
@@ -345,7 +353,8 @@ def _two_classes(report: ReportInput) -> str:
     )
 
 
-def _training(report: ReportInput) -> str:
+def _training(report, *, metric: str = "accuracy", best_means: str = "the lowest validation loss") -> str:
+    """The training curves: loss and `metric` per epoch (training and validation, where the history has them)."""
     from lstm_cli import charts
 
     training = report.metadata.get("training", {})
@@ -357,13 +366,14 @@ def _training(report: ReportInput) -> str:
     if isinstance(window, list) and len(window) == 2:
         kept = f"the mean of the weights of epochs {window[0]}-{window[1]} (weight averaging)"
     else:
-        kept = f"epoch {e(best)}'s, the lowest validation loss" if best else "the last epoch's"
+        kept = f"epoch {e(best)}'s, {best_means}" if best else "the last epoch's"
         window = None
     seconds = training.get("seconds")
     rows = training.get("rows", {})
     note = (f"{len(history)} epochs on {rows.get('train', 0):,} training and {rows.get('validation', 0):,} "
             f"validation rows, {e(training.get('device', '?'))}, {e(seconds)} s. Weights kept: {kept}.")  # fmt: skip
-    return f'<p class="note">{note}</p>' + _chart(charts.training_curves(history, best_epoch=best, window=window))
+    curves = charts.training_curves(history, best_epoch=best, window=window, metric=metric)
+    return f'<p class="note">{note}</p>' + _chart(curves)
 
 
 def _highlighted(explanation) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -257,12 +258,107 @@ def test_options_a_multi_label_model_refuses(model, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_tables_and_report_refuse_a_multi_label_model(model, tmp_path):
+def test_tables_refuse_a_multi_label_model(model, tmp_path):
     table = write_csv(tmp_path / "t.csv", [("great pizza", "x")])
     result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(table)])
     assert result.exit_code == 2 and "multi-label" in result.stderr and result.stdout == ""
-    result = runner.invoke(app, ["report", str(model.parent / "test.csv"), "-m", str(model), "-o", "r.html"])
-    assert result.exit_code == 2 and "report does not handle multi-label models" in result.stderr
+
+
+def test_report_shows_evaluates_metrics_thresholds_and_label_sets(model, tmp_path, monkeypatch):
+    import lstm_cli.charts
+    from tests.test_report import assert_self_contained
+
+    monkeypatch.setattr(lstm_cli.charts, "_svg", lambda fig: "<svg></svg>")  # drawn in test_report_escapes_...
+
+    test = str(model.parent / "test.csv")
+    out = tmp_path / "r.html"
+    result = runner.invoke(app, ["report", test, "-m", str(model), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"
+    page = out.read_text(encoding="utf-8")
+    parsed = assert_self_contained(page)
+    assert parsed.sections == ["summary", "per-label", "thresholds", "calibration", "training", "errors", "model-card"]
+    evaluation = json.loads(runner.invoke(app, ["evaluate", test, "-m", str(model), "--json"]).stdout)
+    for key in ("micro_f1", "macro_f1", "hamming_loss"):
+        assert f"{evaluation[key]:.3f}" in parsed.text
+    assert f"{evaluation['subset_accuracy']:.1%}" in parsed.text
+    for label, scores in evaluation["per_class"].items():  # the per-label table: label, threshold, P, R, F1, ...
+        threshold = metadata(model)["multi_label"]["thresholds"][evaluation["labels"].index(label)]
+        cells = [label, f"{threshold:g}", *(f"{scores[k]:.3f}" for k in ("precision", "recall", "f1"))]
+        assert "".join(cells) in parsed.text
+    # The worst errors: each shows the label set predict gives that text, against the true one.
+    rows = label_rows(60, seed=2)
+    predicted = predict_json(model, [text for text, _ in rows])
+    wrong = [(r, set(true)) for r, (_, true) in zip(predicted, rows, strict=True) if set(r["labels"]) != set(true)]
+    heads = re.findall(r'<div class="head">(.*?)</div>', page)
+    assert len(heads) == min(10, len(wrong)) > 0
+    shown_sets = {(tuple(sorted(re.findall(r"<b class=\"\w+\">([^<]*)</b>", h.split("&middot;")[0]))),
+                   tuple(sorted(re.findall(r"<b class=\"\w+\">([^<]*)</b>", h.split("&middot;")[1]))))
+                  for h in heads}  # fmt: skip
+    expected = {(tuple(sorted(r["labels"])), tuple(sorted(true))) for r, true in wrong}
+    assert shown_sets <= expected
+
+
+def test_report_threshold_replaces_the_saved_ones(model, monkeypatch):
+    import lstm_cli.charts
+
+    monkeypatch.setattr(lstm_cli.charts, "_svg", lambda fig: "<svg></svg>")  # drawn in test_report_escapes_...
+    test = str(model.parent / "test.csv")
+    at = runner.invoke(app, ["report", test, "-m", str(model), "-o", "-", "--threshold", "0.9", "--show-errors", "0"])
+    assert at.exit_code == 0, at.output
+    strict = json.loads(runner.invoke(app, ["evaluate", test, "-m", str(model), "--json", "--threshold", "0.9"]).stdout)
+    assert f"{strict['micro_f1']:.3f}" in at.stdout and "--threshold 0.9</b> replaces" in at.stdout
+    assert "none is shown (--show-errors 0)" in at.stdout
+
+
+def test_report_worst_errors_by_hand():
+    from lstm_cli.multilabel_report import worst_errors, wrongest_label
+
+    truth = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    probabilities = np.array([[0.9, 0.7], [0.2, 0.1], [0.6, 0.55], [0.3, 0.4]], np.float32)
+    chosen = probabilities >= 0.5  # row 0: b extra at 0.7; row 1: b missed, 1 - 0.1; rows 2, 3 right
+    assert worst_errors(truth, probabilities, chosen, 10) == [1, 0]
+    assert worst_errors(truth, probabilities, chosen, 1) == [1]
+    assert wrongest_label(truth[1], probabilities[1], chosen[1]) == 1
+    assert wrongest_label(truth[0], probabilities[0], chosen[0]) == 1
+
+
+def test_report_escapes_labels_and_texts():
+    labels = [*HOSTILE.values(), "<script>alert(1)</script>", "\"&'<>", "$x^2$", "a\x1bb"]
+    from lstm_cli.explain import Explanation, TokenScore
+    from lstm_cli.multilabel import report as metrics
+    from lstm_cli.multilabel_report import MultiLabelInput, render
+    from lstm_cli.render import shown
+    from tests.test_report import assert_self_contained
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((40, len(labels))) < 0.4).astype(np.float32)
+    probabilities = np.clip(truth * 0.5 + rng.random(truth.shape) * 0.6, 0, 1).astype(np.float32)
+    thresholds = np.full(len(labels), 0.5, np.float32)
+    texts = [f"<img src=x onerror=alert({i})> & 中文" for i in range(40)]
+    evaluation = metrics(truth, probabilities >= 0.5, labels)
+    evaluation.update(
+        rows={"read": 40, "evaluated": 40, "unknown_label": 0, "skipped": {}},
+        unknown_labels={},
+        data={"path": "<d>.csv", "rows": 40, "sha256": "ab" * 32},
+        model="<m>",
+        thresholds=[0.5] * 8,
+    )
+    meta = {"id": "x", "labels": labels, "config": {}, "multi_label": {"mode": "global", "thresholds": [0.5] * 8},
+            "training": {"history": [{"loss": 0.5, "val_loss": 0.6, "val_micro_f1": 0.5}]}}  # fmt: skip
+    report = MultiLabelInput(labels, texts, truth, probabilities, thresholds, evaluation, meta)
+    wrong = np.flatnonzero(((probabilities >= 0.5) != (truth > 0)).any(axis=1))[:3]
+    for i in wrong.tolist():
+        tokens = [TokenScore(m.group(), m.start(), m.end(), 0.5) for m in re.finditer(r"\S+", texts[i])]
+        report.explanations[i] = Explanation(texts[i], labels[0], 0.5, labels[0], "occlusion", tokens, 0)
+    page = render(report)
+    parsed = assert_self_contained(page)
+    assert parsed.tags.count("svg") == 4  # per label, thresholds, calibration, training
+    assert "<img" not in page and "<script>" not in page and "<d>" not in page
+    for label in labels:
+        assert shown(label) in parsed.text
+    for i in wrong.tolist():
+        assert texts[i] in parsed.text
 
 
 def test_serve_answers_with_the_saved_models_selected_output(model):

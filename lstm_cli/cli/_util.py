@@ -337,3 +337,52 @@ def _main(
 
     lstm-cli train sample_data/train.csv && lstm-cli predict "great value, arrived fast"
     """
+
+
+# evaluate's and report's options for multi-label models
+DataLabelSeparatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--label-separator",
+        help="Multi-label models: what joins a row's labels in DATA's label field. [default: the model's]",
+        show_default=False,
+    ),
+]
+DataThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help="Multi-label models: count a label as predicted at or over this probability (above 0, at most 1), "
+        "instead of the thresholds chosen in training.",
+        show_default=False,
+    ),
+]
+
+
+def multi_label_separator(model: Path, separator: str | None, threshold: float | None, refused: dict) -> str | None:
+    """The label separator to read DATA with when the model is multi-label (None: it is not, or its metadata
+    cannot be read, which the Predictor then reports); the options that do not apply refused (exit 2)."""
+    from lstm_cli.errors import LstmCliError, UsageError
+
+    try:
+        from lstm_cli.artifact import read_metadata
+        from lstm_cli.multilabel import is_multi_label
+
+        metadata = read_metadata(model)
+        multi = is_multi_label(metadata)
+    except LstmCliError:
+        metadata, multi = None, False
+    if not multi:
+        for flag, value in (("--label-separator", separator), ("--threshold", threshold)):
+            if value is not None and metadata is not None:
+                raise UsageError(f"{flag} is for multi-label models, and {model} is single-label")
+        return None
+    for flag, value in refused.items():
+        if value is not None:
+            raise UsageError(f"{flag} is for single-label models, and {model} is multi-label; leave it out")
+    from lstm_cli.multilabel import DEFAULT_SEPARATOR, check_separator, check_threshold
+
+    if threshold is not None:
+        check_threshold(threshold)
+    saved = (metadata.get("multi_label") or {}).get("separator", DEFAULT_SEPARATOR)
+    return check_separator(separator if separator is not None else saved)

@@ -13,6 +13,8 @@ from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DataArg,
+    DataLabelSeparatorOpt,
+    DataThresholdOpt,
     DelimiterOpt,
     EncodingOpt,
     EngineChoice,
@@ -32,6 +34,7 @@ from lstm_cli.cli._util import (
     _errors,
     app,
     check_output_path,
+    multi_label_separator,
     read_options,
     warn,
 )
@@ -105,21 +108,8 @@ def evaluate_cli(
             show_default=False,
         ),
     ] = None,
-    label_separator: Annotated[
-        str | None,
-        typer.Option(
-            help="Multi-label models: what joins a row's labels in DATA's label field. [default: the model's]",
-            show_default=False,
-        ),
-    ] = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            help="Multi-label models: count a label as predicted at or over this probability (above 0, at most 1), "
-            "instead of the thresholds chosen in training.",
-            show_default=False,
-        ),
-    ] = None,
+    label_separator: DataLabelSeparatorOpt = None,
+    threshold: DataThresholdOpt = None,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -146,7 +136,7 @@ def evaluate_cli(
         read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
                             encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
                             input_format=input_format)  # fmt: skip
-        separator = _multi_label_separator(model, label_separator, threshold,
+        separator = multi_label_separator(model, label_separator, threshold,
                                            refused={"--confusion-csv": confusion_csv, "--errors": errors,
                                                     "--min-probability": min_probability})  # fmt: skip
         if separator is not None:
@@ -186,35 +176,6 @@ def evaluate_cli(
             typer.echo(json.dumps(report, ensure_ascii=False))
         else:
             render.print_report(report)
-
-
-def _multi_label_separator(model: Path, separator: str | None, threshold: float | None, refused: dict) -> str | None:
-    """The label separator to read DATA with when the model is multi-label (None: it is not, or its metadata
-    cannot be read, which the Predictor then reports); the options that do not apply refused (exit 2)."""
-    from lstm_cli.errors import LstmCliError, UsageError
-
-    try:
-        from lstm_cli.artifact import read_metadata
-        from lstm_cli.multilabel import is_multi_label
-
-        metadata = read_metadata(model)
-        multi = is_multi_label(metadata)
-    except LstmCliError:
-        metadata, multi = None, False
-    if not multi:
-        for flag, value in (("--label-separator", separator), ("--threshold", threshold)):
-            if value is not None and metadata is not None:
-                raise UsageError(f"{flag} is for multi-label models, and {model} is single-label")
-        return None
-    for flag, value in refused.items():
-        if value is not None:
-            raise UsageError(f"{flag} is for single-label models, and {model} is multi-label; leave it out")
-    from lstm_cli.multilabel import DEFAULT_SEPARATOR, check_separator, check_threshold
-
-    if threshold is not None:
-        check_threshold(threshold)
-    saved = (metadata.get("multi_label") or {}).get("separator", DEFAULT_SEPARATOR)
-    return check_separator(separator if separator is not None else saved)
 
 
 def _evaluate_multi_label(data: Path, read: dict, separator: str, threshold: float | None, *, model: Path,

@@ -13,6 +13,8 @@ from lstm_cli.cli._coerce import PlainCommand
 from lstm_cli.cli._help import panels
 from lstm_cli.cli._util import (
     DataArg,
+    DataLabelSeparatorOpt,
+    DataThresholdOpt,
     DelimiterOpt,
     EncodingOpt,
     EngineChoice,
@@ -28,6 +30,7 @@ from lstm_cli.cli._util import (
     _engine_note,
     _errors,
     app,
+    multi_label_separator,
     read_options,
     warn,
 )
@@ -35,8 +38,9 @@ from lstm_cli.cli._util import (
 
 @app.command("report", cls=PlainCommand)
 @panels(
-    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format"),
-    Output=("output", "show_errors"),
+    Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format",
+          "label_separator"),
+    Output=("output", "show_errors", "threshold"),
 )  # fmt: skip
 def report_cli(
     data: DataArg,
@@ -59,12 +63,17 @@ def report_cli(
     skip_bad_rows: SkipBadOpt = False,
     no_header: NoHeaderOpt = False,
     input_format: InputFormatOpt = None,
+    label_separator: DataLabelSeparatorOpt = None,
+    threshold: DataThresholdOpt = None,
     engine: EngineOpt = EngineChoice.auto,
     verbose: VerboseOpt = False,
 ) -> None:
     """Write an HTML report: metrics beside a baseline, per-class scores, confusions, calibration, ROC/PR (two
     classes), training curves, the most confident errors explained, and a model card. No network needed to
     view it; it prints too. Needs matplotlib: pip install 'lstm-cli[report]'.
+
+    A multi-label model's page has micro- and macro-F1, subset accuracy, hamming loss, per-label scores with
+    their thresholds, and the worst errors as predicted against true label sets.
 
     \b
     Example: lstm-cli report sample_data/test.csv -o report.html
@@ -78,23 +87,33 @@ def report_cli(
         to_stdout = str(output) == "-"
         if not to_stdout:
             reporting.check_output(output)
-        from lstm_cli.data import read_labeled
-
         read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
                             encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
                             input_format=input_format)  # fmt: skip
-        dataset = read_labeled(data, **read)
-        from lstm_cli.multilabel import refuse as refuse_multi_label
+        separator = multi_label_separator(model, label_separator, threshold, refused={})
         from lstm_cli.predict import Predictor
 
-        predictor = Predictor(model, engine=engine.value)
-        _engine_note(predictor, verbose)
-        refuse_multi_label(predictor.metadata, "report")
-        page = reporting.build(predictor, dataset, errors=show_errors)
+        if separator is not None:
+            from lstm_cli import multilabel_report
+            from lstm_cli.multilabel import read_label_sets
+
+            dataset = read_label_sets(data, separator, **read)
+            predictor = Predictor(model, engine=engine.value)
+            _engine_note(predictor, verbose)
+            page = multilabel_report.build(predictor, dataset, threshold=threshold, errors=show_errors)
+            warnings = [*dataset.warnings, *render.skipped_warnings(dataset)]
+        else:
+            from lstm_cli.data import read_labeled
+
+            dataset = read_labeled(data, **read)
+            predictor = Predictor(model, engine=engine.value)
+            _engine_note(predictor, verbose)
+            page = reporting.build(predictor, dataset, errors=show_errors)
+            warnings = [*render.reading_warnings(dataset), *render.skipped_warnings(dataset)]
         if to_stdout:
             sys.stdout.buffer.write(page.encode("utf-8"))
             sys.stdout.flush()
             return
         reporting.write(output, page)
-        warn(console, [*render.reading_warnings(dataset), *render.skipped_warnings(dataset)])
+        warn(console, warnings)
         typer.echo(str(output))
