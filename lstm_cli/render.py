@@ -231,6 +231,18 @@ def prediction_lines(
     ]
 
 
+def multilabel_picked(probabilities, thresholds) -> list[list[int]]:
+    """For each row of probabilities [rows, labels], the indices of the labels at or over their thresholds, most
+    probable first (ties: the model's label order)."""
+    import numpy as np
+
+    from lstm_cli.multilabel import decide
+
+    chosen = decide(probabilities, thresholds)
+    order = np.argsort(-np.asarray(probabilities), axis=1, kind="stable")
+    return [[i for i in row if keep[i]] for row, keep in zip(order.tolist(), chosen.tolist(), strict=True)]
+
+
 def multilabel_lines(batch, labels: list[str], output_format: str, thresholds) -> list[str]:
     """A multi-label model's output lines: every label at or over its threshold, most probable first.
 
@@ -238,14 +250,8 @@ def multilabel_lines(batch, labels: list[str], output_format: str, thresholds) -
     labels alone, tab-separated; both escape labels as tsv_field does, so tabs split them unambiguously, and a
     text with no label over its threshold gets an empty line (no label is empty). json: "labels" (a list) and
     "probabilities" (every label's, by label)."""
-    import numpy as np
-
-    from lstm_cli.multilabel import decide
-
     probabilities = batch.probabilities
-    chosen = decide(probabilities, thresholds)
-    order = np.argsort(-probabilities, axis=1, kind="stable")
-    picked = [[i for i in row if keep[i]] for row, keep in zip(order.tolist(), chosen.tolist(), strict=True)]
+    picked = multilabel_picked(probabilities, thresholds)
     values = probability_values(probabilities)
     if output_format == "json":
         return [

@@ -6,6 +6,11 @@ Added columns (after the input's own, `prefix` before each name):
   label_N, probability_N (N = 2..K)       with --top-k K: the N-th most probable
   p_<label> (CSV/TSV)                     with --all-probabilities: every label's, in the model's order
   probabilities (JSON Lines)              ... as one object {label: probability}
+A multi-label model's rows get instead:
+  predicted_labels, predicted_probabilities   the labels at or over their thresholds, most probable first,
+                                              and their probabilities: in CSV/TSV each cell a JSON array
+                                              (["a,b", "c"]; [] for none), in JSON Lines a list
+  p_<label> / probabilities               with --all-probabilities, as above
 No two added names can be equal whatever the labels hold; one that equals an input column is refused
 (pass a prefix). Imported only for tables: predict's line path never loads csv or json."""
 
@@ -35,15 +40,17 @@ class Added:
     all_probabilities: bool
     prefix: str
     jsonl: bool
+    multi_label: bool = False
 
     @classmethod
-    def for_model(cls, labels: list[str], *, k: int, all_probabilities: bool, prefix: str, jsonl: bool) -> Added:
-        names = ["predicted_label", "probability"]
+    def for_model(cls, labels: list[str], *, k: int, all_probabilities: bool, prefix: str, jsonl: bool,
+                  multi_label: bool = False) -> Added:  # fmt: skip
+        names = ["predicted_labels", "predicted_probabilities"] if multi_label else ["predicted_label", "probability"]
         for n in range(2, k + 1):
             names += [f"label_{n}", f"probability_{n}"]
         if all_probabilities:
             names += ["probabilities"] if jsonl else [f"p_{label}" for label in labels]
-        return cls([prefix + name for name in names], k, all_probabilities, prefix, jsonl)
+        return cls([prefix + name for name in names], k, all_probabilities, prefix, jsonl, multi_label)
 
     def clash(self, existing) -> str | None:
         """The first added name that an input column or field already has, or None."""
@@ -98,9 +105,10 @@ class TableWriter:
     the caller empties after each batch: one write a batch, not one a row)."""
 
     def __init__(self, out: io.StringIO, reader: TableReader, added: Added, labels: list[str],
-                 abstain: tuple[float, str] | None = None):  # fmt: skip
+                 abstain: tuple[float, str] | None = None, thresholds=None):  # fmt: skip
         self.out = out
         self.abstain = abstain  # (min probability, unknown label): lstm_cli.abstain
+        self.thresholds = thresholds  # a multi-label model's, one a label (or one for all)
         self.reader = reader
         self.added = added
         self.labels = labels
@@ -118,6 +126,9 @@ class TableWriter:
         """One batch: `records` (line, record) in order and their `Predictions`."""
         from lstm_cli.render import probability_values
 
+        if self.thresholds is not None:
+            self._write_rows(records, self._label_sets(batch), batch)
+            return
         best, scores = batch.top(self.added.k)
         unsure = None
         if self.abstain is not None:
@@ -125,14 +136,38 @@ class TableWriter:
 
             unsure = abstains(scores[:, 0], self.abstain[0]).tolist()
         best, scores = best.tolist(), probability_values(scores)
-        every = probability_values(batch.probabilities) if self.added.all_probabilities else None
-        labels = self.labels
-        for i, ((line, record), row, s) in enumerate(zip(records, best, scores, strict=True)):
+        rows = []
+        for i, (row, s) in enumerate(zip(best, scores, strict=True)):
             values: list[object] = []
             for index, p in zip(row, s, strict=True):
-                values += [labels[index], p]
+                values += [self.labels[index], p]
             if unsure is not None and unsure[i]:
                 values[0] = self.abstain[1]  # predicted_label; every probability stays
+            rows.append(values)
+        self._write_rows(records, rows, batch)
+
+    def _label_sets(self, batch) -> list[list[object]]:
+        """A multi-label model's added values for each row: [its labels at or over their thresholds, their
+        probabilities], most probable first; in CSV/TSV each a compact JSON array, in JSON Lines a list."""
+        from lstm_cli.render import multilabel_picked, probability_values
+
+        values = probability_values(batch.probabilities)
+        rows = []
+        for picked, every in zip(multilabel_picked(batch.probabilities, self.thresholds), values, strict=True):
+            labels, probabilities = [self.labels[i] for i in picked], [every[i] for i in picked]
+            if self._csv is not None:  # JSON escapes tabs and line breaks: the cell holds neither
+                labels, probabilities = (json.dumps(x, ensure_ascii=False, separators=(",", ":"))
+                                         for x in (labels, probabilities))  # fmt: skip
+            rows.append([labels, probabilities])
+        return rows
+
+    def _write_rows(self, records: list[tuple[int, object]], rows: list[list[object]], batch) -> None:
+        """Each record followed by its added values (and every probability, with --all-probabilities)."""
+        from lstm_cli.render import probability_values
+
+        every = probability_values(batch.probabilities) if self.added.all_probabilities else None
+        labels = self.labels
+        for i, ((line, record), values) in enumerate(zip(records, rows, strict=True)):
             if self._csv is not None:
                 if every is not None:
                     values += every[i]
@@ -154,14 +189,17 @@ def _clash_message(where: str, name: str) -> str:
 
 
 def predict_table(predictor, reader: TableReader, write: Callable[[str], None], *, k: int, all_probabilities: bool,
-                  prefix: str, batch_size: int, abstain: tuple[float, str] | None = None) -> int:  # fmt: skip
+                  prefix: str, batch_size: int, abstain: tuple[float, str] | None = None,
+                  thresholds=None) -> int:  # fmt: skip
     """Label every row of `reader` and `write` it with its predictions, a batch at a time (flat memory for any
     table: at most one batch of rows is held). `abstain`: (P, label), the label written as predicted_label
-    where the top probability is below P (lstm_cli.abstain). Returns the number of rows."""
-    added = Added.for_model(predictor.labels, k=k, all_probabilities=all_probabilities, prefix=prefix,
-                            jsonl=reader.format == "jsonl")  # fmt: skip
+    where the top probability is below P (lstm_cli.abstain). `thresholds`: a multi-label model's (then `k` is
+    1, `abstain` None). Returns the number of rows."""
+    multi_label = thresholds is not None
+    added = Added.for_model(predictor.labels, k=1 if multi_label else k, all_probabilities=all_probabilities,
+                            prefix=prefix, jsonl=reader.format == "jsonl", multi_label=multi_label)  # fmt: skip
     out = io.StringIO()
-    writer = TableWriter(out, reader, added, predictor.labels, abstain)
+    writer = TableWriter(out, reader, added, predictor.labels, abstain, thresholds)
     # The header first, so that a table with no rows still gets one.
     write(out.getvalue())
     out.seek(0)

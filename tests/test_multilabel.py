@@ -214,6 +214,36 @@ def test_hostile_labels_read_back_unambiguously(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path / "test.csv"), "-m", str(model), "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["per_class"]) == set(HOSTILE.values())
+    assert_tables_hold_the_label_sets(model, tmp_path, records)
+
+
+def assert_tables_hold_the_label_sets(model, tmp_path, records: list[dict]) -> None:
+    """predict --input on CSV, TSV and JSON Lines tables of TEXTS (at --threshold 0.2) gives each row the labels
+    and probabilities predict's json lines give: the cells JSON arrays, the JSON Lines fields lists."""
+    import csv
+    import io
+
+    for name, delimiter in (("t.csv", ","), ("t.tsv", "\t")):
+        write_csv(tmp_path / name, [(str(i), text) for i, text in enumerate(TEXTS)], ("id", "text"), delimiter)
+        result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(tmp_path / name), "--threshold",
+                                     "0.2", "--all-probabilities"])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        header, *rows = list(csv.reader(io.StringIO(result.stdout, newline=""), delimiter=delimiter))
+        labels = metadata(model)["labels"]
+        assert header == ["id", "text", "predicted_labels", "predicted_probabilities", *(f"p_{x}" for x in labels)]
+        assert [row[:2] for row in rows] == [[str(i), text] for i, text in enumerate(TEXTS)]
+        for row, record in zip(rows, records, strict=True):
+            assert json.loads(row[2]) == record["labels"]
+            assert json.loads(row[3]) == [record["probabilities"][x] for x in record["labels"]]
+            assert [float(p) for p in row[4:]] == [record["probabilities"][x] for x in labels]
+            assert "\n" not in row[2] and "\t" not in row[2]  # JSON escaped them: one physical line a row
+    lines = "".join(json.dumps({"text": text, "n": i}) + "\n" for i, text in enumerate(TEXTS))
+    result = runner.invoke(app, ["predict", "-m", str(model), "-", "--input-format", "jsonl", "--threshold", "0.2"],
+                           input=lines)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [list(o) for o in out] == [["text", "n", "predicted_labels", "predicted_probabilities"]] * len(TEXTS)
+    assert [o["predicted_labels"] for o in out] == [r["labels"] for r in records]
 
 
 def test_fasttext_lines_with_several_labels(tmp_path):
@@ -258,10 +288,18 @@ def test_options_a_multi_label_model_refuses(model, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_tables_refuse_a_multi_label_model(model, tmp_path):
+def test_tables_get_label_sets(model, tmp_path):
+    assert_tables_hold_the_label_sets(model, tmp_path, predict_json(model, TEXTS, "--threshold", "0.2"))
     table = write_csv(tmp_path / "t.csv", [("great pizza", "x")])
-    result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(table)])
-    assert result.exit_code == 2 and "multi-label" in result.stderr and result.stdout == ""
+    for args, message in ((["--top-k", "2"], "--top-k is for single-label models"),
+                          (["--min-probability", "0.5"], "--min-probability is for single-label models")):  # fmt: skip
+        result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(table), *args])
+        assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
+    clash = write_csv(tmp_path / "c.csv", [("great pizza", "x")], ("text", "predicted_labels"))
+    result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(clash)])
+    assert result.exit_code == 2 and "--column-prefix" in result.stderr
+    result = runner.invoke(app, ["predict", "-m", str(model), "--input", str(clash), "--column-prefix", "new_"])
+    assert result.exit_code == 0 and result.stdout.startswith("text,predicted_labels,new_predicted_labels,")
 
 
 def test_report_shows_evaluates_metrics_thresholds_and_label_sets(model, tmp_path, monkeypatch):

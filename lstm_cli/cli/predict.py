@@ -305,17 +305,14 @@ def _predict_table(stream, name: str, input_format: str, *, model: Path, engine:
 
     predictor = Predictor(model, engine=engine.value)
     _engine_note(predictor, verbose)
-    if predictor.multi_label:
-        raise UsageError(f"{model} is a multi-label model, and predict does not label tables with one yet; give "
-                         "the texts as lines (--input-format lines, or cut the text column out)")  # fmt: skip
-    _multi_label(predictor, threshold)
+    thresholds = _multi_label(predictor, threshold, abstain=abstain, top_k=top_k)  # a table has every probability
     _check_abstain(abstain, predictor.labels)
     predictor.share_out()
     try:
         with _writer(output) as write:
             predict_table(predictor, reader, write, k=min(top_k, len(predictor.labels)),
                           all_probabilities=all_probabilities, prefix=prefix, batch_size=batch_size,
-                          abstain=abstain)  # fmt: skip
+                          abstain=abstain, thresholds=thresholds)  # fmt: skip
     finally:
         predictor.close()
 
