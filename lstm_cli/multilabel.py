@@ -128,6 +128,16 @@ def read_label_sets(path, separator: str, **options) -> LabeledSets:
     return LabeledSets(texts, labels, stream.path, stream.sha256, stream.skipped, stream.warnings)
 
 
+def keyed_data(path, separator: str, **options):
+    """A labeled file read whole (options as lstm_cli.data.LabeledStream's) as lstm_cli.data.LabeledData whose
+    labels are the rows' label-set keys: what tune splits and trains on, as train streams them."""
+    from lstm_cli.data import LabeledData
+
+    sets = read_label_sets(path, separator, **options)
+    return LabeledData(sets.texts, [set_key(labels) for labels in sets.labels], sets.path, sets.sha256, None,
+                       sets.skipped, warnings=sets.warnings)  # fmt: skip
+
+
 def targets(label_sets: list[tuple[str, ...]] | list[list[str]], labels: list[str]) -> np.ndarray:
     """0/1 float32 [rows, labels]: row i has a 1 for each of its labels (labels the model lacks are ignored)."""
     index = {label: i for i, label in enumerate(labels)}

@@ -131,8 +131,8 @@ def train_summary(result, model_dir: Path) -> Text:
 class TrialTable:
     """tune's table of trials on stderr, one row printed as each trial finishes."""
 
-    def __init__(self, say, metric: str):
-        self.say, self.metric, self.started = say, metric, False
+    def __init__(self, say, metric: str, *, multi_label: bool = False):
+        self.say, self.metric, self.started, self.multi_label = say, metric, False, multi_label
 
     def row(self, trial, best: bool) -> None:
         from rich.text import Text
@@ -140,11 +140,14 @@ class TrialTable:
         from lstm_cli.tune import describe
 
         if not self.started:
-            self.say(Text("trial  accuracy  macro_f1  epochs     time  settings", style="bold"))
+            first = "micro_f1  macro_f1  subset_acc" if self.multi_label else "accuracy  macro_f1"
+            self.say(Text(f"trial  {first}  epochs     time  settings", style="bold"))
             self.started = True
         mark = "*" if best else " "
+        first = f"{trial.micro_f1:8.4f}  {trial.macro_f1:8.4f}  {trial.accuracy:10.4f}" if self.multi_label else (
+            f"{trial.accuracy:8.4f}  {trial.macro_f1:8.4f}")  # fmt: skip
         self.say(Text.assemble(
-            f"{trial.number:>4}{mark}  {trial.accuracy:8.4f}  {trial.macro_f1:8.4f}  {trial.epochs:>6}  "
+            f"{trial.number:>4}{mark}  {first}  {trial.epochs:>6}  "
             f"{trial.seconds:>6.1f}s  ", literal(describe(trial.settings)),
             "  (budget ran out)" if trial.cut_by_budget else "",
         ))  # fmt: skip

@@ -45,7 +45,7 @@ _MOOT: tuple[tuple[str, Any, str], ...] = (
     ("bigram_buckets", 0, "bigram_min_count"),
     ("dense_units", 0, "dense_dropout"),
 )
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("accuracy", "macro_f1", "micro_f1")  # micro_f1: multi-label models only
 _DRAWS = 1_000  # random draws to find an untried setting before calling the space exhausted
 
 
@@ -53,14 +53,15 @@ _DRAWS = 1_000  # random draws to find an untried setting before calling the spa
 class Trial:
     number: int  # 1-based; trial 1 is the starting configuration (defaults plus what the user fixed)
     settings: dict[str, Any]  # the searched fields' values
-    accuracy: float  # on the validation rows, with the trial's best-epoch weights
+    accuracy: float  # on the validation rows, with the trial's best-epoch weights (multi-label: subset accuracy)
     macro_f1: float
     epochs: int
     seconds: float
     cut_by_budget: bool  # the budget ran out during this trial; it kept its best epoch so far
+    micro_f1: float | None = None  # multi-label trials: at the thresholds the trial chose on the validation rows
 
     def score(self, metric: str) -> float:
-        return self.accuracy if metric == "accuracy" else self.macro_f1
+        return getattr(self, metric)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,23 +148,37 @@ def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, Labeled
         return LabeledData([data.texts[i] for i in rows], [data.labels[i] for i in rows], path,
                            data.sha256, data.delimiter)  # fmt: skip
 
-    return part(False, data.path), part(True, f"{data.path} (validation split)"), split.warnings
+    warnings = _split_warnings(split.warnings, config)
+    return part(False, data.path), part(True, f"{data.path} (validation split)"), warnings
+
+
+def _split_warnings(warnings: list[str], config: TrainConfig) -> list[str]:
+    if config.multi_label and len(warnings) > 1:  # one line, as train says it, not one per rare label set
+        return [f"{len(warnings):,} label sets have a single row: kept for training, absent from validation"]
+    return warnings
 
 
 def validation_scores(result, validation: LabeledData) -> dict[str, float]:
-    """Accuracy and macro-F1 of a trained network on `validation`, batched by length as training is."""
+    """Accuracy and macro-F1 of a trained network on `validation`, batched by length as training is. A
+    multi-label network (validation labels: set keys) gets subset accuracy, macro- and micro-F1 at the
+    thresholds it chose on these rows."""
     from lstm_cli.batching import batch_indices
     from lstm_cli.metrics import classification_report
     from lstm_cli.train import encode_texts
 
     encoded = encode_texts(result.vectorizer, validation.texts, result.config.max_length)
+    probabilities = np.zeros((len(validation), len(result.labels)), np.float32)
+    for rows in batch_indices(encoded.lengths, 256, None):
+        probabilities[rows] = np.asarray(result.network(encoded.padded(rows), training=False))
+    if result.config.multi_label:
+        from lstm_cli.multilabel import decide, key_labels, report, targets
+
+        truth = targets([key_labels(key) for key in validation.labels], result.labels)
+        scores = report(truth, decide(probabilities, result.multi_label["thresholds"]), result.labels)
+        return {"accuracy": scores["subset_accuracy"], "macro_f1": scores["macro_f1"], "micro_f1": scores["micro_f1"]}
     index = {label: i for i, label in enumerate(result.labels)}
     truth = np.array([index[label] for label in validation.labels], dtype=np.int64)
-    predicted = np.zeros(len(truth), dtype=np.int64)
-    for rows in batch_indices(encoded.lengths, 256, None):
-        probabilities = result.network(encoded.padded(rows), training=False)
-        predicted[rows] = np.argmax(np.asarray(probabilities), axis=1)
-    report = classification_report(truth, predicted, result.labels)
+    report = classification_report(truth, np.argmax(probabilities, axis=1), result.labels)
     return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
 
 
@@ -203,6 +218,8 @@ def tune(
 
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "micro_f1" and not base.multi_label:
+        raise ValueError("micro_f1 ranks multi-label trials (tune --multi-label); a single-label one has accuracy")
     started = time.monotonic()
     deadline = started + budget_seconds
     stage = on_stage or (lambda _: None)
@@ -227,7 +244,8 @@ def tune(
                            stop=lambda: time.monotonic() >= deadline)  # fmt: skip
             scores = validation_scores(result, validation)
             trial = Trial(number, settings, scores["accuracy"], scores["macro_f1"], len(result.history),
-                          round(time.monotonic() - trial_started, 3), time.monotonic() >= deadline)  # fmt: skip
+                          round(time.monotonic() - trial_started, 3), time.monotonic() >= deadline,
+                          scores.get("micro_f1"))  # fmt: skip
             trials.append(trial)
             improved = best is None or trial.score(metric) > trials[best_trial - 1].score(metric)
             if improved:
@@ -286,8 +304,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     if not sep or name not in known:
         raise ValueError(f"--set expects FIELD=VALUE with FIELD one of: {', '.join(known)}; got {text!r}")
-    if name in ("multi_label", "label_separator"):  # tune reads one label a row and scores accuracy
-        raise ValueError(f"tune trains single-label models; --set {name} is not supported (use train --multi-label)")
+    if name in ("multi_label", "label_separator"):  # they decide how the data is read: options, as train's
+        raise ValueError(f"--set {name} is not supported; use tune --{name.replace('_', '-')}")
     if name == "pretrained":  # the trials would train from scratch while the table named the encoder
         raise ValueError("tune trains from scratch; --set pretrained is not supported (use train --pretrained ENCODER)")
     try:

@@ -456,9 +456,60 @@ def test_explain_scores_a_labels_own_log_odds(model):
     assert json.loads(result.stdout)["label"] in ("pos", "food")
 
 
-def test_tune_refuses_multi_label_settings(data_dir):
-    result = runner.invoke(app, ["tune", str(data_dir / "train.csv"), "--set", "multi_label=true"])
-    assert result.exit_code == 2 and "tune trains single-label models" in result.stderr
+@pytest.mark.slow
+def test_tune_ranks_multi_label_trials_by_validation_micro_f1(tmp_path):
+    from lstm_cli.config import TrainConfig
+    from lstm_cli.multilabel import keyed_data
+    from lstm_cli.tune import tune
+
+    write_csv(tmp_path / "t.csv", [(text, "|".join(labels)) for text, labels in label_rows(120, seed=4, names=HOSTILE)])
+    write_csv(tmp_path / "v.csv", [(text, "|".join(labels)) for text, labels in label_rows(40, seed=5, names=HOSTILE)])
+    data, validation = (keyed_data(tmp_path / name, "|") for name in ("t.csv", "v.csv"))
+    base = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, bigram_buckets=0, epochs=1,
+                       batch_size=16, learning_rate=0.02, multi_label=True, label_separator="|")  # fmt: skip
+    result = tune(base, data, budget_seconds=600, metric="micro_f1", max_trials=2, validation=validation)
+    scores = [t.micro_f1 for t in result.trials]
+    assert len(scores) == 2 and result.best_trial == 1 + int(np.argmax(scores))
+    # The best trial's score is what training measured on the same rows, by its own path (the token cache).
+    assert scores[result.best_trial - 1] == pytest.approx(result.best.multi_label["validation_micro_f1"], abs=1e-6)
+    assert sorted(result.best.labels) == sorted(HOSTILE.values())
+
+
+@pytest.mark.slow
+def test_tune_trains_multi_label_trials_ranked_by_validation_micro_f1(tmp_path):
+    from tests.test_tune import TINY_SET
+
+    write_csv(tmp_path / "t.csv", [(text, "|".join(labels)) for text, labels in label_rows(120, seed=4, names=HOSTILE)])
+    write_csv(tmp_path / "v.csv", [(text, "|".join(labels)) for text, labels in label_rows(40, seed=5, names=HOSTILE)])
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(app, ["tune", str(tmp_path / "t.csv"), "--multi-label", "--label-separator", "|",
+                                 "--validation-data", str(tmp_path / "v.csv"), "--trials", "1", "-m", str(tuned),
+                                 *TINY_SET, "--set", "epochs=1", "-f", "json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tuning = json.loads(result.stdout)
+    assert tuning["metric"] == "micro_f1" and "micro_f1" in result.stderr.splitlines()[1]
+    saved = metadata(tuned)
+    assert saved["config"]["multi_label"] and sorted(saved["labels"]) == sorted(HOSTILE.values())
+    # The trial's score is the saved model's micro-F1 on the validation rows, at its saved thresholds.
+    evaluation = runner.invoke(app, ["evaluate", str(tmp_path / "v.csv"), "-m", str(tuned), "--json"])
+    scores = json.loads(evaluation.stdout)
+    trial = tuning["trials"][0]
+    assert trial["micro_f1"] == pytest.approx(scores["micro_f1"], abs=1e-6)
+    assert trial["accuracy"] == pytest.approx(scores["subset_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "multi_label=true"], "use tune --multi-label"),
+        (["--metric", "micro_f1"], "micro_f1 ranks multi-label trials"),
+        (["--label-separator", "|"], "--label-separator is for --multi-label"),
+        (["--multi-label", "--class-weight", "balanced"], "--class-weight is for single-label models"),
+    ],
+)
+def test_tune_multi_label_misuse(data_dir, args, message):
+    result = runner.invoke(app, ["tune", str(data_dir / "train.csv"), *args])
+    assert result.exit_code == 2 and message in result.stderr and result.stdout == ""
 
 
 def test_python_api(model):

@@ -45,9 +45,11 @@ from lstm_cli.config import TrainConfig
 class Metric(StrEnum):
     accuracy = "accuracy"
     macro_f1 = "macro_f1"
+    micro_f1 = "micro_f1"
 
 
 def _base_config(settings: list[str], seed: int, validation_split: float, extra: dict) -> tuple[TrainConfig, set]:
+    """The starting configuration (defaults, `extra` options, then each --set) and the names --set fixed."""
     from lstm_cli.tune import parse_setting
 
     fixed = {}
@@ -65,7 +67,7 @@ def _base_config(settings: list[str], seed: int, validation_split: float, extra:
 @panels(
     Search=("budget", "metric", "trials", "seed", "settings"),
     Data=("text_column", "label_column", "delimiter", "encoding", "skip_bad_rows", "no_header", "input_format",
-          "validation_data", "validation_split"),
+          "validation_data", "validation_split", "multi_label", "label_separator"),
     Model=("vectors", "freeze_vectors", "class_weight"),
     Output=("output_format",),
 )  # fmt: skip
@@ -74,7 +76,14 @@ def tune_cli(
     budget: Annotated[
         str, typer.Option(help="Wall time for the search: 90s, 10m, 1h, 1h30m or seconds. Trials start while it lasts.")
     ] = "10m",
-    metric: Annotated[Metric, typer.Option(help="Validation metric that ranks the trials.")] = Metric.accuracy,
+    metric: Annotated[
+        Metric | None,
+        typer.Option(
+            help="Validation metric that ranks the trials (multi-label: accuracy is subset accuracy). "
+            "[default: accuracy; micro_f1 with --multi-label]",
+            show_default=False,
+        ),
+    ] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="At most this many trials.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation split, the draws and every trial.")] = (
         DEFAULTS.seed
@@ -97,6 +106,16 @@ def tune_cli(
     validation_split: Annotated[
         float, typer.Option(help="Stratified, seeded fraction of DATA held out to rank the trials.")
     ] = DEFAULTS.validation_split,
+    multi_label: Annotated[
+        bool,
+        typer.Option("--multi-label", help="Several labels a text, as train --multi-label; trials ranked by micro-F1."),
+    ] = False,
+    label_separator: Annotated[
+        str,
+        typer.Option(
+            help="With --multi-label: what joins a row's labels in its label field (fastText: one __label__ each)."
+        ),
+    ] = DEFAULTS.label_separator,
     vectors: VectorsOpt = None,
     freeze_vectors: FreezeVectorsOpt = False,
     class_weight: ClassWeightOpt = None,
@@ -122,7 +141,18 @@ def tune_cli(
         budget_seconds = parse_budget(budget)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--budget") from None
+    if label_separator != DEFAULTS.label_separator and not multi_label:
+        raise typer.BadParameter("--label-separator is for --multi-label", param_hint="--label-separator")
+    if multi_label and class_weight is not None:
+        raise typer.BadParameter("--class-weight is for single-label models; leave it out with --multi-label",
+                                 param_hint="--class-weight")  # fmt: skip
+    metric = metric or (Metric.micro_f1 if multi_label else Metric.accuracy)
+    if metric is Metric.micro_f1 and not multi_label:
+        raise typer.BadParameter("micro_f1 ranks multi-label trials (--multi-label); use accuracy or macro_f1",
+                                 param_hint="--metric")  # fmt: skip
     extra = pretrained_options(vectors, freeze_vectors, class_weight)
+    if multi_label:
+        extra.update(multi_label=True, label_separator=label_separator)
     base, fixed = _base_config(settings or [], seed, validation_split, extra)
     console = _console()
     say = (lambda *a, **k: None) if quiet else console.print
@@ -145,8 +175,14 @@ def tune_cli(
         read = read_options(text_column=text_column, label_column=label_column, delimiter=delimiter,
                             encoding=encoding, skip_bad_rows=skip_bad_rows, no_header=no_header,
                             input_format=input_format)  # fmt: skip
-        dataset = read_labeled(data, **read)
-        validation = read_labeled(validation_data, **read) if validation_data else None
+        if multi_label:  # rows keyed by their label sets, as train streams them (lstm_cli.multilabel)
+            from lstm_cli.multilabel import keyed_data
+
+            dataset = keyed_data(data, label_separator, **read)
+            validation = keyed_data(validation_data, label_separator, **read) if validation_data else None
+        else:
+            dataset = read_labeled(data, **read)
+            validation = read_labeled(validation_data, **read) if validation_data else None
         from lstm_cli import render
 
         given_dim = base.embedding_dim if "embedding_dim" in fixed else None
@@ -154,7 +190,7 @@ def tune_cli(
         warn(console, [*vectors_warnings(vectors, given_dim), *reading])
         from lstm_cli.tune import tune
 
-        table = render.TrialTable(say, metric.value)
+        table = render.TrialTable(say, metric.value, multi_label=multi_label)
         result = tune(base, dataset, budget_seconds=budget_seconds, metric=metric.value, max_trials=trials,
                       fixed=fixed, validation=validation, on_trial=uninterrupted(table.row),
                       on_stage=uninterrupted(stage))  # fmt: skip
