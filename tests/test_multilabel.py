@@ -521,3 +521,24 @@ def test_python_api(model):
         assert loaded.predict_proba(["great pizza"]).shape == (1, 4)
         with pytest.raises(UsageError, match="multi-label"):
             loaded.predict(["great pizza"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("shutil").which("chromium") is None, reason="needs Debian's chromium")
+def test_chromium_renders_the_multi_label_report(model, tmp_path):
+    """Headless Chromium draws the multi-label page: tall, not blank, the charts' colours there."""
+    import subprocess
+
+    from matplotlib.image import imread
+
+    page, png = tmp_path / "r.html", tmp_path / "r.png"
+    result = runner.invoke(app, ["report", str(model.parent / "test.csv"), "-m", str(model), "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={png}", "--window-size=1100,3000", page.as_uri()],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    pixels = imread(png)[..., :3]
+    assert pixels.shape[:2] == (3000, 1100)
+    ink = (pixels.mean(axis=2) < 0.6).mean(axis=1)  # share of dark pixels per row
+    assert (ink > 0.002).mean() > 0.5
+    assert (np.abs(pixels[..., 2] - pixels[..., 0]) > 0.2).any()
