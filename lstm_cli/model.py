@@ -10,7 +10,7 @@ import contextlib
 
 import numpy as np
 
-from lstm_cli.config import BIGRAM_MAX_ROWS, TrainConfig
+from lstm_cli.config import BIGRAM_MAX_ROWS, TrainConfig, auto_dense_units
 from lstm_cli.engine.layers import BIGRAM_MULTIPLIER
 from lstm_cli.engine.tokenizer import SEPARATORS, SPLIT_PUNCTUATION, STANDARDIZATIONS
 from lstm_cli.tf_setup import import_tf
@@ -287,8 +287,9 @@ def build_network(
         bag = layers.Embedding(rows, config.bigram_dim, mask_zero=True, name="bigram_embedding")
         features.append(TimePooling("mean", name="bigram_mean_pool")(bag(buckets)))
     x = features[0] if len(features) == 1 else layers.Concatenate(name="features")(features)
-    if config.dense_units:
-        x = layers.Dense(config.dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)
+    dense_units = auto_dense_units(config.multi_label) if config.dense_units is None else config.dense_units
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu", kernel_regularizer=_l2(config), name="dense")(x)
         x = layers.Dropout(config.dense_dropout, name="dense_dropout")(x)
     # Softmax even for two classes: users see one probability per label, summing to 1. Multi-label: a sigmoid
     # per label, each its own yes or no. float32 so the output stays exact under a mixed-precision policy.

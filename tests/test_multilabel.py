@@ -542,3 +542,11 @@ def test_chromium_renders_the_multi_label_report(model, tmp_path):
     ink = (pixels.mean(axis=2) < 0.6).mean(axis=1)  # share of dark pixels per row
     assert (ink > 0.002).mean() > 0.5
     assert (np.abs(pixels[..., 2] - pixels[..., 0]) > 0.2).any()
+
+
+def test_multi_label_models_default_to_no_hidden_dense_layer():
+    from lstm_cli.config import TrainConfig
+
+    assert TrainConfig(multi_label=True).resolved(1_000, 10_000).dense_units == 0
+    assert TrainConfig().resolved(1_000, 10_000).dense_units == 128  # single-label: as before
+    assert TrainConfig(multi_label=True, dense_units=64).resolved(1_000, 10_000).dense_units == 64  # given: kept

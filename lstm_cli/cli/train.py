@@ -151,7 +151,12 @@ def train_cli(
             "more than 200,000 distinct bigrams and --bigram-buckets is automatic, else 0]."
         ),
     ] = None,
-    dense_units: Annotated[int, typer.Option(help="Hidden Dense layer width (0: none).")] = DEFAULTS.dense_units,
+    dense_units: Annotated[
+        int | None,
+        typer.Option(
+            help="Hidden Dense layer width (0: none). [default: 128; 0 with --multi-label]", show_default=False
+        ),  # fmt: skip
+    ] = DEFAULTS.dense_units,
     dense_dropout: Annotated[float, typer.Option(help="Dropout after the Dense layer.")] = DEFAULTS.dense_dropout,
     epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = DEFAULTS.epochs,
     batch_size: Annotated[
