@@ -9,6 +9,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from lstm_cli.cli import app
@@ -550,3 +552,43 @@ def test_multi_label_models_default_to_no_hidden_dense_layer():
     assert TrainConfig(multi_label=True).resolved(1_000, 10_000).dense_units == 0
     assert TrainConfig().resolved(1_000, 10_000).dense_units == 128  # single-label: as before
     assert TrainConfig(multi_label=True, dense_units=64).resolved(1_000, 10_000).dense_units == 64  # given: kept
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    labels=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=6, unique=True),
+    seed=st.integers(0, 2**16),
+    fmt=st.sampled_from(["csv", "tsv", "jsonl"]),
+)
+def test_table_cells_read_back_to_the_label_sets_whatever_the_labels(labels, seed, fmt):
+    """Any labels (separators, quotes, tabs, line breaks, NUL, U+2028...) come back exactly from a table's
+    cells: JSON arrays in CSV/TSV, one physical line a row; lists in JSON Lines."""
+    import csv
+    import io
+    import types
+
+    from lstm_cli.render import multilabel_picked
+    from lstm_cli.tables import Added, TableReader, TableWriter
+
+    rng = np.random.default_rng(seed)
+    probabilities = rng.random((3, len(labels))).astype(np.float32)
+    delimiter = "\t" if fmt == "tsv" else ","
+    source = "".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(3)) if fmt == "jsonl" else (
+        "text\n" + "".join(f"t{i}\n" for i in range(3)))  # fmt: skip
+    reader = TableReader(io.BytesIO(source.encode()), "in", input_format=fmt, text_column="text", header=True,
+                         delimiter=None, encoding="utf-8")  # fmt: skip
+    out = io.StringIO()
+    added = Added.for_model(labels, k=1, all_probabilities=False, prefix="", jsonl=fmt == "jsonl", multi_label=True)
+    writer = TableWriter(out, reader, added, labels, thresholds=np.float32(0.5))
+    records = [(line, record) for line, record, _ in reader.rows()]
+    writer.write(records, types.SimpleNamespace(probabilities=probabilities, texts=["t0", "t1", "t2"]))
+    expected = [[labels[i] for i in row] for row in multilabel_picked(probabilities, 0.5)]
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in out.getvalue().split("\n")[:-1]]  # not splitlines: U+2028 stays
+        assert [r["predicted_labels"] for r in rows] == expected
+        return
+    assert out.getvalue().count("\n") == 4 and "\r" not in out.getvalue()  # no line break inside a cell
+    header, *rows = list(csv.reader(io.StringIO(out.getvalue(), newline=""), delimiter=delimiter))
+    assert header == ["text", "predicted_labels", "predicted_probabilities"]
+    assert [json.loads(row[1]) for row in rows] == expected
+    assert [len(json.loads(row[2])) for row in rows] == [len(e) for e in expected]
