@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from lstm_cli.cli import app
 from tests.conftest import TINY, unescape_tsv, write_csv
+from tests.test_report import assert_self_contained
 
 runner = CliRunner()
 
@@ -306,7 +307,6 @@ def test_tables_get_label_sets(model, tmp_path):
 
 def test_report_shows_evaluates_metrics_thresholds_and_label_sets(model, tmp_path, monkeypatch):
     import lstm_cli.charts
-    from tests.test_report import assert_self_contained
 
     monkeypatch.setattr(lstm_cli.charts, "_svg", lambda fig: "<svg></svg>")  # drawn in test_report_escapes_...
 
@@ -363,42 +363,72 @@ def test_report_worst_errors_by_hand():
     assert wrongest_label(truth[0], probabilities[0], chosen[0]) == 1
 
 
-def test_report_escapes_labels_and_texts():
-    labels = [*HOSTILE.values(), "<script>alert(1)</script>", "\"&'<>", "$x^2$", "a\x1bb"]
+def synthetic_report(labels: list[str], texts: list[str]):
+    """A MultiLabelInput with random probabilities, its metrics, and the first three wrong rows explained."""
     from lstm_cli.explain import Explanation, TokenScore
     from lstm_cli.multilabel import report as metrics
-    from lstm_cli.multilabel_report import MultiLabelInput, render
-    from lstm_cli.render import shown
-    from tests.test_report import assert_self_contained
+    from lstm_cli.multilabel_report import MultiLabelInput
 
     rng = np.random.default_rng(0)
-    truth = (rng.random((40, len(labels))) < 0.4).astype(np.float32)
+    n, rows = len(labels), len(texts)
+    truth = (rng.random((rows, n)) < 0.4).astype(np.float32)
     probabilities = np.clip(truth * 0.5 + rng.random(truth.shape) * 0.6, 0, 1).astype(np.float32)
-    thresholds = np.full(len(labels), 0.5, np.float32)
-    texts = [f"<img src=x onerror=alert({i})> & 中文" for i in range(40)]
     evaluation = metrics(truth, probabilities >= 0.5, labels)
     evaluation.update(
-        rows={"read": 40, "evaluated": 40, "unknown_label": 0, "skipped": {}},
+        rows={"read": rows, "evaluated": rows, "unknown_label": 0, "skipped": {}},
         unknown_labels={},
-        data={"path": "<d>.csv", "rows": 40, "sha256": "ab" * 32},
+        data={"path": "<d>.csv", "rows": rows, "sha256": "ab" * 32},
         model="<m>",
-        thresholds=[0.5] * 8,
+        thresholds=[0.5] * n,
     )
-    meta = {"id": "x", "labels": labels, "config": {}, "multi_label": {"mode": "global", "thresholds": [0.5] * 8},
+    meta = {"id": "x", "labels": labels, "config": {}, "multi_label": {"mode": "global", "thresholds": [0.5] * n},
             "training": {"history": [{"loss": 0.5, "val_loss": 0.6, "val_micro_f1": 0.5}]}}  # fmt: skip
-    report = MultiLabelInput(labels, texts, truth, probabilities, thresholds, evaluation, meta)
-    wrong = np.flatnonzero(((probabilities >= 0.5) != (truth > 0)).any(axis=1))[:3]
-    for i in wrong.tolist():
+    report = MultiLabelInput(labels, texts, truth, probabilities, np.full(n, 0.5, np.float32), evaluation, meta)
+    for i in np.flatnonzero(((probabilities >= 0.5) != (truth > 0)).any(axis=1))[:3].tolist():
         tokens = [TokenScore(m.group(), m.start(), m.end(), 0.5) for m in re.finditer(r"\S+", texts[i])]
         report.explanations[i] = Explanation(texts[i], labels[0], 0.5, labels[0], "occlusion", tokens, 0)
+    return report
+
+
+def test_report_escapes_labels_and_texts():
+    from lstm_cli.multilabel_report import render
+    from lstm_cli.render import shown
+
+    labels = [*HOSTILE.values(), "<script>alert(1)</script>", "\"&'<>", "$x^2$", "a\x1bb"]
+    report = synthetic_report(labels, [f"<img src=x onerror=alert({i})> & 中文" for i in range(40)])
     page = render(report)
     parsed = assert_self_contained(page)
     assert parsed.tags.count("svg") == 4  # per label, thresholds, calibration, training
     assert "<img" not in page and "<script>" not in page and "<d>" not in page
     for label in labels:
         assert shown(label) in parsed.text
-    for i in wrong.tolist():
-        assert texts[i] in parsed.text
+    assert report.explanations
+    for i in report.explanations:
+        assert report.texts[i] in parsed.text
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    labels=st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=5, unique=True),
+    text=st.text(min_size=1, max_size=30),
+)
+def test_report_shows_any_labels_and_texts_literally(labels, text):
+    """Whatever the labels and texts hold, the page loads nothing and shows them as written (charts stubbed:
+    drawn in the test above)."""
+    from unittest import mock
+
+    from lstm_cli.multilabel_report import render
+    from lstm_cli.render import shown
+
+    report = synthetic_report(labels, [f"{text} {i}" for i in range(12)])
+    with mock.patch("lstm_cli.charts._svg", lambda fig: "<svg></svg>"):
+        page = render(report)
+    parsed = assert_self_contained(page)
+    assert parsed.tags.count("script") == 0
+    for label in labels:
+        assert shown(label) in parsed.text
+    for i in report.explanations:  # each token of the text shown, as it is
+        assert all(m.group() in parsed.text for m in re.finditer(r"\S+", report.texts[i]))
 
 
 def test_serve_answers_with_the_saved_models_selected_output(model):
