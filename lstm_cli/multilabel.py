@@ -288,12 +288,6 @@ def report(truth: np.ndarray, chosen: np.ndarray, labels: list[str]) -> dict[str
     }
 
 
-def refuse(metadata: dict[str, Any], what: str) -> None:
-    """UsageError (exit 2) when the model is multi-label and `what` (a command) does not handle such models."""
-    if is_multi_label(metadata):
-        raise UsageError(f"{what} does not handle multi-label models yet; use predict --format json or evaluate")
-
-
 def is_multi_label(metadata: dict[str, Any]) -> bool:
     return bool(metadata.get("config", {}).get("multi_label"))
 
