@@ -407,7 +407,7 @@ def test_report_escapes_labels_and_texts():
         assert report.texts[i] in parsed.text
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     labels=st.lists(st.text(min_size=1, max_size=10), min_size=1, max_size=5, unique=True),
     text=st.text(min_size=1, max_size=30),
