@@ -84,6 +84,11 @@ class TrainConfig:
     vectors: str | None = None  # word vectors file (text format) that initialises the embedding; its width wins
     freeze_vectors: bool = False  # keep the embedding fixed at the vectors (only with `vectors`)
     pretrained: str | None = None  # an encoder directory (`lstm-cli pretrain`) the embedding and LSTM start from
+    # With `pretrained`: the encoder's layers (embedding, LSTM) learn at this fraction of the learning rate, and
+    # not at all during the first `frozen_epochs` epochs (ULMFiT's discriminative rates and gradual unfreezing:
+    # the new layers first learn to read them). No effect without `pretrained`.
+    pretrained_rate: float = 1.0
+    frozen_epochs: int = 0
     # Multi-label: a sigmoid per label and binary cross-entropy (lstm_cli.multilabel); a label field holds
     # one or more labels joined by label_separator (fastText lines: one __label__ each)
     multi_label: bool = False
@@ -221,6 +226,8 @@ _RANGES: tuple[tuple[str, float, float | None, bool], ...] = (
     ("max_steps", 1, 2**31 - 1, False),
     ("validation_split", 0.0, 1.0, True),
     ("seed", 0, 2**32 - 1, False),
+    ("pretrained_rate", 0.0, 1.0, False),
+    ("frozen_epochs", 0, 1_000_000, False),
 )
 _OPEN_BELOW = frozenset({"learning_rate"})  # the lowest value itself is refused
 

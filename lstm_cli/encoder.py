@@ -184,6 +184,12 @@ def classifier_config(config, given: dict[str, Any], encoder: Encoder):
     return dataclasses.replace(config, **{k: fixed[k] for k in FIXED}, pretrained=str(encoder.path))
 
 
+def encoder_variables(network) -> list:
+    """The variables of a classifier's layers an encoder sets (load_into): the embedding's and the LSTM's."""
+    cell = network.get_layer("lstm_1").cell
+    return [network.get_layer("embedding").embeddings, cell.kernel, cell.recurrent_kernel, cell.bias]
+
+
 def load_into(network, encoder: Encoder) -> None:
     """Set a classifier's `embedding` and `lstm_1` layers (lstm_cli.model.build_network) to the encoder's."""
     network.get_layer("embedding").embeddings.assign(encoder.weights["embedding"])

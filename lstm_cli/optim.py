@@ -17,10 +17,36 @@ from lstm_cli.tf_setup import import_tf
 tf, keras = import_tf()
 
 
-class LazyAdam(keras.optimizers.Adam):
+class Adam(keras.optimizers.Adam):
+    """Keras's Adam, and a learning-rate multiplier for some variables (`scale_rate`): `train --pretrained`'s
+    encoder layers learn slower than the new ones, or not at all while frozen. Their gradients still feed
+    Adam's moments while the multiplier is 0, so unfreezing starts from moments of the right size (moments
+    started at unfreezing would make the first steps ~3x the learning rate: Adam's bias correction counts
+    from the first step of the run)."""
+
+    _scale = None
+    _scaled: frozenset[int] = frozenset()
+
+    def scale_rate(self, variables, scale) -> None:
+        """Multiply the learning rate of `variables` (of those the optimizer was built with) by `scale`, a
+        tf.Variable the training loop assigns."""
+        self._scale = scale
+        self._scaled = frozenset(self._get_variable_index(v) for v in variables)
+
+    def rate(self, variable, learning_rate):
+        if self._scale is None or self._get_variable_index(variable) not in self._scaled:
+            return learning_rate
+        return learning_rate * tf.cast(self._scale, learning_rate.dtype)
+
+    def update_step(self, gradient, variable, learning_rate):
+        return super().update_step(gradient, variable, self.rate(variable, learning_rate))
+
+
+class LazyAdam(Adam):
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable, learning_rate)
+        learning_rate = self.rate(variable, learning_rate)
         dtype = variable.dtype
         step = tf.cast(self.iterations + 1, dtype)
         beta_2 = tf.cast(self.beta_2, dtype)

@@ -153,7 +153,7 @@ def child_config(parent: TrainConfig, given: Mapping[str, Any], *, vocabulary_si
             f"entries), which continuing keeps whole; give --max-tokens {vocabulary_size} or more"
         )
     # The embedding starts from the parent's, not from the --vectors or --pretrained encoder it started from.
-    origins = {"vectors": None, "freeze_vectors": False, "pretrained": None}
+    origins = {"vectors": None, "freeze_vectors": False, "pretrained": None, "pretrained_rate": 1.0, "frozen_epochs": 0}
     values = {**parent.to_dict(), **dict.fromkeys(REDONE), **origins}
     values.update({k: v for k, v in given.items() if k not in origins})
     return dataclasses.replace(parent, **values)

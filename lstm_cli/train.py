@@ -32,7 +32,7 @@ from lstm_cli.config import BIGRAM_HASH_SPACE, BIGRAM_MAX_ROWS, TrainConfig, cla
 from lstm_cli.corpus import ValidationSplit, scan, validation_fraction
 from lstm_cli.data import LabeledData, LabeledStream
 from lstm_cli.devices import DevicePlan, plan_devices, read_cluster
-from lstm_cli.encoder import Encoder, load_into
+from lstm_cli.encoder import Encoder, encoder_variables, load_into
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError, LstmCliError, UsageError
 from lstm_cli.model import (
@@ -47,7 +47,7 @@ from lstm_cli.model import (
     tf,
     token_ids,
 )
-from lstm_cli.optim import LazyAdam
+from lstm_cli.optim import Adam, LazyAdam
 from lstm_cli.owned import check_checkpoint_dir
 from lstm_cli.parent import Parent, extend_bigrams, extend_labels, extend_vocabulary, inherit_weights, new_words
 from lstm_cli.vectors import WordVectors, embedding_matrix, read_vectors
@@ -645,11 +645,15 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             inherit_weights(network, parent, bigrams=bigrams)
         if encoder is not None:  # the language model's embedding and LSTM
             load_into(network, encoder)
-        adam = LazyAdam if config.optimizer == "lazy-adam" else keras.optimizers.Adam
-        optimizer = adam(config.learning_rate)  # clipping: in the train step
+        adam = LazyAdam if config.optimizer == "lazy-adam" else Adam
+        optimizer = inner = adam(config.learning_rate)  # clipping: in the train step
         if plan.mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(network.trainable_variables)
+        encoder_rate = None  # --pretrained: the encoder's layers' share of the learning rate, set every epoch
+        if encoder is not None:
+            encoder_rate = tf.Variable(1.0, trainable=False, name="encoder_rate")
+            inner.scale_rate(encoder_variables(network), encoder_rate)
     row_weights = np.array([weights[label] for label in labels] if weights else [1.0] * len(prepared.classes))
     set_targets = None
     if config.multi_label:
@@ -697,6 +701,8 @@ def _train(config, data, validation, prepared, plan, strategy, guard, cluster, s
             break
         epoch_started = time.perf_counter()
         ckpt.reseed(network, config.seed, epoch)  # dropout noise depends on (seed, epoch) only
+        if encoder_rate is not None:  # the encoder's layers: frozen for the first epochs, then slower
+            encoder_rate.assign(0.0 if epoch < config.frozen_epochs else config.pretrained_rate)
         steps = min(steps_per_epoch, total_steps - step)
         loss_sum, correct, rows, tokens = 0.0, 0.0, 0, 0.0
         for i in range(steps):

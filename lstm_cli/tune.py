@@ -306,8 +306,8 @@ def parse_setting(text: str) -> tuple[str, Any]:
         raise ValueError(f"--set expects FIELD=VALUE with FIELD one of: {', '.join(known)}; got {text!r}")
     if name in ("multi_label", "label_separator"):  # they decide how the data is read: options, as train's
         raise ValueError(f"--set {name} is not supported; use tune --{name.replace('_', '-')}")
-    if name == "pretrained":  # the trials would train from scratch while the table named the encoder
-        raise ValueError("tune trains from scratch; --set pretrained is not supported (use train --pretrained ENCODER)")
+    if name in ("pretrained", "pretrained_rate", "frozen_epochs"):  # the trials train from scratch, no encoder
+        raise ValueError(f"tune trains from scratch; --set {name} is not supported (use train --pretrained ENCODER)")
     try:
         value = load_json(raw, max_bytes=MAX_OPTION_JSON_BYTES)
     except ValueError:

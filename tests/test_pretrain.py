@@ -158,22 +158,47 @@ def test_a_pretrained_model_is_an_ordinary_model_and_its_engines_agree(pretraine
     assert explained.exit_code == 0, explained.output
 
 
-def test_training_starts_from_the_encoders_weights(encoder, tmp_path):
-    """A learning rate of 1e-9 leaves the weights where they started: the encoder's."""
+def test_frozen_encoder_layers_keep_the_encoders_weights_while_the_head_learns(encoder, tmp_path):
+    """Training starts from the encoder's weights, and --frozen-epochs keeps them there while the new layers
+    learn (the epochs' learning rate is 0 for the encoder's layers only; the scaling is tested on the
+    optimizer below)."""
     data = write_csv(tmp_path / "train.csv", toy_rows(60, seed=2))
-    args = ["train", str(data), "--pretrained", str(encoder), "-m", "m", "--epochs", "1", "--learning-rate", "1e-9",
-            "--quiet"]  # fmt: skip
+    args = ["train", str(data), "--pretrained", str(encoder), "-m", "m", "--learning-rate", "0.01", "--epochs", "1",
+            "--frozen-epochs", "1", "--quiet"]  # fmt: skip
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    from lstm_cli.artifact import network_weights  # whatever file holds them (the SavedModel's variables)
+    from lstm_cli.artifact import network_weights
 
+    arrays = network_weights(tmp_path / "m")
     with np.load(encoder / "weights.npz") as pretrained:
-        arrays = network_weights(tmp_path / "m")
+        np.testing.assert_array_equal(arrays["embedding/embeddings"], pretrained["embedding"])
         lstm = {k.rsplit("/", 1)[1]: v for k, v in arrays.items() if k.startswith("lstm_1/")}
-        np.testing.assert_allclose(arrays["embedding/embeddings"], pretrained["embedding"], atol=1e-6)
-        np.testing.assert_allclose(lstm["kernel"], pretrained["lstm_kernel"], atol=1e-6)
-        np.testing.assert_allclose(lstm["recurrent_kernel"], pretrained["lstm_recurrent_kernel"], atol=1e-6)
-        np.testing.assert_allclose(lstm["bias"], pretrained["lstm_bias"], atol=1e-6)
+        np.testing.assert_array_equal(lstm["kernel"], pretrained["lstm_kernel"])
+        np.testing.assert_array_equal(lstm["recurrent_kernel"], pretrained["lstm_recurrent_kernel"])
+        np.testing.assert_array_equal(lstm["bias"], pretrained["lstm_bias"])
+    assert np.abs(arrays["dense/bias"]).max() > 0  # the new layers learned (their biases start at 0)
+
+
+def test_the_rate_multiplier_scales_only_its_variables_and_is_adams_without_it():
+    from lstm_cli.model import keras, tf
+    from lstm_cli.optim import Adam
+
+    def run(optimizer, scale=None):
+        a, b = tf.Variable([1.0, -2.0]), tf.Variable([0.5])
+        optimizer.build([a, b])
+        if scale is not None:
+            optimizer.scale_rate([a], tf.Variable(scale))
+        for _ in range(3):
+            optimizer.apply([tf.constant([0.3, -0.1]), tf.constant([0.2])], [a, b])
+        return a.numpy(), b.numpy()
+
+    reference = run(keras.optimizers.Adam(0.1))
+    np.testing.assert_array_equal(run(Adam(0.1))[0], reference[0])
+    frozen = run(Adam(0.1), scale=0.0)
+    np.testing.assert_array_equal(frozen[0], [1.0, -2.0])
+    np.testing.assert_array_equal(frozen[1], reference[1])
+    half = run(Adam(0.1), scale=0.5)
+    np.testing.assert_allclose(half[0] - [1.0, -2.0], (reference[0] - [1.0, -2.0]) / 2, rtol=1e-5)
 
 
 def test_a_pretrained_model_can_be_continued_with_from(pretrained_model, tmp_path):
@@ -198,6 +223,14 @@ def test_options_the_encoder_fixes_are_refused_in_one_line(encoder, tmp_path, ex
     assert result.exit_code == 2, result.output
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "lstm-model").exists()
+
+
+@pytest.mark.parametrize("extra", [["--frozen-epochs", "1"], ["--pretrained-rate", "0.1"]])
+def test_fine_tuning_options_without_an_encoder_are_refused(tmp_path, extra):
+    data = write_csv(tmp_path / "train.csv", toy_rows(30))
+    result = runner.invoke(app, ["train", str(data), *extra, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert "--pretrained-rate and --frozen-epochs need --pretrained ENCODER" in result.stderr, result.stderr
 
 
 def test_a_folder_that_is_no_encoder_is_refused_both_ways(corpus, tmp_path):

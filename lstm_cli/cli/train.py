@@ -62,7 +62,8 @@ def _kinds(option: str) -> tuple[str, ...]:
     Tokens=("max_tokens", "min_count", "punctuation", "max_length", "recurrent_length"),
     Model=("embedding_dim", "units", "layers", "cell", "bidirectional", "dropout", "recurrent_dropout",
            "embedding_dropout", "pooling", "embedding_pooling", "bigram_buckets", "bigram_dim", "bigram_min_count",
-           "dense_units", "dense_dropout", "vectors", "freeze_vectors", "pretrained"),
+           "dense_units", "dense_dropout", "vectors", "freeze_vectors", "pretrained",
+           "pretrained_rate", "frozen_epochs"),
     Training=("epochs", "batch_size", "learning_rate", "optimizer", "clip_norm", "l2", "patience", "plateau_factor",
               "label_smoothing", "weight_averaging", "calibrate", "steps_per_epoch", "max_steps", "seed",
               "class_weight"),
@@ -220,6 +221,16 @@ def train_cli(
             "on DATA; its tokenizer and network options cannot be changed.",
         ),
     ] = None,
+    pretrained_rate: Annotated[
+        float,
+        typer.Option(
+            help="With --pretrained: the encoder's embedding and LSTM learn at this fraction of the learning rate."
+        ),
+    ] = DEFAULTS.pretrained_rate,
+    frozen_epochs: Annotated[
+        int,
+        typer.Option(help="With --pretrained: epochs during which the encoder's layers stay as pretrained."),
+    ] = DEFAULTS.frozen_epochs,
     class_weight: ClassWeightOpt = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     mixed_precision: Annotated[bool, typer.Option(help="float16 compute on a GPU.")] = False,
@@ -267,10 +278,13 @@ def train_cli(
             weight_averaging=weight_averaging, calibrate=calibrate, steps_per_epoch=steps_per_epoch,
             max_steps=max_steps,
             validation_split=validation_split, seed=seed, multi_label=multi_label, label_separator=label_separator,
-            **extra,
+            pretrained_rate=pretrained_rate, frozen_epochs=frozen_epochs, **extra,
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
+    if pretrained is None and (pretrained_rate != DEFAULTS.pretrained_rate or frozen_epochs != DEFAULTS.frozen_epochs):
+        raise typer.BadParameter("--pretrained-rate and --frozen-epochs need --pretrained ENCODER",
+                                 param_hint="--pretrained")  # fmt: skip
     if label_separator != DEFAULTS.label_separator and not multi_label:
         raise typer.BadParameter("--label-separator is for --multi-label", param_hint="--label-separator")
     if multi_label and from_model is not None:
