@@ -9,7 +9,7 @@ test.csv. scikit-learn is a benchmark-only dependency (`pip install scikit-learn
 
     python benchmarks/fewshot.py ../shared/datasets/multi_domain_sentiment [--labeled 100 1000 all]
         [--seeds 1337 1] [--budget 20m] [--pretrain-args "--units 128"] [--train-args "--epochs 10"] [--json]
-        [--markdown]
+        [--markdown] [--pretrained-args "--pretrained-rate 0.1"]
     (--encoders DIR keeps each encoder, and a later run with other --labeled or --train-args reuses it)
     python benchmarks/fewshot.py --from-json fewshot.jsonl --markdown    # a saved --json result as Markdown
 
@@ -98,7 +98,7 @@ def pretrain(texts: list[str], encoder: Path, budget: str, args: list[str]) -> d
 
 
 def measure(folder: Path, sizes: list[str], seeds: list[int], budget: str, pretrain_args, train_args,
-            encoders: Path | None) -> list[dict]:  # fmt: skip
+            encoders: Path | None, pretrained_args=()) -> list[dict]:  # fmt: skip
     train_x, train_y = read_csv(folder / "train.csv")
     test_x, test_y = read_csv(folder / "test.csv")
     rows = []
@@ -116,11 +116,13 @@ def measure(folder: Path, sizes: list[str], seeds: list[int], budget: str, pretr
                 run = {"seed": seed, "tfidf_lr": tfidf_lr(x, y, test_x, test_y),
                        "scratch": lstm_cli_run(labeled, folder / "test.csv", seed, train_args),
                        "pretrained": lstm_cli_run(labeled, folder / "test.csv", seed,
-                                                  ["--pretrained", str(encoder), *train_args])}  # fmt: skip
+                                                  ["--pretrained", str(encoder), *train_args,
+                                                   *pretrained_args])}  # fmt: skip
                 runs.append(run)
                 print(f"{folder.name} N={n} seed {seed}: {json.dumps(run)}", file=sys.stderr, flush=True)
             rows.append({"data": folder.name, "labeled": n, "unlabeled": len(train_x), "seeds": seeds,
-                         "budget": budget, "pretraining": pretrained, "runs": runs,
+                         "budget": budget, "pretraining": pretrained, "pretrained_args": list(pretrained_args),
+                         "runs": runs,
                          **{f"{k}_{stat}": fn([r[k][m] for r in runs]) for k in ("tfidf_lr", "scratch", "pretrained")
                             for stat, m, fn in (("mean", "accuracy", statistics.fmean), ("std", "accuracy", _std),
                                                 ("seconds", "seconds", statistics.fmean))}})  # fmt: skip
@@ -158,6 +160,9 @@ def main() -> None:
     parser.add_argument("--pretrain-args", default="", help="extra options for lstm-cli pretrain")
     parser.add_argument("--train-args", default="", help="extra options for both lstm-cli train runs")
     parser.add_argument(
+        "--pretrained-args", default="", help="extra options for the pretrained run only (e.g. '--pretrained-rate 0.1')"
+    )
+    parser.add_argument(
         "--encoders",
         type=Path,
         metavar="DIR",
@@ -185,7 +190,7 @@ def main() -> None:
             print(f"skipping {folder}: no train.csv and test.csv", file=sys.stderr)
             continue
         found = measure(folder, args.labeled, args.seeds, args.budget, shlex.split(args.pretrain_args),
-                        shlex.split(args.train_args), args.encoders)  # fmt: skip
+                        shlex.split(args.train_args), args.encoders, shlex.split(args.pretrained_args))  # fmt: skip
         rows.extend(found)
         if args.json:
             for row in found:
