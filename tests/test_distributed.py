@@ -264,6 +264,7 @@ def _cluster(mode: str, data: Path, tmp_path: Path, checkpoints: list[str]) -> l
     return [(w.wait(timeout=240), w.communicate()[1]) for w in workers]
 
 
+@pytest.mark.slow  # three two-process clusters, ~40 s
 def test_a_cluster_resumes_from_its_checkpoints_and_refuses_workers_at_different_epochs(data_dir, tmp_path):
     import shutil
 

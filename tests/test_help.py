@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [c.name for c in app.registered_commands]
 # Examples that train or search (seconds to minutes with the default sizes) run only with --slow, and serve's,
 # which starts a server on port 8501 and leaves it running.
-SLOW = {"train", "tune", "serve"}
+SLOW = {"train", "tune", "serve", "pretrain"}
 
 
 def _help(command: str) -> str:
