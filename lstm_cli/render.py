@@ -480,7 +480,8 @@ def _averaged_text(training: dict) -> str:
 
 
 def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
-    """info rows for what only some models have: pretrained vectors, class weights, a parent, a tuning search."""
+    """info rows for what only some models have: pretrained vectors, class weights, a parent, an encoder, a
+    tuning search."""
     rows = []
     vectors = metadata.get("vectors")
     if isinstance(vectors, dict):
@@ -498,6 +499,15 @@ def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
         older = f"; {len(lineage) - 1} earlier in its lineage" if len(lineage) > 1 else ""
         rows.append(("continues", f"{parent.get('id')} ({parent.get('path')}): {parent.get('words_added')} words "
                                   f"and {len(added)} labels added{older}"))  # fmt: skip
+    encoder = metadata.get("pretrained")
+    if isinstance(encoder, dict):  # train --pretrained
+        figures = []
+        if isinstance(encoder.get("tokens_seen"), int):
+            figures.append(f"language model trained on {encoder['tokens_seen']:,} tokens")
+        if isinstance(encoder.get("heldout_perplexity"), (int, float)):
+            figures.append(f"held-out perplexity {encoder['heldout_perplexity']:.1f}")
+        rows.append(("pretrained", f"{encoder.get('path')} (id {encoder.get('id')})" + ": " * bool(figures)
+                     + ", ".join(figures)))  # fmt: skip
     calibration = metadata.get("calibration")
     if isinstance(calibration, dict):
         rows.append(("calibration", calibration_text(calibration)))

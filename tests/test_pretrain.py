@@ -158,6 +158,15 @@ def test_a_pretrained_model_is_an_ordinary_model_and_its_engines_agree(pretraine
     assert explained.exit_code == 0, explained.output
 
 
+def test_info_names_the_encoder_a_model_started_from(pretrained_model, encoder):
+    described = json.loads((encoder / "encoder.json").read_text())
+    shown = runner.invoke(app, ["info", "-m", str(pretrained_model)], env={"COLUMNS": "1000"})  # a row a line
+    assert shown.exit_code == 0, shown.output
+    row = next(line.split(None, 1)[1] for line in shown.stdout.splitlines() if line.split()[0] == "pretrained")
+    tokens = described["training"]["tokens_seen"]
+    assert row.startswith(f"{encoder} (id {described['id']}): language model trained on {tokens:,} tokens"), row
+
+
 def test_frozen_encoder_layers_keep_the_encoders_weights_while_the_head_learns(encoder, tmp_path):
     """Training starts from the encoder's weights, and --frozen-epochs keeps them there while the new layers
     learn (the epochs' learning rate is 0 for the encoder's layers only; the scaling is tested on the
