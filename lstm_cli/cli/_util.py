@@ -186,6 +186,13 @@ VectorsOpt = Annotated[
     ),
 ]
 FreezeVectorsOpt = Annotated[bool, typer.Option(help="Keep the embedding fixed at --vectors (not trained).")]
+# The default is lstm_cli.config's (DEFAULTS.label_separator); each command writes it as its parameter's default.
+LabelSeparatorOpt = Annotated[
+    str,
+    typer.Option(
+        help="With --multi-label: what joins a row's labels in its label field (fastText: one __label__ each)."
+    ),
+]
 ClassWeightOpt = Annotated[
     str | None,
     typer.Option(

@@ -27,6 +27,7 @@ from lstm_cli.cli._util import (
     FreezeVectorsOpt,
     InputFormatOpt,
     LabelColumnOpt,
+    LabelSeparatorOpt,
     ModelOpt,
     NoHeaderOpt,
     Optimizer,
@@ -94,12 +95,7 @@ def train_cli(
             help="Several labels a text: a sigmoid per label, decision thresholds chosen on the validation rows.",
         ),
     ] = False,
-    label_separator: Annotated[
-        str,
-        typer.Option(
-            help="With --multi-label: what joins a row's labels in its label field (fastText: one __label__ each)."
-        ),
-    ] = DEFAULTS.label_separator,
+    label_separator: LabelSeparatorOpt = DEFAULTS.label_separator,
     max_tokens: Annotated[int, typer.Option(help="Vocabulary size.")] = DEFAULTS.max_tokens,
     min_count: Annotated[
         int, typer.Option(help="Tokens seen fewer times in the training texts are out of vocabulary.")

@@ -21,6 +21,7 @@ from lstm_cli.cli._util import (
     FreezeVectorsOpt,
     InputFormatOpt,
     LabelColumnOpt,
+    LabelSeparatorOpt,
     ModelOpt,
     NoHeaderOpt,
     QuietOpt,
@@ -110,12 +111,7 @@ def tune_cli(
         bool,
         typer.Option("--multi-label", help="Several labels a text, as train --multi-label; trials ranked by micro-F1."),
     ] = False,
-    label_separator: Annotated[
-        str,
-        typer.Option(
-            help="With --multi-label: what joins a row's labels in its label field (fastText: one __label__ each)."
-        ),
-    ] = DEFAULTS.label_separator,
+    label_separator: LabelSeparatorOpt = DEFAULTS.label_separator,
     vectors: VectorsOpt = None,
     freeze_vectors: FreezeVectorsOpt = False,
     class_weight: ClassWeightOpt = None,
