@@ -12,7 +12,19 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.report import ERRORS, _chart, _highlighted, _model_card, _num, _pct, _table, _training, e, page
+from lstm_cli.report import (
+    ERRORS,
+    _chart,
+    _highlighted,
+    _model_card,
+    _num,
+    _pct,
+    _table,
+    _training,
+    e,
+    page,
+    summary_cards,
+)
 
 
 @dataclass
@@ -125,21 +137,13 @@ def _summary(report: MultiLabelInput) -> str:
              ("hamming loss", _num(ev["hamming_loss"]), f"baseline {_num(baseline['hamming_loss'])}"),
              ("thresholds", _threshold_range(report.thresholds), _mode(report)),
              ("rows", f"{ev['rows']['evaluated']:,}", f"{len(report.labels):,} labels")]  # fmt: skip
-    html_cards = "".join(f'<div class="card"><div>{name}</div><div class="v">{value}</div><div class="b">{note}</div>'
-                         "</div>" for name, value, note in cards)  # fmt: skip
-    notes = [
+    baseline = (
         f"Baseline: always predicting {_set(common)}, the most frequent label set in this data. Subset accuracy: "
         "the share of rows whose predicted set is exactly the true one; hamming loss: the share of (row, label) "
-        "decisions that are wrong (lower is better).",
-    ]
-    rows = ev["rows"]
-    if rows["unknown_label"]:
-        listed = ", ".join(f"{e(label)} ({n:,})" for label, n in sorted(ev["unknown_labels"].items())[:10])
-        notes.append(f"{rows['unknown_label']:,} rows have labels the model was not trained on; those labels are "
-                     f"left out of their sets: {listed}.")  # fmt: skip
-    if rows["skipped"]:
-        notes.append(f"{sum(rows['skipped'].values()):,} malformed or empty rows were skipped.")
-    return f'<div class="cards">{html_cards}</div>\n' + "".join(f'<p class="note">{n}</p>' for n in notes)
+        "decisions that are wrong (lower is better)."
+    )
+    unknown = "have labels the model was not trained on; those labels are left out of their sets"
+    return summary_cards(cards, [baseline], ev, unknown=unknown)
 
 
 def _threshold_range(thresholds: np.ndarray) -> str:

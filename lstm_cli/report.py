@@ -228,14 +228,21 @@ def _summary(report: ReportInput) -> str:
         positive = _positive(report)
         curves = binary_curves(report.probabilities[:, positive], report.truth == positive)
         cards.insert(2, ("ROC AUC", _num(curves.roc_auc), f"positive: {e(report.labels[positive])}"))
+    baseline = f"Baseline: always predicting <b>{e(majority)}</b>, the most frequent label in this data."
+    return summary_cards(cards, [baseline], ev, unknown="have labels the model was not trained on and are left out")
+
+
+def summary_cards(cards: list[tuple[str, str, str]], notes: list[str], evaluation: dict[str, Any], *,
+                  unknown: str) -> str:  # fmt: skip
+    """The summary's cards (name, value, note; HTML) and notes below them: `notes`, then the rows the metrics
+    left out (`unknown` says what became of rows with labels the model does not know) or skipped."""
     html_cards = "".join(f'<div class="card"><div>{name}</div><div class="v">{value}</div><div class="b">{note}</div>'
                          "</div>" for name, value, note in cards)  # fmt: skip
-    notes = [f"Baseline: always predicting <b>{e(majority)}</b>, the most frequent label in this data."]
-    rows = ev["rows"]
+    notes = list(notes)
+    rows = evaluation["rows"]
     if rows["unknown_label"]:
-        listed = ", ".join(f"{e(label)} ({n:,})" for label, n in sorted(ev["unknown_labels"].items())[:10])
-        notes.append(f"{rows['unknown_label']:,} rows have labels the model was not trained on and are left out: "
-                     f"{listed}.")  # fmt: skip
+        listed = ", ".join(f"{e(label)} ({n:,})" for label, n in sorted(evaluation["unknown_labels"].items())[:10])
+        notes.append(f"{rows['unknown_label']:,} rows {unknown}: {listed}.")
     if rows["skipped"]:
         notes.append(f"{sum(rows['skipped'].values()):,} malformed or empty rows were skipped.")
     return f'<div class="cards">{html_cards}</div>\n' + "".join(f'<p class="note">{n}</p>' for n in notes)
