@@ -66,15 +66,23 @@ class Model:
 
     def predict(
         self, texts: Sequence[str], k: int = 1, *, min_probability: float | None = None,
-        unknown_label: str = UNKNOWN_LABEL,
+        unknown_label: str = UNKNOWN_LABEL, threshold: float | None = None,
     ) -> list[list[Prediction]]:  # fmt: skip
         """For each text, a list of its `k` most probable labels (all of them if k is larger, as `lstm-cli
         predict --top-k` gives), most probable first, ties in `labels` order.
 
         `min_probability` (0 to 1): where the top probability is below it, the first Prediction's label is
         `unknown_label` (never one of `labels`), its probability unchanged, as `lstm-cli predict
-        --min-probability` prints. A multi-label model refuses (UsageError): use predict_proba and `thresholds`."""
-        self._single_label("predict")
+        --min-probability` prints.
+
+        A multi-label model gives, for each text, every label at or over its threshold (`thresholds`, or
+        `threshold` for every label, as `lstm-cli predict --threshold`), most probable first: possibly none.
+        `k` and `min_probability` are for single-label models (UsageError), `threshold` for multi-label ones."""
+        if self.thresholds is not None:
+            return self._labels_over_thresholds(texts, k, min_probability, threshold)
+        if threshold is not None:
+            raise UsageError(f"threshold is for multi-label models, and {self.path} is single-label: use k or "
+                             "min_probability")  # fmt: skip
         if isinstance(k, bool) or not isinstance(k, int):
             raise TypeError(f"k must be an int, got {type(k).__name__}")
         if k < 1:
@@ -105,12 +113,21 @@ class Model:
             raise UsageError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
         return occlusion(self._predictor, text, label=label, unit=unit)
 
-    def _single_label(self, what: str) -> None:
-        if self.thresholds is not None:
-            raise UsageError(
-                f"{what}() is for single-label models, and {self.path} is multi-label: a label is predicted where "
-                "predict_proba(texts) is at or over its entry of model.thresholds"
-            )
+    def _labels_over_thresholds(self, texts: Sequence[str], k: int, min_probability: float | None,
+                                threshold: float | None) -> list[list[Prediction]]:  # fmt: skip
+        from lstm_cli.multilabel import check_threshold, picked
+
+        refused = ((k != 1, "k", "every label over its threshold is given"),
+                   (min_probability is not None, "min_probability", "the thresholds decide"))  # fmt: skip
+        for given, name, why in refused:
+            if given:
+                raise UsageError(f"{name} is for single-label models, and {self.path} is multi-label: {why}")
+        thresholds = self.thresholds if threshold is None else check_threshold(threshold, "threshold")
+        probabilities = self.predict_proba(texts)
+        return [
+            [Prediction(self.labels[j], float(row[j])) for j in columns]
+            for row, columns in zip(probabilities, picked(probabilities, thresholds), strict=True)
+        ]
 
     def close(self) -> None:
         """Stop the engine's threads, if it started any; the model still predicts afterwards (and starts them

@@ -165,6 +165,14 @@ def decide(probabilities: np.ndarray, thresholds) -> np.ndarray:
     return np.asarray(probabilities, np.float32) >= np.asarray(thresholds, np.float32)
 
 
+def picked(probabilities, thresholds) -> list[list[int]]:
+    """For each row of probabilities [rows, labels], the indices of the labels at or over their thresholds, most
+    probable first (ties: the model's label order)."""
+    chosen = decide(probabilities, thresholds)
+    order = np.argsort(-np.asarray(probabilities), axis=1, kind="stable")
+    return [[i for i in row if keep[i]] for row, keep in zip(order.tolist(), chosen.tolist(), strict=True)]
+
+
 def _grid_counts(probabilities: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(predicted, true positives), each [labels, len(GRID)]: at each grid threshold, per label, the rows
     predicted (probability >= threshold) and those of them that are true. One pass over the cells."""

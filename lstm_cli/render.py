@@ -234,18 +234,6 @@ def prediction_lines(
     ]
 
 
-def multilabel_picked(probabilities, thresholds) -> list[list[int]]:
-    """For each row of probabilities [rows, labels], the indices of the labels at or over their thresholds, most
-    probable first (ties: the model's label order)."""
-    import numpy as np
-
-    from lstm_cli.multilabel import decide
-
-    chosen = decide(probabilities, thresholds)
-    order = np.argsort(-np.asarray(probabilities), axis=1, kind="stable")
-    return [[i for i in row if keep[i]] for row, keep in zip(order.tolist(), chosen.tolist(), strict=True)]
-
-
 def multilabel_lines(batch, labels: list[str], output_format: str, thresholds) -> list[str]:
     """A multi-label model's output lines: every label at or over its threshold, most probable first.
 
@@ -253,6 +241,8 @@ def multilabel_lines(batch, labels: list[str], output_format: str, thresholds) -
     labels alone, tab-separated; both escape labels as tsv_field does, so tabs split them unambiguously, and a
     text with no label over its threshold gets an empty line (no label is empty). json: "labels" (a list) and
     "probabilities" (every label's, by label)."""
+    from lstm_cli.multilabel import picked as multilabel_picked
+
     probabilities = batch.probabilities
     picked = multilabel_picked(probabilities, thresholds)
     values = probability_values(probabilities)

@@ -149,7 +149,8 @@ class TableWriter:
     def _label_sets(self, batch) -> list[list[object]]:
         """A multi-label model's added values for each row: [its labels at or over their thresholds, their
         probabilities], most probable first; in CSV/TSV each a compact JSON array, in JSON Lines a list."""
-        from lstm_cli.render import multilabel_picked, probability_values
+        from lstm_cli.multilabel import picked as multilabel_picked
+        from lstm_cli.render import probability_values
 
         values = probability_values(batch.probabilities)
         rows = []

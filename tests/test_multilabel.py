@@ -548,11 +548,34 @@ def test_python_api(model):
     from lstm_cli import api
     from lstm_cli.errors import UsageError
 
+    texts = ["great pizza", "slow rude delivery", "", "pizza " * 30]
     with api.load(model) as loaded:
         assert loaded.thresholds == metadata(model)["multi_label"]["thresholds"]
-        assert loaded.predict_proba(["great pizza"]).shape == (1, 4)
-        with pytest.raises(UsageError, match="multi-label"):
-            loaded.predict(["great pizza"])
+        probabilities = loaded.predict_proba(texts)
+        assert probabilities.shape == (4, 4)
+        # predict() gives the labels `predict --format json` prints, most probable first, with their probabilities
+        for threshold, extra in ((None, []), (0.3, ["--threshold", "0.3"]), (1.0, ["--threshold", "1"])):
+            printed = runner.invoke(app, ["predict", "-m", str(model), "--format", "json", *extra, *texts])
+            assert printed.exit_code == 0, printed.output
+            expected = [json.loads(line) for line in printed.stdout.splitlines()]
+            got = loaded.predict(texts, threshold=threshold)
+            assert [[p.label for p in row] for row in got] == [e["labels"] for e in expected]
+            for row, e in zip(got, expected, strict=True):
+                assert [p.probability for p in row] == pytest.approx([e["probabilities"][p.label] for p in row])
+                assert [p.probability for p in row] == sorted((p.probability for p in row), reverse=True)
+        for kwargs, name in (({"k": 2}, "k"), ({"min_probability": 0.5}, "min_probability")):
+            with pytest.raises(UsageError, match=f"^{name} is for single-label models"):
+                loaded.predict(texts, **kwargs)
+        with pytest.raises(UsageError, match="threshold must be a probability"):
+            loaded.predict(texts, threshold=0)
+
+
+def test_python_api_threshold_is_for_multi_label_models(trained_model):
+    from lstm_cli import api
+    from lstm_cli.errors import UsageError
+
+    with api.load(trained_model) as loaded, pytest.raises(UsageError, match="threshold is for multi-label models"):
+        loaded.predict(["good"], threshold=0.5)
 
 
 @pytest.mark.slow
@@ -597,7 +620,7 @@ def test_table_cells_read_back_to_the_label_sets_whatever_the_labels(labels, see
     import io
     import types
 
-    from lstm_cli.render import multilabel_picked
+    from lstm_cli.multilabel import picked as multilabel_picked
     from lstm_cli.tables import Added, TableReader, TableWriter
 
     rng = np.random.default_rng(seed)
