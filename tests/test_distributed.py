@@ -102,6 +102,7 @@ DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a two-process cluster with dropout, ~20 s; the default run keeps the one without dropout
 def test_every_worker_ends_with_the_same_weights_even_with_dropout(data_dir, tmp_path):
     """Each worker's copy of the variables: identical to the bit (all-reduced gradients, mirrored updates)."""
     ports = _free_ports(2)

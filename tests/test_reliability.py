@@ -292,8 +292,8 @@ def _kill_inside_swap(model: Path, where: str) -> str:
 def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, data_dir, tmp_path, request):
     import shutil
 
-    # 3 random kills per worker in the default run (two more are placed for sure below), 8 with --slow
-    random_kills = 8 if request.config.getoption("--slow") else 3
+    # 2 random kills per worker in the default run (two more are placed for sure below), 8 with --slow
+    random_kills = 8 if request.config.getoption("--slow") else 2
 
     rng = random.Random(int(os.environ.get("KILL_SEED", "1")))  # fixed: the same kill times every run
     workers = [tmp_path / "a", tmp_path / "b"]
