@@ -24,36 +24,41 @@ def confusion_counts(truth: np.ndarray, predicted: np.ndarray, n: int) -> tuple[
     return cells // n, cells % n, counts
 
 
+def label_scores(labels: list[str], hits: np.ndarray, predicted: np.ndarray, support: np.ndarray, *,
+                 count_predicted: bool = False) -> tuple[dict[str, dict[str, Any]], float]:  # fmt: skip
+    """Each label's precision, recall, F1 and support (and rows "predicted" with `count_predicted`) from its
+    counts of right predictions, predictions and true rows; and macro-F1 over the labels present in the truth
+    or the predictions. A label never predicted (never present) has precision (recall) 0, as in scikit-learn."""
+    n = len(labels)
+    hits = np.asarray(hits, np.float64)
+    precision = np.divide(hits, predicted, out=np.zeros(n), where=predicted > 0)
+    recall = np.divide(hits, support, out=np.zeros(n), where=support > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(n), where=denominator > 0)
+    present = (support > 0) | (predicted > 0)
+    per_label = {}
+    for i, label in enumerate(labels):
+        per_label[label] = {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                            "support": int(support[i])}  # fmt: skip
+        if count_predicted:
+            per_label[label]["predicted"] = int(predicted[i])
+    return per_label, float(f1[present].mean()) if present.any() else 0.0
+
+
 def classification_report(truth: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion triples
     [true label, predicted label, count] (non-zero cells only), for `truth` and `predicted` label indices."""
     n = len(labels)
     truth = np.asarray(truth, dtype=np.int64)
     predicted = np.asarray(predicted, dtype=np.int64)
-    tp = np.bincount(truth[truth == predicted], minlength=n).astype(float)
-    support = np.bincount(truth, minlength=n)
-    predicted_count = np.bincount(predicted, minlength=n)
-    # A class never predicted (or never present) has precision (recall) 0 by convention, as in scikit-learn.
-    precision = np.divide(tp, predicted_count, out=np.zeros(n), where=predicted_count > 0)
-    recall = np.divide(tp, support, out=np.zeros(n), where=support > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(n), where=denominator > 0)
+    tp = np.bincount(truth[truth == predicted], minlength=n)
+    per_class, macro_f1 = label_scores(labels, tp, np.bincount(predicted, minlength=n), np.bincount(truth, minlength=n))
     total = len(truth)
-    # Averaged over labels that occur in the truth or the predictions, as scikit-learn does.
-    present = (support > 0) | (predicted_count > 0)
     true_index, predicted_index, counts = confusion_counts(truth, predicted, n)
     return {
         "accuracy": float(tp.sum() / total) if total else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, label in enumerate(labels)
-        },
+        "macro_f1": macro_f1,
+        "per_class": per_class,
         "labels": list(labels),
         "confusion": [
             [labels[t], labels[p], c]

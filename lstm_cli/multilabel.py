@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lstm_cli.errors import DataError, UsageError
+from lstm_cli.metrics import label_scores
 
 DEFAULT_SEPARATOR = ","
 # Thresholds tried: 0.01, 0.02, ... 0.99 (a probability is over a threshold when >= it, both as float32).
@@ -270,28 +271,16 @@ def report(truth: np.ndarray, chosen: np.ndarray, labels: list[str]) -> dict[str
     hits = (truth & chosen).sum(axis=0).astype(np.float64)
     support = truth.sum(axis=0)
     predicted = chosen.sum(axis=0)
-    precision = np.divide(hits, predicted, out=np.zeros(n), where=predicted > 0)
-    recall = np.divide(hits, support, out=np.zeros(n), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
-    present = (support > 0) | (predicted > 0)
+    per_label, macro_f1 = label_scores(labels, hits, predicted, support, count_predicted=True)
     denominator = float(predicted.sum() + support.sum())
     return {
         "micro_f1": 2 * float(hits.sum()) / denominator if denominator else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_f1": macro_f1,
         "subset_accuracy": float((truth == chosen).all(axis=1).mean()) if rows else 0.0,
         "hamming_loss": float((truth != chosen).mean()) if rows and n else 0.0,
         "micro_precision": float(hits.sum() / predicted.sum()) if predicted.sum() else 0.0,
         "micro_recall": float(hits.sum() / support.sum()) if support.sum() else 0.0,
-        "per_class": {
-            label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-                "predicted": int(predicted[i]),
-            }
-            for i, label in enumerate(labels)
-        },  # fmt: skip
+        "per_class": per_label,
         "labels": list(labels),
     }
 
