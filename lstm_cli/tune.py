@@ -208,12 +208,15 @@ def tune(
     validation: LabeledData | None = None,
     on_trial: Callable[[Trial, bool], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    interrupt_requested: Callable[[], bool] = lambda: False,
 ) -> TuneResult:
     """Train configurations from `base` plus random SPACE settings until the budget or `max_trials` runs out.
 
     The trial running when the budget ends stops after its current epoch and still counts. Ctrl-C (a
     KeyboardInterrupt) ends the search and returns the best so far, or propagates if no trial finished.
-    `on_trial(trial, is_best_so_far)` is called as each trial ends."""
+    `interrupt_requested()` true counts as that KeyboardInterrupt (the running trial stops and does not count): a
+    signal handler's KeyboardInterrupt can be lost where Python ignores exceptions (a __del__ TensorFlow's
+    objects run), its flag cannot. `on_trial(trial, is_best_so_far)` is called as each trial ends."""
     from lstm_cli.train import train
 
     if metric not in METRICS:
@@ -241,7 +244,9 @@ def tune(
             config = dataclasses.replace(base, **settings)
             trial_started = time.monotonic()
             result = train(config, data, validation=validation, vectors=vectors,
-                           stop=lambda: time.monotonic() >= deadline)  # fmt: skip
+                           stop=lambda: interrupt_requested() or time.monotonic() >= deadline)  # fmt: skip
+            if interrupt_requested():
+                raise KeyboardInterrupt
             scores = validation_scores(result, validation)
             trial = Trial(number, settings, scores["accuracy"], scores["macro_f1"], len(result.history),
                           round(time.monotonic() - trial_started, 3), time.monotonic() >= deadline,

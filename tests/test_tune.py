@@ -215,6 +215,25 @@ def test_an_interrupt_before_any_trial_finished_saves_nothing(tmp_path):
     assert out == "" and not (tmp_path / "m").exists()
 
 
+def test_an_interrupt_flag_stops_the_running_trial_even_if_its_keyboardinterrupt_was_lost(tmp_path):
+    """A signal handler's KeyboardInterrupt raised inside a __del__ is printed and ignored by Python; tune also
+    asks `interrupt_requested()`: the running trial stops after its epoch and does not count."""
+    from lstm_cli.data import read_labeled
+    from lstm_cli.tune import tune
+
+    data = read_labeled(write_csv(tmp_path / "train.csv", toy_rows(60, seed=6)))
+    base = TrainConfig(embedding_dim=8, units=6, dense_units=8, max_tokens=60, epochs=3, batch_size=16,
+                       learning_rate=0.02)  # fmt: skip
+    fixed = ["embedding_dim", "units", "dense_units", "max_tokens", "epochs", "batch_size", "learning_rate"]
+    with pytest.raises(KeyboardInterrupt):  # no trial finished
+        tune(base, data, budget_seconds=3600, fixed=fixed, interrupt_requested=lambda: True)
+    finished = []
+    requested = lambda: bool(finished)  # noqa: E731
+    result = tune(base, data, budget_seconds=3600, fixed=fixed, max_trials=5, interrupt_requested=requested,
+                  on_trial=lambda trial, best: finished.append(trial))  # fmt: skip
+    assert result.interrupted and [t.number for t in result.trials] == [1] and finished == result.trials
+
+
 def test_an_interrupt_waits_for_the_printed_row_then_ends_the_search():
     """SIGTERM during a trial's row (rich's print) is held until the row is done, then raised: it landing
     inside rich's print used to get the row printed twice."""

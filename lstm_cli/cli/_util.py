@@ -257,12 +257,30 @@ def _engine_note(predictor, verbose: bool) -> None:
         typer.echo(f"Note: predicting with the {backend.name} engine.", err=True)
 
 
-_held = {"depth": 0, "pending": False}  # uninterrupted() sections running, and an interrupt they held back
+# uninterrupted() sections running, an interrupt they held back, and whether an interrupt ever came
+_held = {"depth": 0, "pending": False, "signalled": False}
+
+
+def interrupt_signalled() -> bool:
+    """Whether _interrupt ran: true even where its KeyboardInterrupt was lost (raised inside a __del__)."""
+    return _held["signalled"]
+
+
+def catch_interrupts() -> None:
+    """tune's handlers: `kill` (SIGTERM) ends the search as Ctrl-C does, and Ctrl-C too waits for a trial's row to
+    be printed whole (not when the process started with SIGINT ignored). An earlier interrupt is forgotten."""
+    import signal
+
+    _held["signalled"] = False
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupt)
 
 
 def _interrupt(signum, frame) -> None:
     """The SIGTERM (and, in tune, SIGINT) handler: Ctrl-C's KeyboardInterrupt, unless an uninterrupted()
     section runs, which raises it as it ends."""
+    _held["signalled"] = True
     if _held["depth"]:
         _held["pending"] = True
         return

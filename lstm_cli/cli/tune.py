@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -32,8 +31,9 @@ from lstm_cli.cli._util import (
     VerboseOpt,
     _console,
     _errors,
-    _interrupt,
     app,
+    catch_interrupts,
+    interrupt_signalled,
     pretrained_options,
     read_options,
     uninterrupted,
@@ -158,9 +158,7 @@ def tune_cli(
 
         say(literal(message))
 
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` ends the search as Ctrl-C does
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when started with SIGINT ignored
-        signal.signal(signal.SIGINT, _interrupt)  # Ctrl-C too waits for a trial's row to be printed whole
+    catch_interrupts()
     kept = f"the model at {model} is unchanged" if model.exists() else f"no model was saved at {model}"
     with _errors(verbose, interrupted_hint=lambda: f" before the first trial finished; {kept}"):
         from lstm_cli.artifact import check_writable, save
@@ -189,7 +187,7 @@ def tune_cli(
         table = render.TrialTable(say, metric.value, multi_label=multi_label)
         result = tune(base, dataset, budget_seconds=budget_seconds, metric=metric.value, max_trials=trials,
                       fixed=fixed, validation=validation, on_trial=uninterrupted(table.row),
-                      on_stage=uninterrupted(stage))  # fmt: skip
+                      on_stage=uninterrupted(stage), interrupt_requested=interrupt_signalled)  # fmt: skip
         warn(console, result.warnings)
         if result.interrupted:
             say(f"Interrupted: saving the best of {len(result.trials)} finished trials")
