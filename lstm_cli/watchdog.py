@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 GRACE = 10.0  # seconds a child has to stop after SIGTERM before it is killed
 MAX_TIMEOUT = 7 * 24 * 3600.0  # the longest --worker-timeout: a week
@@ -35,7 +36,7 @@ def supervise(argv: list[str], *, hint: str) -> int:
     read_end, write_end = os.pipe()
     child = subprocess.Popen(
         [sys.executable, "-m", "lstm_cli", *argv], pass_fds=(write_end,), env={**os.environ, ENV: str(write_end)},
-        preexec_fn=_die_with_parent,
+        preexec_fn=dying_with(os.getpid()),
     )  # fmt: skip
     os.close(write_end)
     try:
@@ -46,15 +47,26 @@ def supervise(argv: list[str], *, hint: str) -> int:
             child.wait()
 
 
-def _die_with_parent() -> None:
-    """In the child, before it runs: Linux kills it if the supervisor dies, even by SIGKILL (elsewhere the
-    `finally` of supervise is what ends it)."""
+def dying_with(parent: int) -> Callable[[], None] | None:
+    """What a child runs before its program: Linux kills it if process PARENT dies, even by SIGKILL (elsewhere
+    the `finally` of supervise is what ends it).
+
+    The child exists from the fork, before this runs: if PARENT died in between, the signal is armed too late
+    to fire, so the child then ends itself. ctypes is loaded here, in the parent: little should run between
+    fork and exec."""
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+    def arm() -> None:
+        prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def _watch(child: subprocess.Popen, read_end: int, hint: str) -> int:

@@ -18,6 +18,7 @@ from _ops import assert_one_error, tree_digest
 from conftest import TINY
 from typer.testing import CliRunner
 
+from lstm_cli import watchdog
 from lstm_cli.cli import app
 
 LSTM_CLI = str(Path(sys.executable).with_name("lstm-cli"))
@@ -138,8 +139,10 @@ def test_the_supervisor_ends_its_worker_whatever_ends_it(monkeypatch):
     assert started and started[0].poll() is not None
 
 
-def test_a_killed_supervisor_takes_its_worker_with_it(tmp_path):
-    """kill -9 of the supervisor (nothing of it runs) ends the worker too (Linux's parent-death signal)."""
+@pytest.mark.parametrize("when", ["at_fork", "after_exec"])
+def test_a_killed_supervisor_takes_its_worker_with_it(tmp_path, when):
+    """kill -9 of the supervisor (nothing of it runs) ends the worker too: Linux's parent-death signal once the
+    worker runs its program, the worker's own check when the supervisor died before the signal was armed."""
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexec sleep 60\n")
     fake.chmod(0o755)
@@ -150,13 +153,27 @@ def test_a_killed_supervisor_takes_its_worker_with_it(tmp_path):
     children = Path(f"/proc/{supervisor.pid}/task/{supervisor.pid}/children")
     deadline = time.monotonic() + QUICK
     while not children.read_text().split() and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.001)  # the child is listed from its fork on: killing at once hits the time before it is armed
     (worker,) = map(int, children.read_text().split())
+    if when == "after_exec":
+        while b"sleep" not in Path(f"/proc/{worker}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
     supervisor.kill()
     supervisor.wait()
     while not _ended(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _ended(worker)
+    if not _ended(worker):
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail(f"worker {worker} outlived its supervisor ({when})")
+
+
+def test_a_worker_whose_supervisor_died_before_it_was_armed_ends_itself():
+    not_my_parent = 1 if os.getpid() != 1 else 2
+    child = subprocess.Popen(["sleep", "60"], preexec_fn=watchdog.dying_with(not_my_parent))
+    try:
+        assert child.wait(timeout=QUICK) == 1
+    finally:
+        child.kill()
 
 
 def _ended(pid: int) -> bool:
