@@ -232,6 +232,35 @@ def test_sigterm_during_training_keeps_the_previous_model(trained_model, data_di
     verify_files(tmp_path / "model", meta)
 
 
+def test_a_sigterm_whose_keyboardinterrupt_was_lost_still_stops_training(
+    trained_model, data_dir, tmp_path, monkeypatch
+):
+    """A signal handler's KeyboardInterrupt raised inside a __del__ is printed and ignored by Python. Its
+    handler also sets a flag, which training checks between steps: it still stops, and the old model stays."""
+    import shutil
+
+    from lstm_cli import render
+    from lstm_cli.cli import _util
+
+    shutil.copytree(trained_model, tmp_path / "model")
+    before = read_metadata(tmp_path / "model")["id"]
+    epoch_line = render.epoch_line
+
+    def lost_interrupt(report):  # after epoch 1: the handler ran, its exception went nowhere
+        _util._held["signalled"] = True
+        return epoch_line(report)
+
+    monkeypatch.setattr(render, "epoch_line", lost_interrupt)
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), *LONG, "-m", str(tmp_path / "model")])
+    assert result.exit_code == 130 and "is unchanged" in result.stderr
+    assert [line.split()[:2] for line in result.stderr.splitlines() if line.startswith("epoch ")] == [["epoch", "1/40"]]
+    assert read_metadata(tmp_path / "model")["id"] == before
+    monkeypatch.setattr(render, "epoch_line", epoch_line)  # the next train in this process starts with the flag down
+    assert (
+        runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", str(tmp_path / "other")]).exit_code == 0
+    )
+
+
 def _kill_round(workdir: Path, data: Path, delay: float) -> str:
     """Start a train that replaces `workdir/model`, kill -9 it after `delay` s; say what was left."""
     old = read_metadata(workdir / "model")["id"]

@@ -267,14 +267,23 @@ def interrupt_signalled() -> bool:
 
 
 def catch_interrupts() -> None:
-    """tune's handlers: `kill` (SIGTERM) ends the search as Ctrl-C does, and Ctrl-C too waits for a trial's row to
-    be printed whole (not when the process started with SIGINT ignored). An earlier interrupt is forgotten."""
+    """train's, pretrain's and tune's handlers: `kill` (SIGTERM) stops as Ctrl-C does, and both wait for an
+    uninterrupted() section, such as a trial's row, to end (SIGINT is left alone when the process started with
+    it ignored). An earlier interrupt is forgotten."""
     import signal
 
     _held["signalled"] = False
     signal.signal(signal.SIGTERM, _interrupt)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupt)
+
+
+def raise_if_signalled() -> bool:
+    """A training loop's stop(): the KeyboardInterrupt of an interrupt that was lost (see interrupt_signalled) is
+    raised again here, between two steps; otherwise False, go on."""
+    if _held["signalled"]:
+        raise KeyboardInterrupt
+    return False
 
 
 def _interrupt(signum, frame) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -39,10 +38,11 @@ from lstm_cli.cli._util import (
     VerboseOpt,
     _console,
     _errors,
-    _interrupt,
     app,
+    catch_interrupts,
     explicit,
     pretrained_options,
+    raise_if_signalled,
     read_options,
     vectors_warnings,
     warn,
@@ -307,7 +307,7 @@ def train_cli(
         # Only the chief writes the model; each other worker keeps its own checkpoint (and token cache).
         checkpoints = checkpoints.with_name(f"{checkpoints.name}.{cluster.task.replace('/', '-')}")
     before = _model_id(model)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops training as cleanly as Ctrl-C
+    catch_interrupts()  # `kill` stops training as cleanly as Ctrl-C
     with _errors(verbose, interrupted_hint=lambda: _interrupted(model, before)):
         from lstm_cli import render
         from lstm_cli.artifact import check_writable, save
@@ -370,7 +370,9 @@ def train_cli(
                 on_progress=on_rows,
                 parent=parent,
                 encoder=encoder,
+                stop=raise_if_signalled,
             )  # fmt: skip
+        raise_if_signalled()  # an interrupt lost after the last step: the model is not saved
         warn(console, [*render.skipped_warnings(dataset, validation), *result.warnings])
         if not result.is_chief:
             remove_checkpoint_dir(checkpoints)
