@@ -321,11 +321,13 @@ def _kill_inside_swap(model: Path, where: str) -> str:
 def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, data_dir, tmp_path, request):
     import shutil
 
-    # 2 random kills per worker in the default run (two more are placed for sure below), 8 with --slow
-    random_kills = 8 if request.config.getoption("--slow") else 2
+    # The default run: one directory, 2 random kills and the two placed for sure below; --slow: two directories
+    # side by side, 8 random kills in each
+    slow = request.config.getoption("--slow")
+    random_kills = 8 if slow else 2
 
     rng = random.Random(int(os.environ.get("KILL_SEED", "1")))  # fixed: the same kill times every run
-    workers = [tmp_path / "a", tmp_path / "b"]
+    workers = [tmp_path / "a", tmp_path / "b"] if slow else [tmp_path / "a"]
     for w in workers:
         w.mkdir()
         shutil.copytree(trained_model, w / "model")
@@ -354,9 +356,11 @@ def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, 
         proc.communicate()
         outcomes.append(_outcome(workdir / "model", old))
 
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(len(workers)) as pool:
         list(pool.map(rounds, workers))
-    assert len(outcomes) == 2 * (random_kills + 2) and set(outcomes) == {"old", "new"}, outcomes  # both outcomes happen
+    assert len(outcomes) == len(workers) * (random_kills + 2) and set(outcomes) == {"old", "new"}, (
+        outcomes
+    )  # both outcomes happen
     for w in workers:  # leftovers of killed runs are hidden siblings, never the model itself
         assert all(p.name.startswith(".") for p in w.iterdir() if p.name != "model")
 
