@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lstm_cli.config import TrainConfig, number_problem
+from lstm_cli.config import TrainConfig, auto_dense_units, number_problem
 from lstm_cli.data import LabeledData
 from lstm_cli.errors import DataError
 
@@ -124,12 +124,19 @@ def _candidates(base: TrainConfig, space: dict[str, tuple[Any, ...]], seed: int)
 
 
 def _without_moot(base: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` with each searched field another setting makes moot (_MOOT) put back to base's value."""
-    settings = dict(settings)
+    """`settings` with each searched field another setting makes moot (_MOOT) put back to base's value, and an
+    automatic --dense-units as the width it becomes (0 with --multi-label: no Dense layer, its dropout moot)."""
+    settings = {name: _built(base, name, value) for name, value in settings.items()}
     for switch, value, field_name in _MOOT:
-        if field_name in settings and settings.get(switch, getattr(base, switch)) == value:
+        if field_name in settings and _built(base, switch, settings.get(switch, getattr(base, switch))) == value:
             settings[field_name] = getattr(base, field_name)
     return settings
+
+
+def _built(base: TrainConfig, name: str, value: Any) -> Any:
+    """A setting as the model is built with it: the automatic Dense width depends only on --multi-label (the
+    other automatic values depend on the data, known later)."""
+    return auto_dense_units(base.multi_label) if name == "dense_units" and value is None else value
 
 
 def _split(data: LabeledData, config: TrainConfig) -> tuple[LabeledData, LabeledData, list[str]]:

@@ -120,6 +120,27 @@ def test_draws_that_build_the_same_model_are_one_trial(monkeypatch):
     assert len(drawn) == 6 and all("bigram_min_count" not in d for d in drawn)
 
 
+def test_an_automatic_dense_layer_is_the_model_it_builds(monkeypatch):
+    """The automatic --dense-units is 0 with multi-label data (128 otherwise): a draw that differs from another
+    only in the moot dropout of that missing layer, or in naming its width 'auto', is the same trial."""
+    import lstm_cli.tune as tune
+
+    monkeypatch.setattr(tune, "SPACE", {"dense_units": (0, 64, 128), "dense_dropout": (0.2, 0.5)})
+    multi = TrainConfig(multi_label=True)  # dense_units None: automatic
+    drawn = list(_candidates(multi, search_space(multi, set()), seed=0))
+    # The start (auto = 0) and the draws of 0 are one model; 64 and 128 with each dropout: 5 models in all.
+    assert drawn[0] == {"dense_units": 0, "dense_dropout": multi.dense_dropout}
+    assert len(drawn) == 5 and len({tuple(sorted(d.items())) for d in drawn}) == 5
+    assert sum(d["dense_units"] == 0 for d in drawn) == 1
+    single = TrainConfig()  # auto = 128: the start is the draw of 128 with the default dropout
+    drawn = list(_candidates(single, search_space(single, set()), seed=0))
+    assert drawn[0] == {"dense_units": 128, "dense_dropout": single.dense_dropout} and len(drawn) == 5
+    # --set dense_units=auto with multi-label data: no Dense layer, so its dropout is not searched in vain.
+    assert list(_candidates(multi, search_space(multi, {"dense_units"}), seed=0)) == [
+        {"dense_dropout": multi.dense_dropout}
+    ]
+
+
 def _table(stderr: str) -> list[re.Match]:
     return [m for m in map(ROW.match, stderr.splitlines()) if m]
 
