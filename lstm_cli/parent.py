@@ -5,7 +5,9 @@ grown for what NEW brings.
   not in it are appended (most frequent first) up to --max-tokens entries in all (`extend_vocabulary`).
   Their embedding rows start at the mean of the parent's word rows plus a fresh layer's small random row.
 - Labels: the parent's keep their indices; labels new in NEW are appended (sorted) as new outputs of the
-  head: fresh kernel columns, a bias at the mean of the parent's.
+  head: fresh kernel columns, a bias at the mean of the parent's. A multi-label parent's NEW is read as
+  multi-label (its --label-separator unless given) and its sigmoid head grows the same way; the decision
+  thresholds are chosen again on the validation rows, as for any multi-label model.
 - Everything else (recurrent layers, Dense, bigram rows) starts at the parent's values (`inherit_weights`).
 - Options: those that shape the tokenizer or the weights are the parent's; giving another value is refused
   (`child_config`). The other options not given on the command line are the parent's too, except the batch
@@ -87,10 +89,6 @@ def read_parent(model_dir: Path) -> Parent:
     try:
         metadata = read_metadata(model_dir)
         files = read_model(model_dir, metadata)
-        if metadata.get("multi_label") or metadata["config"].get("multi_label"):
-            raise UsageError(
-                f"--from {model_dir}: a multi-label model cannot be continued yet; train a new one on all the data"
-            )
         weights = parent_weights(model_dir, metadata, files)
         with (model_dir / METADATA).open("rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
@@ -134,8 +132,23 @@ def child_config(parent: TrainConfig, given: Mapping[str, Any], *, vocabulary_si
     parent's for the rest (batch size and learning rate: automatic again). A given option that would change
     the tokenizer or the weights' shapes, or a --max-tokens below the parent's vocabulary, is a UsageError."""
     given = dict(given)
+    if given.get("multi_label") and not parent.multi_label:
+        raise UsageError(
+            "--multi-label: the model of --from is single-label, and continuing keeps its head, a softmax whose "
+            "scores are shares of one total, not each label's own probability; drop --multi-label, or train a "
+            "new multi-label model without --from"
+        )
+    if "label_separator" in given and not parent.multi_label:
+        raise UsageError(
+            "--label-separator is for multi-label models and the model of --from is single-label; "
+            "drop --label-separator"
+        )
+    if parent.multi_label and given.get("class_weight") is not None:
+        raise UsageError(
+            "--class-weight is for single-label models and the model of --from is multi-label; drop --class-weight"
+        )
     for name in FIXED:
-        kept = getattr(parent, name, False)  # False: a field this lstm-cli lacks (multi_label, before it came)
+        kept = getattr(parent, name)
         if name in given and given[name] != kept:
             flag = "--" + name.replace("_", "-")
             raise UsageError(
@@ -156,7 +169,10 @@ def child_config(parent: TrainConfig, given: Mapping[str, Any], *, vocabulary_si
     origins = {"vectors": None, "freeze_vectors": False, "pretrained": None, "pretrained_rate": 1.0, "frozen_epochs": 0}
     values = {**parent.to_dict(), **dict.fromkeys(REDONE), **origins}
     values.update({k: v for k, v in given.items() if k not in origins})
-    return dataclasses.replace(parent, **values)
+    try:
+        return dataclasses.replace(parent, **values)
+    except ValueError as e:  # TrainConfig's own checks, on the parent's values with the options given
+        raise UsageError(str(e)) from None
 
 
 def _shown(value: Any) -> str:

@@ -171,9 +171,11 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
     label_counts: Counter[str] = Counter(label for _, label in data)
     stage(f"Read {sum(label_counts.values()):,} rows from {data.path}")
     classes = sorted(label_counts)
-    if parent is not None and not config.multi_label:
-        classes = extend_labels(parent.labels, list(label_counts))
     labels = _labels_of(classes) if config.multi_label else classes
+    if parent is not None:  # its labels keep their indices, the data's new ones follow
+        labels = extend_labels(parent.labels, labels)
+        if not config.multi_label:  # what the token cache's indices index (a multi-label model's: the sets)
+            classes = labels
     if len(labels) < 2:
         raise DataError(
             f"{data.path}: only one {'label' if config.multi_label else 'class'} ({labels[0]!r}) in the training "
@@ -268,7 +270,8 @@ def _prepare(config, data, validation, cache_root: Path, stage, on_progress, par
             f"{data.path}: {left_out:,} of its words seen at least {config.min_count} times are left out of the "
             f"vocabulary, full at --max-tokens {config.max_tokens:,}; give a larger --max-tokens to add them"
         )
-    absent = [label for label in parent.labels if label not in label_counts] if parent else []
+    present = set(_labels_of(label_counts) if config.multi_label else label_counts)
+    absent = [label for label in parent.labels if label not in present] if parent else []
     if absent:  # measured on Banking77: the old labels' accuracy fell from 0.93 to 0.002 (docs: --from)
         warnings.append(
             f"{data.path} has no rows of {len(absent)} of the labels of {parent.path} "

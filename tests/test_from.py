@@ -185,10 +185,6 @@ def test_from_something_that_is_not_a_model_is_refused(trained_model, data_dir, 
     _refused([data, "--from", "missing"], "--from missing", "no model here")
     _refused([data, "--from", "empty"], "--from empty", "not an lstm-cli model directory")
     _refused([data, "--from", data], f"--from {data}", "not a directory")
-    shutil.copytree(trained_model, "multi")
-    meta = json.loads(Path("multi/metadata.json").read_text(encoding="utf-8"))
-    Path("multi/metadata.json").write_text(json.dumps({**meta, "multi_label": {"thresholds": [0.5] * 3}}))
-    _refused([data, "--from", "multi"], "--from multi", "multi-label")
 
 
 def test_resume_continues_an_interrupted_from_run_of_the_same_parent_only(trained_model, tmp_path, monkeypatch):
@@ -224,8 +220,11 @@ def test_the_same_values_as_the_parent_and_training_options_are_accepted(trained
     assert child_config(started, {}, vocabulary_size=3).pretrained is None
     with pytest.raises(UsageError, match="--units 7 conflicts"):
         child_config(config, {"units": 7}, vocabulary_size=3)
-    with pytest.raises(UsageError, match=r"--multi-label true conflicts with the model of --from \(false\)"):
+    with pytest.raises(UsageError, match="--multi-label: the model of --from is single-label"):
         child_config(config, {"multi_label": True}, vocabulary_size=3)  # a softmax head stays one
+    multi = dataclasses.replace(config, multi_label=True, label_separator="|")
+    assert child_config(multi, {}, vocabulary_size=3).label_separator == "|"  # NEW is read as the model was
+    assert child_config(multi, {"multi_label": True, "label_separator": ";"}, vocabulary_size=3).multi_label
 
 
 words = st.text(alphabet="abcxyz", min_size=1, max_size=3)

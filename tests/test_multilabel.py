@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,11 +128,15 @@ def test_a_text_over_no_threshold_gets_an_empty_line(model):
 
 
 def test_engines_and_saved_model_agree(model):
+    assert_engines_agree(model)
+
+
+def assert_engines_agree(model) -> None:
     import tensorflow as tf
 
     from lstm_cli.predict import Predictor
 
-    texts = [*TEXTS, "", "pizza " * 50, "unseen words only"]
+    texts = [*TEXTS, "", "pizza " * 50, "unseen words only", "zorbly quxful pizza"]
     numpy_engine = Predictor(model, engine="numpy")
     tensorflow = Predictor(model, engine="tensorflow")
     assert numpy_engine.engine == "numpy"
@@ -645,3 +651,132 @@ def test_table_cells_read_back_to_the_label_sets_whatever_the_labels(labels, see
     assert header == ["text", "predicted_labels", "predicted_probabilities"]
     assert [json.loads(row[1]) for row in rows] == expected
     assert [len(json.loads(row[2])) for row in rows] == [len(e) for e in expected]
+
+
+# train NEW --from a multi-label model: NEW read as multi-label, its new words and labels added, thresholds again.
+NEW_WORDS = ["zorbly", "quxful"]  # in no row of the module's model: only NEW's rows of its new label have them
+
+
+def from_rows(n: int, seed: int) -> list[tuple[str, list[str]]]:
+    """`n` rows of the module model's labels, then `n` of a new label, 'drink', whose texts hold the new words."""
+    rng = random.Random(seed)
+    rows = label_rows(n, seed)
+    for _ in range(n):
+        words = [rng.choice(NEW_WORDS) for _ in range(rng.randint(1, 2))] + rng.sample(FILLER, rng.randint(0, 2))
+        rng.shuffle(words)
+        rows.append((" ".join(words), ["drink"]))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def continued(model, tmp_path_factory):
+    """The module's model continued on NEW (its labels, and a new one: 'drink'), validated on a file of its own
+    (dev.csv, beside it). The model is a copy whose label separator is '|', so NEW's fields are read with '|'
+    though none is given. The run is interrupted (Ctrl-C) after its third epoch, and --resume with the same
+    --from finishes it."""
+    from lstm_cli import render
+
+    d = tmp_path_factory.mktemp("continued")
+    shutil.copytree(model, d / "parent")
+    meta = metadata(d / "parent")  # metadata.json is not among the files it lists the sha256 of
+    meta["config"]["label_separator"] = meta["multi_label"]["separator"] = "|"
+    (d / "parent/metadata.json").write_text(json.dumps(meta), encoding="utf-8")
+    for name, (n, seed) in {"new.csv": (100, 3), "dev.csv": (40, 4)}.items():
+        write_csv(d / name, [(text, "|".join(labels)) for text, labels in from_rows(n, seed)])
+    out = d / "child"
+    args = ["train", str(d / "new.csv"), "--from", str(d / "parent"), "-m", str(out), "--validation-data",
+            str(d / "dev.csv"), "--checkpoint-dir", str(d / "ck"), "--epochs", "8", "--batch-size", "16",
+            "--learning-rate", "0.02", "--quiet"]  # fmt: skip
+    epoch_line = render.epoch_line
+
+    def interrupted_after_epoch_3(report):  # train reports an epoch once its checkpoint is written
+        if report.epoch == 3:
+            raise KeyboardInterrupt
+        return epoch_line(report)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(render, "epoch_line", interrupted_after_epoch_3)
+        interrupted = runner.invoke(app, args)
+    assert interrupted.exit_code == 130 and "--resume" in interrupted.stderr, interrupted.output
+    assert not out.exists() and json.loads((d / "ck/state.json").read_text(encoding="utf-8"))["epoch"] == 3
+    result = runner.invoke(app, [*args, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n" and not (d / "ck").exists()
+    assert "will forget" not in result.stderr  # NEW has rows of each of the model's labels (in its label sets)
+    return out
+
+
+def test_from_a_multi_label_model_learns_a_new_label_and_new_words(model, continued):
+    parent, child = metadata(model), metadata(continued)
+    # The old labels keep their columns; the new one is a new sigmoid.
+    assert child["config"]["multi_label"] is True and child["labels"] == [*parent["labels"], "drink"]
+    old, new = (json.loads((m / "vocabulary.json").read_text(encoding="utf-8")) for m in (model, continued))
+    assert new[: len(old)] == old and set(NEW_WORDS) <= set(new[len(old) :])
+    assert child["config"]["dense_units"] == parent["config"]["dense_units"]
+    records = predict_json(continued, ["zorbly", "quxful the quxful", "great pizza", "awful waiter"])
+    assert [r["labels"] for r in records[:2]] == [["drink"], ["drink"]]  # NEW read with the model's '|'
+    assert child["multi_label"]["separator"] == "|"
+    assert {"pos", "food"} <= set(records[2]["labels"]) and {"neg", "staff"} <= set(records[3]["labels"])
+    assert all("drink" not in r["labels"] for r in records[2:])
+    section = child["parent"]
+    assert section["id"] == parent["id"] != child["id"] and section["lineage"] == [parent["id"]]
+    assert section["labels_added"] == ["drink"] and section["words_added"] == len(new) - len(old)
+    shown = runner.invoke(app, ["info", "-m", str(continued)])
+    assert shown.exit_code == 0 and "continues" in shown.stdout and parent["id"] in shown.stdout
+
+
+def test_engines_and_saved_model_agree_on_a_continued_model(continued):
+    assert_engines_agree(continued)
+
+
+def test_a_continued_model_chooses_its_thresholds_again_and_uses_them(continued):
+    child = metadata(continued)
+    section = child["multi_label"]
+    assert len(section["thresholds"]) == len(child["labels"]) == 5
+    thresholds = dict(zip(child["labels"], section["thresholds"], strict=True))
+    for record in predict_json(continued, [*TEXTS, "zorbly pizza", "quxful"]):
+        over = {label for label, p in record["probabilities"].items() if np.float32(p) >= np.float32(thresholds[label])}
+        assert set(record["labels"]) == over
+    # Chosen on the validation file: evaluate there at the saved thresholds finds the micro-F1 training recorded.
+    result = runner.invoke(app, ["evaluate", str(continued.parent / "dev.csv"), "-m", str(continued), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["thresholds"] == section["thresholds"] and report["rows"]["evaluated"] == section["validation_rows"]
+    assert report["micro_f1"] == pytest.approx(section["validation_micro_f1"])
+
+
+@pytest.mark.parametrize(
+    ("parent", "args", "words"),
+    [
+        ("single", ["--multi-label"], ["--multi-label", "single-label", "softmax", "without --from"]),
+        ("single", ["--label-separator", ";"], ["--label-separator", "single-label"]),
+        ("multi", ["--class-weight", "balanced"], ["--class-weight", "multi-label"]),
+        ("multi", ["--dense-units", "32"], ["--dense-units 32", "(8)"]),
+    ],
+)
+def test_from_refuses_options_that_contradict_the_model(request, data_dir, parent, args, words):
+    parent = request.getfixturevalue("trained_model" if parent == "single" else "model")
+    result = runner.invoke(app, ["train", str(data_dir / "train.csv"), "--from", str(parent), *args, "-m", "out"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and result.stdout == "" and len(lines) == 1, result.output
+    assert lines[0].startswith("Error: ") and all(word in lines[0] for word in words), lines[0]
+    assert not Path("out").exists()
+
+
+def test_a_multi_label_models_head_grows_by_a_column_for_a_new_label(model):
+    """Continuing starts from the parent's weights: the old labels' kernel columns and biases as they were,
+    a fresh column for the new label, its bias the mean of the parent's."""
+    from lstm_cli.model import build_network
+    from lstm_cli.parent import inherit_weights, read_parent
+
+    parent = read_parent(model)
+    config = parent.config.resolved(100, 1_000)
+    network = build_network(config, vocabulary_size=len(parent.vocabulary) + 2, num_classes=len(parent.labels) + 1)
+    inherit_weights(network, parent, bigrams=None)
+    kernel, bias = (np.asarray(w) for w in network.get_layer("probabilities").get_weights())
+    old_kernel, old_bias = parent.weights["probabilities/kernel"], parent.weights["probabilities/bias"]
+    np.testing.assert_array_equal(kernel[:, : len(parent.labels)], old_kernel)
+    np.testing.assert_allclose(bias, [*old_bias, old_bias.mean()], rtol=1e-6)
+    assert kernel.shape == (old_kernel.shape[0], len(parent.labels) + 1) and np.any(kernel[:, -1] != 0)
+    embeddings = network.get_layer("embedding").get_weights()[0]
+    np.testing.assert_array_equal(embeddings[: len(parent.vocabulary)], parent.weights["embedding/embeddings"])

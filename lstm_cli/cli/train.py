@@ -281,11 +281,8 @@ def train_cli(
     if pretrained is None and (pretrained_rate != DEFAULTS.pretrained_rate or frozen_epochs != DEFAULTS.frozen_epochs):
         raise typer.BadParameter("--pretrained-rate and --frozen-epochs need --pretrained ENCODER",
                                  param_hint="--pretrained")  # fmt: skip
-    if label_separator != DEFAULTS.label_separator and not multi_label:
+    if label_separator != DEFAULTS.label_separator and not multi_label and from_model is None:
         raise typer.BadParameter("--label-separator is for --multi-label", param_hint="--label-separator")
-    if multi_label and from_model is not None:
-        raise typer.BadParameter("--from continues single-label models; train a multi-label one without --from",
-                                 param_hint="--multi-label")  # fmt: skip
     from lstm_cli.config import number_problem
     from lstm_cli.watchdog import MAX_TIMEOUT
 
@@ -334,6 +331,8 @@ def train_cli(
 
             parent = read_parent(from_model)
             config = child_config(parent.config, given, vocabulary_size=len(parent.vocabulary))
+            # A multi-label model's data is read as multi-label, with its separator unless one is given.
+            multi_label, label_separator = config.multi_label, config.label_separator
 
         def say(message: str) -> None:
             if not quiet:
