@@ -80,12 +80,22 @@ def lstm_cli_run(train_csv: Path, test_csv: Path, seed: int, args: list[str]) ->
     return {"accuracy": json.loads(done.stdout)["accuracy"], "seconds": seconds}
 
 
+def _figures(training: dict) -> dict:
+    """What the table shows of an encoder's training: the objective, the bag phase's and the LM's figures."""
+    bag = training.get("bag") or {}
+    return {
+        "objective": training.get("objective", "lm"),
+        "bag_steps": bag.get("steps"),
+        "bag_heldout_loss": bag.get("heldout_loss"),
+        **{k: training.get(k) for k in ("tokens_seen", "steps", "heldout_perplexity", "unigram_perplexity")},
+    }
+
+
 def pretrain(texts: list[str], encoder: Path, budget: str, args: list[str]) -> dict:
     """`lstm-cli pretrain` on the texts (one a line), unless `encoder` already holds an encoder (--encoders)."""
     if (encoder / "encoder.json").is_file():
         training = json.loads((encoder / "encoder.json").read_text(encoding="utf-8"))["training"]
-        return {"seconds": training["seconds"], "reused": str(encoder), **{k: training[k] for k in
-                ("tokens_seen", "steps", "heldout_perplexity", "unigram_perplexity")}}  # fmt: skip
+        return {"seconds": training["seconds"], "reused": str(encoder), **_figures(training)}
     encoder.parent.mkdir(parents=True, exist_ok=True)
     corpus = encoder.parent / f"{encoder.name}.txt"
     corpus.write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")  # one text a line
@@ -93,8 +103,7 @@ def pretrain(texts: list[str], encoder: Path, budget: str, args: list[str]) -> d
     subprocess.run([*LSTM_CLI, "pretrain", str(corpus), "-o", str(encoder), "--budget", budget, *args],
                    check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)  # fmt: skip
     training = json.loads((encoder / "encoder.json").read_text(encoding="utf-8"))["training"]
-    return {"seconds": time.perf_counter() - started, **{k: training[k] for k in
-            ("tokens_seen", "steps", "heldout_perplexity", "unigram_perplexity")}}  # fmt: skip
+    return {"seconds": time.perf_counter() - started, **_figures(training)}
 
 
 def measure(folder: Path, sizes: list[str], seeds: list[int], budget: str, pretrain_args, train_args,
@@ -145,10 +154,19 @@ def table(rows: list[dict], *, as_markdown: bool) -> str:
             f"{r['pretrained_mean']:.3f} ± {r['pretrained_std']:.3f}",
             f"{r['pretrained_mean'] - r['tfidf_lr_mean']:+.3f}",
             f"{r['scratch_seconds']:.0f} / {r['pretrained_seconds']:.0f}",
-            f"{r['budget']}, {p['tokens_seen'] / 1e6:.1f}M tokens, ppl {p['heldout_perplexity']:.0f} "
-            f"(unigram {p['unigram_perplexity']:.0f})",
+            f"{r['budget']}, {_pretraining(p)}",
         ])  # fmt: skip
     return render(header, lines, as_markdown=as_markdown)
+
+
+def _pretraining(p: dict) -> str:
+    parts = []
+    if p.get("bag_steps") is not None:
+        parts.append(f"bag {p['bag_steps']:,} steps (loss {p['bag_heldout_loss']:.2f})")
+    if p.get("heldout_perplexity") is not None:
+        parts.append(f"LM {p['tokens_seen'] / 1e6:.1f}M tokens, ppl {p['heldout_perplexity']:.0f} "
+                     f"(unigram {p['unigram_perplexity']:.0f})")  # fmt: skip
+    return " then ".join(parts)
 
 
 def main() -> None:

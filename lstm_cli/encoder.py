@@ -1,5 +1,6 @@
 """Encoder directories (`lstm-cli pretrain -o DIR`): a tokenizer's vocabulary and the weights of an embedding
-and an LSTM trained as a language model, as plain files a classifier can start from (`train --pretrained`).
+(trained on a bag-of-words objective, or as a language model) and an LSTM, as plain files a classifier can start
+from (`train --pretrained`).
 
 Layout: `vocabulary.json` (the tokens, padding and out-of-vocabulary first, as a model's), `weights.npz`
 (float32 arrays by name, read with allow_pickle=False) and `encoder.json`, written last: the format marker,
@@ -39,9 +40,12 @@ VOCABULARY = "vocabulary.json"
 WEIGHTS = "weights.npz"
 # The arrays of weights.npz: the classifier's `embedding` and `lstm_1` layers take the first four (Keras's
 # layout: kernel [embedding_dim, 4 units], recurrent kernel [units, 4 units], bias [4 units], gates i f c o);
-# the language model's output layer (softmax over the vocabulary) is kept for a later `pretrain --resume`-like
-# use and for inspection.
+# the language model's output layer (softmax over the vocabulary) is there when the language model was trained,
+# the bag-of-words phase's (BAG_ARRAYS, [vocabulary, embedding_dim] and [vocabulary]) when that phase ran: kept
+# for inspection, a classifier reads neither.
 ARRAYS = ("embedding", "lstm_kernel", "lstm_recurrent_kernel", "lstm_bias", "softmax_weights", "softmax_bias")
+BAG_ARRAYS = ("bag_weights", "bag_bias")
+REQUIRED = ARRAYS[:4]
 # The TrainConfig fields an encoder fixes: a classifier started from it tokenizes and embeds as it does.
 TOKENIZER_FIELDS = ("max_tokens", "min_count", "punctuation")
 NETWORK_FIELDS = ("embedding_dim", "units")
@@ -61,8 +65,11 @@ class Encoder:
 
     def describe(self) -> dict[str, Any]:
         """What a model trained from it records: where it was, its id and its language model's figures."""
+        training = self.metadata["training"]
+        bag = training.get("bag") if isinstance(training.get("bag"), dict) else {}
         return {"path": str(self.path), "id": self.metadata["id"], "vocabulary_size": len(self.vocabulary),
-                **{k: self.metadata["training"].get(k) for k in ("tokens_seen", "heldout_perplexity")}}  # fmt: skip
+                **{k: training.get(k) for k in ("tokens_seen", "heldout_perplexity")},
+                **{f"bag_{k}": bag.get(k) for k in ("steps", "heldout_loss")}}  # fmt: skip
 
 
 def _sha256(data: bytes) -> str:
@@ -83,7 +90,13 @@ def write_encoder(
         mark_encoder_staging(staging)  # a staging directory a kill leaves is known as lstm-cli's
         files = {
             VOCABULARY: json.dumps(vocabulary, ensure_ascii=False).encode(),
-            WEIGHTS: _npz({name: np.asarray(weights[name], dtype=np.float32) for name in ARRAYS}),
+            WEIGHTS: _npz(
+                {
+                    name: np.asarray(weights[name], dtype=np.float32)
+                    for name in (*ARRAYS, *BAG_ARRAYS)
+                    if name in REQUIRED or name in weights
+                }
+            ),
         }
         for name, data in files.items():
             (staging / name).write_bytes(data)

@@ -1,5 +1,7 @@
 """Pretraining, top to bottom: the vocabulary of unlabeled texts, their token ids in an on-disk token cache, then
-one loop that trains an embedding and an LSTM as a language model (the next token of every position).
+the phases `objective` names: the bag-of-words phase (lstm_cli.pretrain_bag: the embedding, from whole texts),
+and/or one loop that trains an LSTM (and the embedding, unless the bag phase made it) as a language model (the
+next token of every position).
 
 The language model reads fixed windows cut from the texts laid end to end (no padding, so no mask, and every
 position is a prediction), and predicts with a sampled softmax: each step scores the true next tokens and
@@ -29,10 +31,11 @@ import numpy as np
 from lstm_cli.cache import TokenCache
 from lstm_cli.config import PUNCTUATION, number_problem
 from lstm_cli.corpus import ValidationSplit, scan
-from lstm_cli.encoder import ARRAYS
+from lstm_cli.encoder import ARRAYS, BAG_ARRAYS
 from lstm_cli.engine.tokenizer import Tokenizer
 from lstm_cli.errors import DataError, LstmCliError
 from lstm_cli.owned import check_checkpoint_dir
+from lstm_cli.pretrain_bag import BagReport, BagResult, bag_phase, fresh_lstm
 from lstm_cli.schema import npz_arrays, read_json
 
 # Texts held out to measure perplexity: this fraction, at most HELDOUT_ROWS of them, and perplexity is taken
@@ -41,8 +44,10 @@ from lstm_cli.schema import npz_arrays, read_json
 HELDOUT_FRACTION = 0.05
 HELDOUT_ROWS = 2_000
 HELDOUT_TOKENS = 20_000
-STATE = "pretrain-state.json"
-_WEIGHTS = re.compile(r"pretrain-(latest|best)-(\d+)\.npz")
+STATE = "pretrain-state.json"  # the language model's; the bag-of-words phase's is bag-state.json
+_WEIGHTS = re.compile(r"(pretrain|bag)-(latest|best)-(\d+)\.npz")
+OBJECTIVES = ("bag", "lm", "bag+lm")
+BAG_SHARE = 0.5  # of --budget, for the bag-of-words phase when the language model follows it
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,14 @@ class PretrainConfig:
     # The network a classifier takes over: `train`'s defaults
     embedding_dim: int = 128
     units: int = 128
-    # The language model's training
+    # What is learned: "bag" (the bag-of-words phase: the embedding from whole texts; the LSTM stays at a fresh
+    # start), "lm" (the language model: embedding and LSTM) or "bag+lm" (the bag phase for BAG_SHARE of the
+    # budget, then the language model with the embedding frozen)
+    objective: str = "bag"
+    bag_steps: int = 20_000  # the bag phase's steps, at most
+    bag_targets: int = 32  # words of the other half each text's half predicts
+    bag_eval_steps: int = 1_000  # steps between the bag phase's held-out evaluations (and checkpoints)
+    # The language model's training (window, epochs, max_steps, dropout, clip_norm, eval_steps: its only)
     window: int = 64  # tokens per training sequence (the LSTM's state starts at zero in each)
     batch_size: int = 128  # windows per step
     samples: int = 256  # sampled softmax: tokens scored against the true ones at each step
@@ -73,7 +85,8 @@ class PretrainConfig:
                   "embedding_dim": (1, 4_096), "units": (1, 4_096), "window": (1, 100_000),
                   "batch_size": (1, 65_536), "samples": (1, 1_000_000), "dropout": (0.0, 0.99),
                   "clip_norm": (0.0, None), "epochs": (1, 1_000_000), "max_steps": (1, 2**31 - 1),
-                  "eval_steps": (1, 2**31 - 1), "seed": (0, 2**32 - 1)}  # fmt: skip
+                  "eval_steps": (1, 2**31 - 1), "seed": (0, 2**32 - 1), "bag_steps": (0, 2**31 - 1),
+                  "bag_targets": (1, 4_096), "bag_eval_steps": (1, 2**31 - 1)}  # fmt: skip
         problems = []
         for name, (low, high) in ranges.items():
             value = getattr(self, name)
@@ -85,6 +98,8 @@ class PretrainConfig:
         problems.append(number_problem("--learning-rate", self.learning_rate, 0.0, None, low_open=True))
         if self.budget is not None:
             problems.append(number_problem("--budget", self.budget, 0.0, None, low_open=True))
+        if self.objective not in OBJECTIVES:
+            problems.append(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.punctuation not in PUNCTUATION:
             problems.append(f"--punctuation must be one of {', '.join(PUNCTUATION)}, got {self.punctuation!r}")
         problems = [p for p in problems if p]
@@ -97,7 +112,8 @@ class PretrainConfig:
 
     def run_identity(self) -> dict[str, Any]:
         """What a resumed run must share (not the budget, the passes or the step limit: those may grow)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("epochs", "max_steps", "budget")}
+        grow = ("epochs", "max_steps", "budget", "bag_steps")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in grow}
 
 
 @dataclass
@@ -116,26 +132,29 @@ class EvalReport:
 @dataclass
 class PretrainResult:
     vocabulary: list[str]
-    weights: dict[str, np.ndarray]  # lstm_cli.encoder.ARRAYS, the best state's
+    weights: dict[str, np.ndarray]  # lstm_cli.encoder's arrays, the best states'
     config: PretrainConfig
-    history: list[dict[str, float]]
-    steps: int
+    history: list[dict[str, float]]  # the language model's evaluations
+    steps: int  # the language model's (0 without it), as tokens and the perplexities
     tokens: int
-    heldout_perplexity: float
-    unigram_perplexity: float  # of the held-out tokens under the training tokens' frequencies: the bar to beat
+    heldout_perplexity: float | None
+    unigram_perplexity: float | None  # of the held-out tokens under the training tokens' frequencies: the bar
     rows: int
     heldout_rows: int
     seconds: float
-    stopped_by: str  # "budget", "epochs", "max_steps" or "stop"
+    stopped_by: str  # "budget", "epochs", "max_steps", "bag_steps" or "stop"
+    bag: BagResult | None = None
     warnings: list[str] = field(default_factory=list)
 
     def training(self) -> dict[str, Any]:
-        """The encoder's `training` section."""
-        return {"config": dataclasses.asdict(self.config), "rows": self.rows, "heldout_rows": self.heldout_rows,
-                "steps": self.steps, "tokens_seen": self.tokens,
-                "heldout_perplexity": round(self.heldout_perplexity, 4),
-                "unigram_perplexity": round(self.unigram_perplexity, 4), "seconds": round(self.seconds, 1),
-                "stopped_by": self.stopped_by}  # fmt: skip
+        """The encoder's `training` section: the language model's figures at the top level (as encoders before
+        the bag phase had them), the bag phase's under `bag`."""
+        lm = {} if self.heldout_perplexity is None else {
+            "steps": self.steps, "tokens_seen": self.tokens, "heldout_perplexity": round(self.heldout_perplexity, 4),
+            "unigram_perplexity": round(self.unigram_perplexity, 4)}  # fmt: skip
+        return {"config": dataclasses.asdict(self.config), "objective": self.config.objective, "rows": self.rows,
+                "heldout_rows": self.heldout_rows, **lm, **({"bag": self.bag.training()} if self.bag else {}),
+                "seconds": round(self.seconds, 1), "stopped_by": self.stopped_by}  # fmt: skip
 
 
 def _prepare(config: PretrainConfig, texts, cache_root: Path, stage) -> tuple[list[str], TokenCache, TokenCache]:
@@ -201,12 +220,18 @@ def _heldout(cache: TokenCache, window: int) -> tuple[np.ndarray, np.ndarray]:
     return stream[: n * width].reshape(n, width), stream[1 : n * width + 1].reshape(n, width)
 
 
+def token_counts(cache: TokenCache, vocabulary_size: int) -> np.ndarray:
+    """How often each token id occurs in the cache's texts (float64), a shard at a time."""
+    counts = np.zeros(vocabulary_size, dtype=np.float64)
+    for encoded in cache.texts():
+        counts += np.bincount(encoded.values, minlength=vocabulary_size)[:vocabulary_size]
+    return counts
+
+
 def unigram_perplexity(train: TokenCache, heldout: np.ndarray, vocabulary_size: int) -> float:
     """The held-out tokens' perplexity under the training tokens' frequencies (add-one smoothed): what a model
     that ignores context scores, the bar a language model has to beat."""
-    counts = np.ones(vocabulary_size, dtype=np.float64)
-    for encoded in train.texts():
-        counts += np.bincount(encoded.values, minlength=vocabulary_size)[:vocabulary_size]
+    counts = token_counts(train, vocabulary_size) + 1
     log_p = np.log(counts / counts.sum())
     return float(np.exp(-log_p[heldout.ravel()].mean()))
 
@@ -221,11 +246,13 @@ def pretrain(
     mixed_precision: bool = False,
     on_stage: Callable[[str], None] | None = None,
     on_eval: Callable[[EvalReport], None] | None = None,
+    on_bag_eval: Callable[[BagReport], None] | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> PretrainResult:
-    """Train an embedding and an LSTM as a language model on `texts` (lstm_cli.texts.Texts); returns the best
-    state's weights. With `checkpoint_dir` the state is kept there every `config.eval_steps` steps, and `resume`
-    continues from it. `stop()` is asked after every step: True ends the run (measured and kept like the end)."""
+    """Train an embedding on the bag-of-words objective and/or an LSTM as a language model on `texts`
+    (lstm_cli.texts.Texts), as `config.objective` says; returns the best states' weights. With
+    `checkpoint_dir` the state is kept there at every evaluation, and `resume` continues from it. `stop()` is
+    asked after every step: True ends the run (measured and kept like the end)."""
     started = time.perf_counter()
     stage = on_stage or (lambda _: None)
     if checkpoint_dir is not None:
@@ -239,12 +266,67 @@ def pretrain(
         else:
             cache_root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lstm-cli-pretrain-")))
         vocabulary, train_cache, heldout_cache = _prepare(config, texts, cache_root, stage)
-        return _loop(config, texts, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, device,
-                     mixed_precision, started, stage, on_eval, stop)  # fmt: skip
+        run = json.loads(json.dumps({"config": config.run_identity(), "texts": texts.sha256,
+                                     "reading": texts.reading()}))  # fmt: skip
+        if checkpoint_dir is not None and not resume:
+            _clear(checkpoint_dir)
+        bag = None
+        if config.objective != "lm":
+            bag = _bag(config, run, len(vocabulary), train_cache, heldout_cache, checkpoint_dir, resume, started,
+                       stage, on_bag_eval, stop)  # fmt: skip
+            if config.objective == "bag" or (stop is not None and stop()):
+                weights = {"embedding": bag.weights["embedding"], **fresh_lstm(config),
+                           **{k: bag.weights[k] for k in BAG_ARRAYS}}  # fmt: skip
+                return PretrainResult(
+                    vocabulary=vocabulary, weights=weights, config=config, history=[], steps=0, tokens=0,
+                    heldout_perplexity=None, unigram_perplexity=None, rows=train_cache.rows,
+                    heldout_rows=heldout_cache.rows, seconds=time.perf_counter() - started, stopped_by=bag.stopped_by,
+                    bag=bag,
+                )  # fmt: skip
+            # The language model goes on from where the bag phase's clock stands (earlier runs included).
+            if not (resume and checkpoint_dir is not None and (checkpoint_dir / STATE).exists()):
+                started, resume = time.perf_counter() - bag.seconds, False
+        result = _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, device,
+                       mixed_precision, started, stage, on_eval, stop,
+                       frozen=bag.weights["embedding"] if bag else None)  # fmt: skip
+        if bag is not None:
+            result.weights.update({k: bag.weights[k] for k in BAG_ARRAYS})
+            result.bag = bag
+        return result
 
 
-def _loop(config, texts, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, device, mixed_precision,
-          started, stage, on_eval, stop) -> PretrainResult:  # fmt: skip
+def _bag(config, run, size, train_cache, heldout_cache, checkpoint_dir, resume, started, stage, on_eval,
+         stop) -> BagResult:  # fmt: skip
+    """The bag-of-words phase (lstm_cli.pretrain_bag), its checkpoints in `checkpoint_dir` (bag-state.json)."""
+    state, earlier = None, 0.0
+    if resume and checkpoint_dir is not None:
+        state = _read_state(checkpoint_dir, run, prefix="bag")
+        latest, best = _read_weights(checkpoint_dir, state, prefix="bag")
+        state = {**state, "latest": latest, "best_weights": best}
+        earlier = state["seconds"]
+
+    def elapsed() -> float:
+        return earlier + time.perf_counter() - started
+
+    def checkpoints(*, done, step, epoch, position, seen, history, best, model, optimizer) -> None:
+        if checkpoint_dir is not None:
+            from lstm_cli.model import keras
+
+            _save_state(checkpoint_dir, run=run, step=step, epoch=epoch, position=position, tokens=seen,
+                        seconds=elapsed(), history=history, prefix="bag", extra={"done": done},
+                        best={"perplexity": best["loss"], "step": best["step"], "weights": best["weights"]},
+                        model=model, optimizer=[keras.ops.convert_to_numpy(v) for v in optimizer])  # fmt: skip
+
+    counts = token_counts(train_cache, size)
+    share = 1.0 if config.objective == "bag" else BAG_SHARE
+    deadline = None if config.budget is None else config.budget * share
+    return bag_phase(config, size, train_cache, heldout_cache, counts, checkpoints=checkpoints, deadline=deadline,
+                     elapsed=elapsed, stage=stage, on_eval=on_eval, stop=stop, state=state)  # fmt: skip
+
+
+def _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, device, mixed_precision,
+          started, stage, on_eval, stop, *, frozen: np.ndarray | None = None) -> PretrainResult:  # fmt: skip
+    """The language model; with `frozen`, its embedding is that (the bag phase's) and stays so."""
     from lstm_cli.config import TrainConfig
     from lstm_cli.devices import decide
     from lstm_cli.model import dtype_policy, keras, tf
@@ -262,7 +344,6 @@ def _loop(config, texts, vocabulary, train_cache, heldout_cache, checkpoint_dir,
     window = min(config.window, max(1, train_cache.tokens // max(1, len(train_cache.shard_rows)) - 1))
     heldout_x, heldout_y = _heldout(heldout_cache, window)
     unigram = unigram_perplexity(train_cache, heldout_y, len(vocabulary))
-    run = json.loads(json.dumps({"config": config.run_identity(), "texts": texts.sha256, "reading": texts.reading()}))
     state = _read_state(checkpoint_dir, run) if resume and checkpoint_dir is not None else None
 
     # 2. The language model: the classifier's embedding and LSTM layers, then a softmax over the vocabulary.
@@ -270,6 +351,9 @@ def _loop(config, texts, vocabulary, train_cache, heldout_cache, checkpoint_dir,
     size, units = len(vocabulary), config.units
     with dtype_policy("mixed_float16" if plan.mixed_precision else "float32"):
         network = language_model(config, size)
+        if frozen is not None:
+            network.get_layer("embedding").embeddings.assign(frozen)
+            network.get_layer("embedding").trainable = False  # so out of trainable_variables
         # float32 whatever the policy: the softmax's logits and its loss stay exact under mixed precision.
         softmax_w = keras.Variable(np.random.default_rng(config.seed).normal(0, 0.05, (size, units)).astype(np.float32),
                                    name="softmax_weights")  # fmt: skip
@@ -340,14 +424,13 @@ def _loop(config, texts, vocabulary, train_cache, heldout_cache, checkpoint_dir,
         spent, history = state["seconds"], state["history"]
         best.update(perplexity=state["best_perplexity"], step=state["best_step"], weights=best_weights)
         stage(f"Resuming after step {step:,} (held-out perplexity {best['perplexity']:.1f} at step {best['step']:,})")
-    elif checkpoint_dir is not None:
-        _clear(checkpoint_dir)
 
     def elapsed() -> float:
         return spent + time.perf_counter() - started
 
     stage(
-        f"Pretraining on {plan.describe()}: {train_cache.rows:,} texts ({train_cache.tokens:,} tokens), "
+        f"Language model on {plan.describe()}{', embedding frozen' * (frozen is not None)}: "
+        f"{train_cache.rows:,} texts ({train_cache.tokens:,} tokens), "
         f"{heldout_cache.rows:,} held out; vocabulary {size:,}, windows of {window} tokens, batch {config.batch_size}, "
         f"{config.samples} sampled tokens a step; unigram perplexity {unigram:.1f}"
     )
@@ -433,7 +516,9 @@ def _batches(cache: TokenCache, window: int, config: PretrainConfig, epoch: int,
 
 
 def _clear(directory: Path) -> None:
-    (directory / STATE).unlink(missing_ok=True)
+    """Every phase's checkpoint files: a run that does not resume starts from nothing."""
+    for prefix in ("pretrain", "bag"):
+        (directory / f"{prefix}-state.json").unlink(missing_ok=True)
     for path in directory.iterdir():
         if _WEIGHTS.fullmatch(path.name):
             path.unlink()
@@ -448,27 +533,29 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(temporary, path)
 
 
-def _save_state(directory: Path, *, run, step, epoch, position, tokens, seconds, history, best, model, optimizer):
-    latest = f"pretrain-latest-{step}.npz"
+def _save_state(directory: Path, *, run, step, epoch, position, tokens, seconds, history, best, model, optimizer,
+                prefix: str = "pretrain", extra: dict | None = None):  # fmt: skip
+    latest = f"{prefix}-latest-{step}.npz"
     _write_npz(directory / latest, {**{f"model/{k}": v for k, v in model.items()},
                                     **{f"optimizer/{i:04d}": v for i, v in enumerate(optimizer)}})  # fmt: skip
-    best_name = f"pretrain-best-{best['step']}.npz"
+    best_name = f"{prefix}-best-{best['step']}.npz"
     if not (directory / best_name).exists():
         _write_npz(directory / best_name, best["weights"])
     state = {"run": run, "step": step, "epoch": epoch, "position": position, "tokens": tokens, "seconds": seconds,
              "history": history, "best_perplexity": best["perplexity"], "best_step": best["step"],
-             "latest": latest, "best": best_name}  # fmt: skip
-    temporary = directory / f".{STATE}.tmp"
+             "latest": latest, "best": best_name, **(extra or {})}  # fmt: skip
+    name = f"{prefix}-state.json"
+    temporary = directory / f".{name}.tmp"
     temporary.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(temporary, directory / STATE)
+    os.replace(temporary, directory / name)
     for path in directory.iterdir():  # the files of earlier states
-        if _WEIGHTS.fullmatch(path.name) and path.name not in (latest, best_name):
+        if (match := _WEIGHTS.fullmatch(path.name)) and match[1] == prefix and path.name not in (latest, best_name):
             path.unlink()
 
 
-def _read_state(directory: Path, run: dict) -> dict:
+def _read_state(directory: Path, run: dict, prefix: str = "pretrain") -> dict:
     try:
-        state = read_json(directory / STATE, follow_symlinks=False)
+        state = read_json(directory / f"{prefix}-state.json", follow_symlinks=False)
     except (OSError, ValueError):
         raise LstmCliError(f"{directory}: no pretraining checkpoint to resume from; run without --resume") from None
     if not isinstance(state, dict) or state.get("run") != run:
@@ -479,12 +566,12 @@ def _read_state(directory: Path, run: dict) -> dict:
     return state
 
 
-def _read_weights(directory: Path, state: dict) -> tuple[dict, dict]:
+def _read_weights(directory: Path, state: dict, prefix: str = "pretrain") -> tuple[dict, dict]:
     from lstm_cli.owned import read_regular
 
     try:
         names = [state["latest"], state["best"]]
-        if not all(isinstance(n, str) and _WEIGHTS.fullmatch(n) for n in names):
+        if not all(isinstance(n, str) and (m := _WEIGHTS.fullmatch(n)) and m[1] == prefix for n in names):
             raise ValueError("bad file names")
         latest, best = (npz_arrays(read_regular(directory / n)) for n in names)
     except (OSError, ValueError, KeyError) as e:

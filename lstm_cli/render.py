@@ -492,6 +492,10 @@ def _extra_info(metadata: dict[str, Any]) -> list[tuple[str, str]]:
     encoder = metadata.get("pretrained")
     if isinstance(encoder, dict):  # train --pretrained
         figures = []
+        if isinstance(encoder.get("bag_steps"), int) and isinstance(encoder.get("bag_heldout_loss"), (int, float)):
+            figures.append(
+                f"bag of words {encoder['bag_steps']:,} steps, held-out loss {encoder['bag_heldout_loss']:.3f}"
+            )
         if isinstance(encoder.get("tokens_seen"), int):
             figures.append(f"language model trained on {encoder['tokens_seen']:,} tokens")
         if isinstance(encoder.get("heldout_perplexity"), (int, float)):

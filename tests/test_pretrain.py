@@ -1,5 +1,5 @@
-"""`lstm-cli pretrain` (a language model on unlabeled texts, saved as an encoder directory) and
-`train --pretrained ENCODER` (a classifier that starts from it)."""
+"""`lstm-cli pretrain` (a bag-of-words phase and a language model on unlabeled texts, saved as an encoder
+directory) and `train --pretrained ENCODER` (a classifier that starts from it)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from lstm_cli.owned import is_encoder_dir
 runner = CliRunner()
 # A tiny encoder: the classifier's TINY widths (embedding 8, units 6).
 SMALL = ["--embedding-dim", "8", "--units", "6", "--window", "8", "--batch-size", "8", "--eval-steps", "10",
-         "--min-count", "1", "--quiet"]  # fmt: skip
+         "--bag-eval-steps", "10", "--min-count", "1", "--quiet"]  # fmt: skip
 SUBJECTS = "the cat|a dog|my aunt|the old man|a child|the bird".split("|")
 VERBS = "sat on|looked at|ran to|slept near|jumped over".split("|")
 PLACES = "the mat|a chair|the red door|the garden|a big tree".split("|")
@@ -42,7 +42,8 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def encoder(corpus, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("enc") / "encoder"
-    result = runner.invoke(app, ["pretrain", str(corpus), "-o", str(out), *SMALL, "--max-steps", "60"])
+    result = runner.invoke(app, ["pretrain", str(corpus), "-o", str(out), *SMALL, "--objective", "bag+lm",
+                                 "--bag-steps", "30", "--max-steps", "60"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{out}\n"
     return out
@@ -52,7 +53,7 @@ def _config(**changes):
     from lstm_cli.pretrain import PretrainConfig
 
     base = {"embedding_dim": 8, "units": 6, "window": 8, "batch_size": 8, "eval_steps": 10, "min_count": 1,
-            "learning_rate": 0.01}  # fmt: skip
+            "learning_rate": 0.01, "objective": "lm", "bag_eval_steps": 10}  # fmt: skip
     return PretrainConfig(**{**base, **changes})
 
 
@@ -67,7 +68,13 @@ def test_the_encoder_is_plain_files_with_its_marker_and_listing(encoder):
     with np.load(encoder / "weights.npz", allow_pickle=False) as weights:
         assert weights["embedding"].shape == (len(vocabulary), 8)
         assert weights["lstm_kernel"].shape == (8, 24) and weights["lstm_recurrent_kernel"].shape == (6, 24)
-    assert meta["training"]["steps"] == 60 and meta["training"]["stopped_by"] == "max_steps"
+        # Both phases' output layers: the bag's over the embedding, the language model's over the LSTM.
+        assert weights["bag_weights"].shape == (len(vocabulary), 8) and weights["bag_bias"].shape == (len(vocabulary),)
+        assert weights["softmax_weights"].shape == (len(vocabulary), 6)
+    training = meta["training"]
+    assert training["objective"] == "bag+lm" and training["bag"]["steps"] == 30
+    assert training["bag"]["heldout_loss"] > 0 and training["bag"]["unigram_loss"] > 0
+    assert training["steps"] == 60 and training["stopped_by"] == "max_steps"
     assert is_encoder_dir(encoder)
     assert not (encoder.parent / ".encoder.checkpoint").exists()  # removed once the encoder is saved
 
@@ -118,11 +125,92 @@ def test_resume_continues_an_interrupted_run(corpus, tmp_path):
         pretrain(_config(max_steps=40, learning_rate=0.5), Texts(corpus), checkpoint_dir=ckpt, resume=True)
 
 
+def test_the_bag_phase_lowers_its_held_out_loss_below_the_unigram_bar(corpus):
+    from lstm_cli.pretrain import pretrain
+    from lstm_cli.texts import Texts
+
+    result = pretrain(_config(objective="bag", bag_steps=150, bag_eval_steps=50), Texts(corpus))
+    bag = result.bag
+    # The texts' topics (the sentences' words, the toy rows' words) make a half predict the other half: well
+    # below what the targets' frequencies alone score, and lower as it learns.
+    assert bag.heldout_loss < 0.9 * bag.unigram_loss, (bag.heldout_loss, bag.unigram_loss)
+    assert bag.heldout_loss < bag.history[0]["heldout_loss"] and bag.stopped_by == "bag_steps"
+    assert result.heldout_perplexity is None and result.history == []  # no language model
+    assert set(result.weights) == {"embedding", "lstm_kernel", "lstm_recurrent_kernel", "lstm_bias", "bag_weights",
+                                   "bag_bias"}  # fmt: skip
+    np.testing.assert_array_equal(result.weights["embedding"], bag.weights["embedding"])
+
+
+def test_the_bag_phase_resumes_where_it_was_interrupted(corpus, tmp_path):
+    from lstm_cli.pretrain import pretrain
+    from lstm_cli.texts import Texts
+
+    reports = []
+
+    def interrupt_after_two(report):
+        reports.append(report.step)
+        if len(reports) == 2:
+            raise KeyboardInterrupt
+
+    config = _config(objective="bag", bag_steps=40)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, Texts(corpus), checkpoint_dir=tmp_path, on_bag_eval=interrupt_after_two)
+    resumed = pretrain(config, Texts(corpus), checkpoint_dir=tmp_path, resume=True, on_bag_eval=interrupt_after_two)
+    assert reports == [10, 20, 30, 40] and resumed.bag.steps == 40
+    assert [h["step"] for h in resumed.bag.history] == [10, 20, 30, 40]  # the first two from before
+    assert resumed.bag.texts == 40 * 8
+
+
+@pytest.mark.slow
+def test_bag_then_language_model_resumes_in_either_phase_and_keeps_the_bag_embedding(corpus, tmp_path):
+    from lstm_cli.pretrain import pretrain
+    from lstm_cli.texts import Texts
+
+    config = _config(objective="bag+lm", bag_steps=40, max_steps=20)
+    bag_reports, lm_reports = [], []
+
+    def interrupt_after_two(report):
+        bag_reports.append(report.step)
+        if len(bag_reports) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, Texts(corpus), checkpoint_dir=tmp_path, on_bag_eval=interrupt_after_two)
+
+    def interrupt_the_language_model(report):
+        lm_reports.append(report.step)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, Texts(corpus), checkpoint_dir=tmp_path, resume=True,
+                 on_bag_eval=lambda r: bag_reports.append(r.step), on_eval=interrupt_the_language_model)  # fmt: skip
+    assert bag_reports == [10, 20, 30, 40] and lm_reports == [10]
+    resumed = pretrain(config, Texts(corpus), checkpoint_dir=tmp_path, resume=True,
+                       on_bag_eval=lambda r: bag_reports.append(r.step))  # fmt: skip
+    assert bag_reports == [10, 20, 30, 40]  # the finished bag phase is not run again
+    assert [h["step"] for h in resumed.bag.history] == [10, 20, 30, 40]
+    assert [h["step"] for h in resumed.history] == [10, 20] and resumed.bag.stopped_by == "bag_steps"
+    (best,) = tmp_path.glob("bag-best-*.npz")  # the bag phase's best state, kept in its checkpoint
+    with np.load(best) as kept:
+        np.testing.assert_array_equal(resumed.weights["embedding"], kept["embedding"])  # frozen under the LM
+
+
+def test_the_budget_is_split_between_the_phases(corpus):
+    from lstm_cli.pretrain import pretrain
+    from lstm_cli.texts import Texts
+
+    result = pretrain(_config(objective="bag+lm", bag_steps=10**9, epochs=100_000, budget=0.5), Texts(corpus))
+    assert result.bag.stopped_by == "budget" and result.stopped_by == "budget"
+    assert result.heldout_perplexity is not None and "softmax_weights" in result.weights
+
+
 def test_texts_from_a_csv_column_and_from_stdin(tmp_path):
     csv_file = write_csv(tmp_path / "t.csv", [(text, "x") for text in sentences(60)], header=("body", "label"))
     for args, stdin in (([str(csv_file), "--text-column", "body"], None), (["-"], "\n".join(sentences(60)))):
         out = tmp_path / f"enc{len(args)}"
-        result = runner.invoke(app, ["pretrain", *args, "-o", str(out), *SMALL, "--max-steps", "5"], input=stdin)
+        result = runner.invoke(
+            app, ["pretrain", *args, "-o", str(out), *SMALL, "--max-steps", "5", "--bag-steps", "5"], input=stdin
+        )
         assert result.exit_code == 0, result.output
         assert "cat" in json.loads((out / "vocabulary.json").read_text())
 
@@ -163,8 +251,9 @@ def test_info_names_the_encoder_a_model_started_from(pretrained_model, encoder):
     shown = runner.invoke(app, ["info", "-m", str(pretrained_model)], env={"COLUMNS": "1000"})  # a row a line
     assert shown.exit_code == 0, shown.output
     row = next(line.split(None, 1)[1] for line in shown.stdout.splitlines() if line.split()[0] == "pretrained")
-    tokens = described["training"]["tokens_seen"]
-    assert row.startswith(f"{encoder} (id {described['id']}): language model trained on {tokens:,} tokens"), row
+    tokens, bag = described["training"]["tokens_seen"], described["training"]["bag"]
+    assert row.startswith(f"{encoder} (id {described['id']}): bag of words 30 steps, held-out loss "
+                          f"{bag['heldout_loss']:.3f}, language model trained on {tokens:,} tokens"), row  # fmt: skip
 
 
 def test_frozen_encoder_layers_keep_the_encoders_weights_while_the_head_learns(encoder, tmp_path):
@@ -246,7 +335,9 @@ def test_a_folder_that_is_no_encoder_is_refused_both_ways(corpus, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    result = runner.invoke(app, ["pretrain", str(corpus), "-o", str(mine), *SMALL, "--max-steps", "2"])
+    result = runner.invoke(
+        app, ["pretrain", str(corpus), "-o", str(mine), *SMALL, "--max-steps", "2", "--bag-steps", "2"]
+    )
     assert result.exit_code == 2 and "not an lstm-cli encoder directory" in result.stderr, result.output
     assert (mine / "notes.txt").read_text() == "keep me" and len(result.stderr.strip().splitlines()) == 1
     data = write_csv(tmp_path / "train.csv", toy_rows(30))

@@ -1,4 +1,5 @@
-"""`lstm-cli pretrain`: train an embedding and an LSTM as a language model on unlabeled texts; save the encoder."""
+"""`lstm-cli pretrain`: learn an embedding (bag of words) and/or an LSTM (language model) from unlabeled texts;
+save the encoder."""
 
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ from lstm_cli.cli._util import (
 DEFAULT_ENCODER_DIR = "lstm-encoder"
 
 
+class Objective(StrEnum):
+    bag = "bag"
+    lm = "lm"
+    bag_lm = "bag+lm"
+
+
 class TextFormat(StrEnum):
     text = "text"
     csv = "csv"
@@ -42,8 +49,9 @@ class TextFormat(StrEnum):
     Data=("text_column", "input_format", "delimiter", "encoding", "skip_bad_rows", "no_header"),
     Tokens=("max_tokens", "min_count", "punctuation", "max_length"),
     Model=("embedding_dim", "units"),
-    Training=("budget", "epochs", "max_steps", "window", "batch_size", "samples", "learning_rate", "dropout",
-              "eval_steps", "seed"),
+    Training=("objective", "budget", "batch_size", "samples", "learning_rate", "seed"),
+    Bag_of_words=("bag_steps", "bag_targets", "bag_eval_steps"),
+    Language_model=("epochs", "max_steps", "window", "dropout", "eval_steps"),
     Hardware_and_checkpoints=("device", "mixed_precision", "checkpoint_dir", "resume"),
 )  # fmt: skip
 def pretrain_cli(
@@ -58,6 +66,13 @@ def pretrain_cli(
         str | None,
         typer.Option(help="Stop after this much wall time (90s, 10m, 1h30m or seconds), keeping the best state."),
     ] = None,
+    objective: Annotated[
+        Objective,
+        typer.Option(
+            help="bag (word embeddings from whole texts, fresh LSTM), lm (language model) or bag+lm "
+            "(bag for half the budget, then the LM with the embedding frozen)."
+        ),
+    ] = Objective.bag,
     text_column: TextColumnOpt = "text",
     input_format: Annotated[
         TextFormat | None,
@@ -77,15 +92,20 @@ def pretrain_cli(
     max_length: Annotated[int, typer.Option(help="Tokens kept per text.")] = DEFAULTS.max_length,
     embedding_dim: Annotated[int, typer.Option(help="Embedding width.")] = DEFAULTS.embedding_dim,
     units: Annotated[int, typer.Option(help="LSTM units.")] = DEFAULTS.units,
-    epochs: Annotated[int, typer.Option(help="Passes over the texts, at most.")] = 10,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps in all.")] = None,
-    window: Annotated[int, typer.Option(help="Tokens per training sequence.")] = 64,
-    batch_size: Annotated[int, typer.Option(help="Sequences per step.")] = 128,
+    bag_steps: Annotated[int, typer.Option(help="Bag-of-words steps, at most.")] = 20_000,
+    bag_targets: Annotated[int, typer.Option(help="Words of a text's other half each half predicts.")] = 32,
+    bag_eval_steps: Annotated[
+        int, typer.Option(help="Bag-of-words steps between held-out loss measurements and checkpoints.")
+    ] = 1_000,
+    epochs: Annotated[int, typer.Option(help="Language model: passes over the texts, at most.")] = 10,
+    max_steps: Annotated[int | None, typer.Option(help="Language model: stop after this many steps.")] = None,
+    window: Annotated[int, typer.Option(help="Language model: tokens per training sequence.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="Texts (bag) or sequences (language model) per step.")] = 128,
     samples: Annotated[int, typer.Option(help="Sampled softmax: vocabulary entries scored per step.")] = 256,
     learning_rate: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
-    dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's inputs and outputs.")] = 0.1,
+    dropout: Annotated[float, typer.Option(help="Language model: dropout on the LSTM's inputs and outputs.")] = 0.1,
     eval_steps: Annotated[
-        int, typer.Option(help="Steps between held-out perplexity measurements and checkpoints.")
+        int, typer.Option(help="Language model: steps between held-out perplexity measurements and checkpoints.")
     ] = 200,
     seed: Annotated[int, typer.Option(help="Random seed.")] = DEFAULTS.seed,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
@@ -98,8 +118,8 @@ def pretrain_cli(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Learn word embeddings and an LSTM from unlabeled texts (a language model); save them as an encoder
-    directory for `train --pretrained`, and print its path on stdout.
+    """Learn word embeddings (bag of words) and optionally an LSTM (language model) from unlabeled texts; save
+    them as an encoder directory for `train --pretrained`, and print its path on stdout.
 
     \b
     Example: lstm-cli pretrain sample_data/train.csv -o enc && lstm-cli train sample_data/train.csv --pretrained enc
@@ -122,7 +142,8 @@ def pretrain_cli(
             max_tokens=max_tokens, min_count=min_count, punctuation=punctuation.value, max_length=max_length,
             embedding_dim=embedding_dim, units=units, window=window, batch_size=batch_size, samples=samples,
             learning_rate=learning_rate, dropout=dropout, epochs=epochs, max_steps=max_steps, budget=seconds,
-            eval_steps=eval_steps, seed=seed,
+            eval_steps=eval_steps, seed=seed, objective=objective.value, bag_steps=bag_steps, bag_targets=bag_targets,
+            bag_eval_steps=bag_eval_steps,
         )  # fmt: skip
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
@@ -151,16 +172,21 @@ def pretrain_cli(
 
         result = pretrain(config, source, checkpoint_dir=checkpoints, resume=resume, device=device.value,
                           mixed_precision=mixed_precision, on_stage=say,
-                          on_eval=lambda report: say(_eval_line(report)))  # fmt: skip
+                          on_eval=lambda report: say(_eval_line(report)),
+                          on_bag_eval=lambda report: say(_bag_line(report)))  # fmt: skip
         write_encoder(output, vocabulary=result.vocabulary, weights=result.weights,
                       settings={**vars(config), "max_length": config.max_length},
                       training=result.training())  # fmt: skip
         remove_checkpoint_dir(checkpoints)
-        say(
-            f"Encoder saved to {output}: held-out perplexity {result.heldout_perplexity:,.1f} (unigram "
-            f"{result.unigram_perplexity:,.1f}), {result.tokens:,} tokens in {result.steps:,} steps, "
-            f"{result.seconds:,.0f} s (stopped by {result.stopped_by.replace('_', ' ')})"
-        )
+        figures = []
+        if result.bag is not None:
+            figures.append(f"bag of words: held-out loss {result.bag.heldout_loss:.3f}, {result.bag.steps:,} steps")
+        if result.heldout_perplexity is not None:
+            figures.append(f"language model: held-out perplexity {result.heldout_perplexity:,.1f} (unigram "
+                           f"{result.unigram_perplexity:,.1f}), {result.tokens:,} tokens in {result.steps:,} "
+                           "steps")  # fmt: skip
+        say(f"Encoder saved to {output}: {'; '.join(figures)}; {result.seconds:,.0f} s (stopped by "
+            f"{result.stopped_by.replace('_', ' ')})")  # fmt: skip
     typer.echo(str(output))
 
 
@@ -170,4 +196,13 @@ def _eval_line(report) -> str:
         f"step {report.step:,} (pass {report.epoch}): loss {report.train_loss:.3f}, held-out perplexity "
         f"{report.perplexity:,.1f}{mark}, {report.tokens:,} tokens, {report.tokens_per_second:,.0f} tokens/s "
         f"({report.cpu_tokens_per_second:,.0f} per 2 CPU-seconds), {report.seconds:,.0f} s"
+    )
+
+
+def _bag_line(report) -> str:
+    mark = " *" if report.best else ""
+    return (
+        f"bag step {report.step:,} (pass {report.epoch}): loss {report.train_loss:.3f}, held-out loss "
+        f"{report.heldout_loss:.3f}{mark}, {report.texts:,} texts, {report.steps_per_second:,.1f} steps/s, "
+        f"{report.seconds:,.0f} s"
     )
