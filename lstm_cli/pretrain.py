@@ -266,6 +266,7 @@ def pretrain(
         else:
             cache_root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="lstm-cli-pretrain-")))
         vocabulary, train_cache, heldout_cache = _prepare(config, texts, cache_root, stage)
+        plan = _device_plan(device, mixed_precision)
         run = json.loads(json.dumps({"config": config.run_identity(), "texts": texts.sha256,
                                      "reading": texts.reading()}))  # fmt: skip
         if checkpoint_dir is not None and not resume:
@@ -286,8 +287,8 @@ def pretrain(
             # The language model goes on from where the bag phase's clock stands (earlier runs included).
             if not (resume and checkpoint_dir is not None and (checkpoint_dir / STATE).exists()):
                 started, resume = time.perf_counter() - bag.seconds, False
-        result = _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, device,
-                       mixed_precision, started, stage, on_eval, stop,
+        result = _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, plan, started,
+                       stage, on_eval, stop,
                        frozen=bag.weights["embedding"] if bag else None)  # fmt: skip
         if bag is not None:
             result.weights.update({k: bag.weights[k] for k in BAG_ARRAYS})
@@ -324,15 +325,13 @@ def _bag(config, run, size, train_cache, heldout_cache, checkpoint_dir, resume, 
                      elapsed=elapsed, stage=stage, on_eval=on_eval, stop=stop, state=state)  # fmt: skip
 
 
-def _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, device, mixed_precision,
-          started, stage, on_eval, stop, *, frozen: np.ndarray | None = None) -> PretrainResult:  # fmt: skip
-    """The language model; with `frozen`, its embedding is that (the bag phase's) and stays so."""
+def _device_plan(device: str, mixed_precision: bool):
+    """Where both phases run (lstm_cli.devices.decide): the language model's LSTM has Keras's defaults and no
+    recurrent dropout, so it qualifies for cuDNN; the bag phase has no LSTM. GPUs are hidden for "cpu"."""
     from lstm_cli.config import TrainConfig
     from lstm_cli.devices import decide
-    from lstm_cli.model import dtype_policy, keras, tf
-    from lstm_cli.optim import LazyAdam
+    from lstm_cli.model import tf
 
-    # 1. The device: the LSTM below has Keras's defaults and no recurrent dropout, so it qualifies for cuDNN.
     plan = decide(
         TrainConfig(recurrent_dropout=0.0),
         requested=device,
@@ -341,6 +340,16 @@ def _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, r
     )
     if plan.device == "cpu" and tf.config.list_physical_devices("GPU"):
         tf.config.set_visible_devices([], "GPU")
+    return plan
+
+
+def _loop(config, run, vocabulary, train_cache, heldout_cache, checkpoint_dir, resume, plan, started, stage, on_eval,
+          stop, *, frozen: np.ndarray | None = None) -> PretrainResult:  # fmt: skip
+    """The language model; with `frozen`, its embedding is that (the bag phase's) and stays so."""
+    from lstm_cli.model import dtype_policy, keras, tf
+    from lstm_cli.optim import LazyAdam
+
+    # 1. The device (decided before any phase, by _device_plan).
     window = min(config.window, max(1, train_cache.tokens // max(1, len(train_cache.shard_rows)) - 1))
     heldout_x, heldout_y = _heldout(heldout_cache, window)
     unigram = unigram_perplexity(train_cache, heldout_y, len(vocabulary))
