@@ -161,6 +161,27 @@ def test_the_bag_phase_resumes_where_it_was_interrupted(corpus, tmp_path):
     assert resumed.bag.texts == 40 * 8
 
 
+def test_a_sigterm_whose_keyboardinterrupt_was_lost_still_stops_pretraining(corpus, tmp_path, monkeypatch):
+    """A signal handler's KeyboardInterrupt raised inside a __del__ is printed and ignored by Python. Its handler
+    also sets a flag, which pretraining checks between steps: it stops there and writes no encoder."""
+    from lstm_cli.cli import _util
+    from lstm_cli.cli import pretrain as command
+
+    bag_line, steps = command._bag_line, []
+
+    def lost_interrupt(report):  # after the first evaluation: the handler ran, its exception went nowhere
+        steps.append(report.step)
+        _util._held["signalled"] = True
+        return bag_line(report)
+
+    monkeypatch.setattr(command, "_bag_line", lost_interrupt)
+    out = tmp_path / "encoder"
+    result = runner.invoke(app, ["pretrain", str(corpus), "-o", str(out), *SMALL, "--objective", "bag",
+                                 "--bag-steps", "40"])  # fmt: skip
+    assert result.exit_code == 130 and f"{out} is unchanged" in result.stderr, result.output
+    assert steps == [10] and not out.exists()
+
+
 @pytest.mark.slow
 def test_bag_then_language_model_resumes_in_either_phase_and_keeps_the_bag_embedding(corpus, tmp_path):
     from lstm_cli.pretrain import pretrain

@@ -3,7 +3,6 @@ save the encoder."""
 
 from __future__ import annotations
 
-import signal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -24,8 +23,9 @@ from lstm_cli.cli._util import (
     VerboseOpt,
     _console,
     _errors,
-    _interrupt,
     app,
+    catch_interrupts,
+    raise_if_signalled,
 )
 
 DEFAULT_ENCODER_DIR = "lstm-encoder"
@@ -149,7 +149,7 @@ def pretrain_cli(
         raise typer.BadParameter(str(e)) from None
     console = _console()
     checkpoints = checkpoint_dir or output.parent / f".{output.name}.checkpoint"
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops as cleanly as Ctrl-C
+    catch_interrupts()  # `kill` stops as cleanly as Ctrl-C
     hint = f"; {output} is unchanged. Continue from the last checkpoint by repeating the command with --resume"
     with _errors(verbose, interrupted_hint=lambda: hint):
         from lstm_cli import render
@@ -173,7 +173,8 @@ def pretrain_cli(
         result = pretrain(config, source, checkpoint_dir=checkpoints, resume=resume, device=device.value,
                           mixed_precision=mixed_precision, on_stage=say,
                           on_eval=lambda report: say(_eval_line(report)),
-                          on_bag_eval=lambda report: say(_bag_line(report)))  # fmt: skip
+                          on_bag_eval=lambda report: say(_bag_line(report)), stop=raise_if_signalled)  # fmt: skip
+        raise_if_signalled()  # an interrupt lost after the last step: the encoder is not written
         write_encoder(output, vocabulary=result.vocabulary, weights=result.weights,
                       settings={**vars(config), "max_length": config.max_length},
                       training=result.training())  # fmt: skip
