@@ -281,7 +281,7 @@ def pretrain(
                 return PretrainResult(
                     vocabulary=vocabulary, weights=weights, config=config, history=[], steps=0, tokens=0,
                     heldout_perplexity=None, unigram_perplexity=None, rows=train_cache.rows,
-                    heldout_rows=heldout_cache.rows, seconds=time.perf_counter() - started, stopped_by=bag.stopped_by,
+                    heldout_rows=heldout_cache.rows, seconds=bag.seconds, stopped_by=bag.stopped_by,
                     bag=bag,
                 )  # fmt: skip
             # The language model goes on from where the bag phase's clock stands (earlier runs included).

@@ -159,6 +159,8 @@ def test_the_bag_phase_resumes_where_it_was_interrupted(corpus, tmp_path):
     assert reports == [10, 20, 30, 40] and resumed.bag.steps == 40
     assert [h["step"] for h in resumed.bag.history] == [10, 20, 30, 40]  # the first two from before
     assert resumed.bag.texts == 40 * 8
+    # Its seconds count the interrupted run's too (as the budget does): at least those at its last checkpoint.
+    assert resumed.seconds == resumed.bag.seconds >= resumed.bag.history[1]["seconds"]
 
 
 def test_a_sigterm_whose_keyboardinterrupt_was_lost_still_stops_pretraining(corpus, tmp_path, monkeypatch):
