@@ -345,3 +345,22 @@ def test_punctuation_splits_words_by_default_and_both_engines_agree(tmp_path, fl
     explained = runner.invoke(app, ["explain", "-m", str(model), "--format", "json", "Long-term!"])
     tokens = [t["token"] for t in json.loads(explained.stdout)["tokens"]]
     assert tokens == (["long", "term"] if not flag else ["longterm"])
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_long_progress_lines_wrap_between_words_on_a_terminal_only(capsys, monkeypatch, terminal):
+    """On a terminal rich breaks a long line between words at its width (the terminal itself would cut words);
+    a log file or a pipe gets one line per message."""
+    from lstm_cli import render
+    from lstm_cli.cli._util import _console
+
+    monkeypatch.setenv("TTY_COMPATIBLE", "1" if terminal else "0")
+    monkeypatch.setenv("COLUMNS", "40")
+    words = [f"word{i:02d}" for i in range(30)]
+    _console().print(render.literal(" ".join(words)))
+    lines = capsys.readouterr().err.splitlines()
+    if terminal:
+        assert len(lines) > 1 and all(len(line) <= 40 for line in lines)
+        assert [word for line in lines for word in line.split()] == words  # no word cut in two
+    else:
+        assert lines == [" ".join(words)]

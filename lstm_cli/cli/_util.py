@@ -220,7 +220,11 @@ def _console():
     from rich.console import Console
 
     # No emoji codes either: a label ':smile:' is shown as typed. User text goes in as rich Text (render.literal).
-    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+    # A terminal gets long lines broken between words at its width, not mid-word by the terminal; a log file or
+    # a pipe keeps one line per message, whatever its length.
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def _fail(message: str, code: int) -> typer.Exit:
