@@ -255,10 +255,8 @@ def test_a_sigterm_whose_keyboardinterrupt_was_lost_still_stops_training(
     assert result.exit_code == 130 and "is unchanged" in result.stderr
     assert [line.split()[:2] for line in result.stderr.splitlines() if line.startswith("epoch ")] == [["epoch", "1/40"]]
     assert read_metadata(tmp_path / "model")["id"] == before
-    monkeypatch.setattr(render, "epoch_line", epoch_line)  # the next train in this process starts with the flag down
-    assert (
-        runner.invoke(app, ["train", str(data_dir / "train.csv"), *TINY, "-m", str(tmp_path / "other")]).exit_code == 0
-    )
+    _util.catch_interrupts()  # as the next train in this process starts: the flag goes down
+    assert not _util.interrupt_signalled()
 
 
 def _kill_round(workdir: Path, data: Path, delay: float) -> str:
@@ -321,20 +319,22 @@ def _kill_inside_swap(model: Path, where: str) -> str:
 def test_kill_9_at_random_points_leaves_the_old_or_the_new_model(trained_model, data_dir, tmp_path, request):
     import shutil
 
-    # The default run: one directory, 2 random kills and the two placed for sure below; --slow: two directories
-    # side by side, 8 random kills in each
+    # The default run: one directory and the two kills placed for sure below; --slow: two directories side by
+    # side, 8 random kills in each before the placed ones
     slow = request.config.getoption("--slow")
-    random_kills = 8 if slow else 2
+    random_kills = 8 if slow else 0
 
     rng = random.Random(int(os.environ.get("KILL_SEED", "1")))  # fixed: the same kill times every run
     workers = [tmp_path / "a", tmp_path / "b"] if slow else [tmp_path / "a"]
     for w in workers:
         w.mkdir()
         shutil.copytree(trained_model, w / "model")
-    started = time.monotonic()
-    timed = _start(["train", str(data_dir / "train.csv"), *TINY, "--epochs", "2", "-m", "timed"], tmp_path)
-    timed.communicate()
-    full_run = time.monotonic() - started
+    full_run = 0.0
+    if random_kills:
+        started = time.monotonic()
+        timed = _start(["train", str(data_dir / "train.csv"), *TINY, "--epochs", "2", "-m", "timed"], tmp_path)
+        timed.communicate()
+        full_run = time.monotonic() - started
     outcomes = []
 
     def rounds(workdir: Path) -> None:
